@@ -1,0 +1,51 @@
+"""huey with SqliteHuey (file storage), consumer = ``huey_consumer``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import common
+from huey import SqliteHuey
+
+STATE = common.state_dir("huey")
+DB = STATE / "huey.db"
+
+# fsync=None leaves SQLite's default synchronous=FULL in WAL mode (huey only offers
+# fsync=True -> FULL or fsync=False -> OFF).
+huey = SqliteHuey("bench", filename=str(DB), journal_mode="wal")
+
+
+@huey.task()
+def job(job_id: int, t_enq: float, sleep_s: float) -> None:
+    common.run_job_sync(job_id, t_enq, sleep_s)
+
+
+class HueyPeer(common.Peer):
+    name = "huey"
+    dists = ("huey",)
+    settings: ClassVar[dict[str, str]] = {
+        "storage": "SqliteHuey file, WAL, synchronous=FULL (huey's default; its fsync=False "
+        "would mean OFF)",
+        "batch": "none (one enqueue per call)",
+        "worker": "huey_consumer -k process -w 2 (docs: processes for CPU-bound work, 1 per core)",
+        "recovery": "none: a task is deleted from the queue when dequeued, in-flight tasks die "
+        "with the worker",
+    }
+    recovery_s = 0.0
+
+    def worker_argv(self, crash: bool) -> list[str]:
+        return [common.venv_bin("huey_consumer"), "huey_peer.huey", "-k", "process", "-w", "2"]
+
+    def enqueue_sync(self, prod: Any, spec: common.Spec) -> None:
+        job(*spec)
+
+    def bulk_sync(self, prod: Any, specs: Sequence[common.Spec]) -> None:
+        for s in specs:
+            job(*s)
+
+
+PEER = HueyPeer()
+
+if __name__ == "__main__":
+    common.main(__file__)

@@ -1,0 +1,396 @@
+"""Run every peer benchmark in turn; write results.md and results.png (issue #5).
+
+    python bench/peers/run_all.py [--quick] [--systems a,b] [--runs 3]
+
+Run it with the interpreter of the bench virtualenv (the peers are installed there,
+never in the project's own environment).  By hand only, never in CI.
+
+Each system x measure x run is one subprocess ``python <system>_peer.py --measure M``
+with a hard timeout; its last stdout line is one JSON object (see common.py).  Every
+figure is the median over the runs that succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import common
+
+# The one list of systems, in table order.  conveyor's two rows are included when
+# their scripts exist (they follow the same protocol as every other peer).
+SYSTEMS: list[str] = [
+    "conveyor",
+    "conveyor_http",
+    "huey",
+    "persistqueue",
+    "litequeue",
+    "taskito",
+    "procrastinate",
+    "arq",
+    "saq",
+    "rq",
+    "streaq",
+    "dramatiq",
+]
+OPTIONAL = {"conveyor", "conveyor_http"}  # skipped silently until written
+REDIS_SYSTEMS = {"arq", "saq", "rq", "streaq", "dramatiq"}
+
+HERE = Path(__file__).resolve().parent
+
+
+def script(system: str) -> Path:
+    return HERE / f"{system}_peer.py"
+
+
+def run_one(python: str, system: str, args: list[str], timeout_s: float) -> dict[str, Any]:
+    argv = [python, str(script(system)), *args]
+    t0 = time.monotonic()
+    rc, out, err = common.run_with_timeout(argv, timeout_s, cwd=HERE)
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    if rc is None:
+        return {"error": f"timed out after {timeout_s:.0f}s"}
+    try:
+        res: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = " | ".join(err.strip().splitlines()[-2:])
+        return {"error": f"exit {rc}, no result: {tail}"[:300]}
+    res["wall_s"] = round(time.monotonic() - t0, 1)
+    return res
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[0].get("error", "no run") if runs else "no run", "runs": 0}
+    agg: dict[str, Any] = {"runs": len(ok)}
+    for key in ok[0]:
+        vals = [
+            r[key]
+            for r in ok
+            if isinstance(r.get(key), int | float) and not isinstance(r.get(key), bool)
+        ]
+        if vals and len(vals) == len(ok):
+            agg[key] = common.median(vals)
+        elif key == "partial":
+            agg[key] = ok[0][key]
+    agg["values"] = runs
+    return agg
+
+
+# --------------------------------------------------------------------------
+# Redis durability during the run
+# --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_aof(enable: bool) -> Iterator[str]:
+    """With ``enable``, turn on AOF (appendfsync everysec) for the run and restore the
+    server's settings afterwards; yields a description of what Redis did."""
+    import redis
+
+    try:
+        r = redis.Redis(host=common.REDIS_HOST, port=common.REDIS_PORT)
+        before = {k: r.config_get(k)[k] for k in ("appendonly", "appendfsync", "save")}
+    except Exception as exc:
+        yield f"Redis not reachable: {exc}"
+        return
+    desc = (
+        f"Redis {r.info('server')['redis_version']}, server settings as found: "
+        f"appendonly={before['appendonly']}, appendfsync={before['appendfsync']}, "
+        f"save='{before['save']}'"
+    )
+    if not enable:
+        yield desc
+        r.close()
+        return
+    r.config_set("appendonly", "yes")
+    r.config_set("appendfsync", "everysec")
+    try:
+        yield (
+            desc + "; for this run appendonly=yes, appendfsync=everysec (the usual "
+            "durable setting, the analogue of SQLite WAL synchronous=NORMAL), restored after"
+        )
+    finally:
+        r.config_set("appendfsync", before["appendfsync"])
+        r.config_set("appendonly", before["appendonly"])
+        r.close()
+
+
+def environment_notes(redis_desc: str) -> list[str]:
+    notes = [
+        f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}.",
+        redis_desc + ".",
+    ]
+    with contextlib.suppress(Exception):
+        import psycopg
+
+        with psycopg.connect(common.PG_DSN) as conn:
+            v = conn.execute("show server_version").fetchone()
+            sc = conn.execute("show synchronous_commit").fetchone()
+            fs = conn.execute("show fsync").fetchone()
+            assert v
+            assert sc
+            assert fs
+            notes.append(f"PostgreSQL {v[0]}: synchronous_commit={sc[0]}, fsync={fs[0]}.")
+    return notes
+
+
+# --------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------
+
+
+def fmt_num(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+def cell(
+    res: dict[str, Any] | None,
+    keys: list[str],
+    sep: str = " / ",
+    notes: list[str] | None = None,
+    label: str = "",
+) -> str:
+    if res is None:
+        return "—"
+    if "error" in res:
+        if notes is not None:
+            notes.append(f"{label}: {res['error']}")
+            return f"✗ [{len(notes)}]"
+        return "✗"
+    text = sep.join(fmt_num(res.get(k)) for k in keys)
+    if res.get("partial") and notes is not None:
+        notes.append(f"{label}: {res['partial']}; rate over the jobs done")
+        text += f" [{len(notes)}]"
+    return text
+
+
+def write_markdown(
+    path: Path,
+    results: dict[str, dict[str, Any]],
+    info: dict[str, Any],
+    args: argparse.Namespace,
+    env_notes: list[str],
+) -> None:
+    n = "2,000" if args.quick else "50,000"
+    crash_n = "1,000" if args.quick else f"{common.CRASH_JOBS:,}"
+    lat_s = 5 if args.quick else 20
+    lines = [
+        f"# conveyor vs the queues users would pick instead{' (quick run)' if args.quick else ''}",
+        "",
+        f"Generated by `bench/peers/run_all.py{' --quick' if args.quick else ''} --runs "
+        f"{args.runs}` on {time.strftime('%Y-%m-%d %H:%M')}.  Every figure is the median of "
+        f"{args.runs} run(s).  Bulk, single, 50-producer and drain use {n} jobs; latency is "
+        f"enqueue→handler start at {common.LATENCY_RATE} jobs/s offered for {lat_s} s; the "
+        f"crash test enqueues {crash_n} jobs of {common.CRASH_JOB_S * 1000:g} ms, SIGKILLs the "
+        f"worker's process group at {common.CRASH_KILL_FRACTION:.0%} done, restarts it and "
+        "lets it finish.",
+        "",
+        "| system | bulk enqueue jobs/s | single enqueue jobs/s | 50 producers jobs/s "
+        "| drain jobs/s | worker peak RSS MB | latency p50 / p99 ms | crash: lost / twice "
+        "(re-run) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes: list[str] = []
+    for system, per in results.items():
+        if "error" in per:
+            lines.append(f"| {system} | could not run: {per['error']} |||||||")
+            continue
+
+        def c(
+            measure: str,
+            keys: list[str],
+            sep: str = " / ",
+            _per: dict[str, Any] = per,
+            _system: str = system,
+        ) -> str:
+            return cell(_per.get(measure), keys, sep, notes, f"{_system} {measure}")
+
+        crash = per.get("crash")
+        crash_cell = c("crash", ["lost", "twice"])
+        if crash and "error" not in crash:
+            crash_cell += f" ({fmt_num(crash.get('rerun'))})"
+        lines.append(
+            f"| {system} | {c('bulk', ['jobs_per_s'])} | {c('single', ['jobs_per_s'])} | "
+            f"{c('concurrent', ['jobs_per_s'])} | {c('drain', ['jobs_per_s'])} | "
+            f"{cell(per.get('drain'), ['peak_rss_mb'])} | "
+            f"{c('latency', ['p50_ms', 'p99_ms'])} | {crash_cell} |"
+        )
+    if notes:
+        lines += ["", "Failures and partial figures:", ""]
+        lines += [f"{i}. {t}" for i, t in enumerate(notes, 1)]
+    lines += [
+        "",
+        "Reading the table: drain jobs/s counts from the worker's spawn to the last "
+        "completion (startup included).  Peak RSS is the largest of the summed VmRSS of the "
+        "worker's process tree (sampled every 50 ms) and any process's VmHWM.  Latency above "
+        "a system's drain rate measures its backlog, not its dispatch.  In the crash column, "
+        "'re-run' counts jobs started more than once (in flight at the kill, then run again), "
+        "'twice' jobs completed more than once, 'lost' jobs never completed.",
+        "",
+        "## Crash test details",
+        "",
+        "| system | done at kill | in flight at kill | lost of those "
+        "| last completion after kill, s |",
+        "|---|---|---|---|---|",
+    ]
+    for system, per in results.items():
+        crash = per.get("crash") if "error" not in per else None
+        if crash and "error" not in crash:
+            lines.append(
+                f"| {system} | {fmt_num(crash.get('done_at_kill'))} | "
+                f"{fmt_num(crash.get('in_flight_at_kill'))} | "
+                f"{fmt_num(crash.get('lost_in_flight'))} | {fmt_num(crash.get('recovery_s'))} |"
+            )
+    lines += ["", "## Settings (same durability where the system has a setting)", ""]
+    lines += [
+        "| system | versions | storage / durability | batch API | worker, concurrency "
+        "| crash recovery |",
+        "|---|---|---|---|---|---|",
+    ]
+    for system in results:
+        d = info.get(system, {})
+        s = d.get("settings", {})
+        vers = ", ".join(f"{k} {v}" for k, v in d.get("versions", {}).items())
+        lines.append(
+            f"| {system} | {vers or '—'} | {s.get('storage', '—')} | "
+            f"{s.get('batch', '—')} | {s.get('worker', '—')} | "
+            f"{s.get('recovery', '—')} |"
+        )
+    lines += ["", "## Environment", ""] + [f"- {t}" for t in env_notes] + [""]
+    path.write_text("\n".join(lines))
+
+
+def write_chart(path: Path, results: dict[str, dict[str, Any]], quick: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = [s for s, per in results.items() if "error" not in per]
+    series = [("bulk enqueue", "bulk"), ("drain", "drain")]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(systems) + 2), 4.5))
+    width = 0.38
+    for k, (label, measure) in enumerate(series):
+        vals = []
+        for s in systems:
+            r = results[s].get(measure) or {}
+            v = r.get("jobs_per_s")
+            vals.append(v if isinstance(v, int | float) and v > 0 else float("nan"))
+        xs = [i + (k - 0.5) * width for i in range(len(systems))]
+        bars = ax.bar(xs, vals, width, label=label)
+        for b, v in zip(bars, vals, strict=True):
+            if not math.isnan(v):
+                ax.annotate(
+                    fmt_num(v),
+                    (b.get_x() + b.get_width() / 2, v),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right")
+    ax.set_ylabel("jobs/s (log scale)")
+    ax.set_title(
+        f"Bulk enqueue and drain, {'2,000' if quick else '50,000'} no-op jobs, one worker, 2 cores"
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2,000 jobs, 5 s latency")
+    ap.add_argument("--systems", default="", help="comma-separated subset of " + ",".join(SYSTEMS))
+    ap.add_argument("--measures", default=",".join(common.MEASURES))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--python", default=sys.executable, help="interpreter that has the peers installed"
+    )
+    ap.add_argument(
+        "--no-redis-aof",
+        action="store_true",
+        help="leave the Redis server's persistence settings alone",
+    )
+    ap.add_argument("--out", default=str(HERE / "results"), help="output path stem")
+    args = ap.parse_args()
+
+    wanted = [s.strip() for s in args.systems.split(",") if s.strip()] or SYSTEMS
+    unknown = [s for s in wanted if s not in SYSTEMS]
+    if unknown:
+        ap.error(f"unknown systems {unknown}; known: {SYSTEMS}")
+    measures = [m for m in args.measures.split(",") if m]
+    systems = [s for s in SYSTEMS if s in wanted and (script(s).exists() or s not in OPTIONAL)]
+    sub_timeout = 900.0 if args.quick else 2400.0
+    base = ["--quick"] if args.quick else []
+
+    results: dict[str, dict[str, Any]] = {}
+    info: dict[str, Any] = {}
+    use_aof = not args.no_redis_aof and any(s in REDIS_SYSTEMS for s in systems)
+    with redis_aof(use_aof) as redis_desc:
+        for system in systems:
+            if not script(system).exists():
+                results[system] = {"error": f"{script(system).name} is missing"}
+                continue
+            d = run_one(args.python, system, ["--describe"], 120)
+            info[system] = d
+            if "error" in d:  # import failed: the package is not installed or broken
+                results[system] = {"error": d["error"]}
+                print(f"{system}: cannot run: {d['error']}", flush=True)
+                continue
+            per: dict[str, Any] = {}
+            for measure in measures:
+                runs = []
+                for k in range(args.runs):
+                    r = run_one(args.python, system, ["--measure", measure, *base], sub_timeout)
+                    runs.append(r)
+                    print(
+                        f"{system} {measure} run {k + 1}: "
+                        f"{json.dumps({x: y for x, y in r.items() if x != 'system'})}",
+                        flush=True,
+                    )
+                per[measure] = aggregate(runs)
+            results[system] = per
+    env_notes = environment_notes(redis_desc)
+
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "quick": args.quick,
+                "runs": args.runs,
+                "results": results,
+                "info": info,
+                "environment": env_notes,
+            },
+            indent=1,
+        )
+    )
+    write_markdown(out.with_suffix(".md"), results, info, args, env_notes)
+    write_chart(out.with_suffix(".png"), results, args.quick)
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

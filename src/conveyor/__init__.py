@@ -1,0 +1,56 @@
+"""conveyor: a durable job queue for structured-concurrency Python, on SQLite.
+
+Register handlers on a :class:`Registry`, open the queue with :func:`open_queue` inside a trio or
+asyncio (anyio) program, and enqueue jobs; they run on workers in priority order, with retries,
+delays, timeouts and cancellation, and survive crashes and restarts.
+"""
+
+from ._context import JobContext, current_job
+from ._errors import (
+    ConveyorError,
+    DatabaseError,
+    DatabaseInUse,
+    InvalidArgument,
+    JobNotFound,
+    NoJobContext,
+    NotJSONSerializable,
+    QueueClosed,
+    QueueFull,
+    SchemaTooNew,
+    UnknownHandler,
+    WaitTimeout,
+)
+from ._events import Change
+from ._job import Job, JobSpec, JobStatus
+from ._queue import Queue, Stats, open_queue
+from ._registry import Handler, Registry
+from ._retry import Backoff, Fail, Retry
+
+__all__ = [
+    "Backoff",
+    "Change",
+    "ConveyorError",
+    "DatabaseError",
+    "DatabaseInUse",
+    "Fail",
+    "Handler",
+    "InvalidArgument",
+    "Job",
+    "JobContext",
+    "JobNotFound",
+    "JobSpec",
+    "JobStatus",
+    "NoJobContext",
+    "NotJSONSerializable",
+    "Queue",
+    "QueueClosed",
+    "QueueFull",
+    "Registry",
+    "Retry",
+    "SchemaTooNew",
+    "Stats",
+    "UnknownHandler",
+    "WaitTimeout",
+    "current_job",
+    "open_queue",
+]

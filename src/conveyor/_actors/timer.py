@@ -1,0 +1,44 @@
+"""The timer: sleeps until the earliest scheduled job is due, then wakes the dispatcher.
+
+The store tells it, after every batch, when the earliest scheduled job becomes due; the latest
+word replaces the one before. Due times are wall-clock seconds (they outlive the process); the
+sleep runs on the event loop's clock for the difference, so a mock clock drives it in tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Final
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .messages import DispatcherMessage, NextDue, WorkReady, tell
+
+MIN_SLEEP: Final = 1e-6
+"""The shortest sleep: keeps the wait finite and moving when float rounding leaves a sliver."""
+
+
+class Timer:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        inbox: MemoryObjectReceiveStream[NextDue],
+        dispatcher: MemoryObjectSendStream[DispatcherMessage],
+    ) -> None:
+        self._clock = clock
+        self._inbox = inbox
+        self._dispatcher = dispatcher
+
+    async def run(self) -> None:
+        due: float | None = None
+        async with self._inbox:
+            while True:
+                if due is not None and self._clock() >= due:
+                    tell(self._dispatcher, WorkReady())
+                    due = None
+                wait = math.inf if due is None else max(due - self._clock(), MIN_SLEEP)
+                with anyio.move_on_after(wait):
+                    due = (await self._inbox.receive()).at

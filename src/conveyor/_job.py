@@ -1,0 +1,200 @@
+"""Jobs as values, and their life cycle as an explicit transition table (DESIGN §2).
+
+Everything here is pure: no I/O and no event loop. The store applies these rules; the property
+suite's reference model and the documentation mirror them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from typing import Any, Final
+
+import attrs
+
+from ._errors import InvalidArgument, NotJSONSerializable
+
+JSON = Any
+"""A value that :func:`json.dumps` accepts: dict, list, str, int, float, bool or None."""
+
+MIN_PRIORITY: Final = 1
+MAX_PRIORITY: Final = 10
+DEFAULT_PRIORITY: Final = 5
+MAX_KEY_LENGTH: Final = 255
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life cycle; ``completed``, ``failed``, ``cancelled`` are terminal."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Event(enum.StrEnum):
+    """What can happen to a job; the keys of :data:`TRANSITIONS`."""
+
+    CLAIM = "claim"
+    COMPLETE = "complete"
+    RETRY = "retry"
+    FAIL = "fail"
+    CANCEL = "cancel"
+    INTERRUPT = "interrupt"  # shutdown or crash while running: back to pending
+    REQUEUE = "requeue"
+
+
+TRANSITIONS: Final[dict[tuple[JobStatus, Event], JobStatus]] = {
+    (JobStatus.PENDING, Event.CLAIM): JobStatus.RUNNING,
+    (JobStatus.PENDING, Event.CANCEL): JobStatus.CANCELLED,
+    (JobStatus.RUNNING, Event.COMPLETE): JobStatus.COMPLETED,
+    (JobStatus.RUNNING, Event.RETRY): JobStatus.PENDING,
+    (JobStatus.RUNNING, Event.FAIL): JobStatus.FAILED,
+    (JobStatus.RUNNING, Event.CANCEL): JobStatus.CANCELLED,
+    (JobStatus.RUNNING, Event.INTERRUPT): JobStatus.PENDING,
+    (JobStatus.FAILED, Event.REQUEUE): JobStatus.PENDING,
+    (JobStatus.CANCELLED, Event.REQUEUE): JobStatus.PENDING,
+}
+"""The only legal transitions: ``(status, event) -> new status``."""
+
+
+def next_status(status: JobStatus, event: Event) -> JobStatus | None:
+    """The status after ``event`` happens to a job in ``status``; ``None`` if it cannot happen."""
+    return TRANSITIONS.get((status, event))
+
+
+def sources_of(event: Event) -> frozenset[JobStatus]:
+    """Every status from which ``event`` is legal."""
+    return frozenset(status for status, ev in TRANSITIONS if ev is event)
+
+
+def encode_json(value: JSON, what: str) -> str:
+    """``value`` as compact JSON text; :class:`NotJSONSerializable` naming ``what`` if it is not."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise NotJSONSerializable(f"{what} is not JSON-serializable: {exc}") from None
+
+
+def _check_priority(_: object, __: object, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"priority must be an int, not {value!r}")
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise InvalidArgument(
+            f"priority must be within {MIN_PRIORITY}..{MAX_PRIORITY} "
+            f"({MIN_PRIORITY} runs first), not {value}"
+        )
+
+
+def check_seconds(name: str, value: float | None, *, positive: bool = False) -> None:
+    """Refuse a time argument that is not a finite number >= 0 (> 0 when ``positive``)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidArgument(f"{name} must be a finite number of seconds, not {value!r}")
+    if value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise InvalidArgument(f"{name} must be {bound}, not {value!r}")
+
+
+def check_max_attempts(value: int | None) -> None:
+    """Refuse a ``max_attempts`` that is not an int >= 1."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"max_attempts must be an int >= 1, not {value!r}")
+
+
+def _check_spec_delay(_: object, __: object, value: float | None) -> None:
+    check_seconds("delay", value)
+
+
+def _check_spec_run_at(_: object, __: object, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidArgument(f"run_at must be finite wall-clock seconds, not {value!r}")
+
+
+def _check_spec_timeout(_: object, __: object, value: float | None) -> None:
+    check_seconds("timeout", value, positive=True)
+
+
+def _check_spec_max_attempts(_: object, __: object, value: int | None) -> None:
+    check_max_attempts(value)
+
+
+def _check_name(_: object, __: object, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"a job's handler name must be a non-empty str, not {value!r}")
+
+
+def _check_key(_: object, __: object, value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
+        raise InvalidArgument(
+            f"idempotency_key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
+            f"not {value!r}"
+        )
+
+
+@attrs.frozen
+class JobSpec:
+    """A job to enqueue: what :meth:`Queue.enqueue_many` takes. Validated when constructed.
+
+    ``delay`` (seconds from now) and ``run_at`` (wall-clock seconds) are exclusive; with neither,
+    the job is ready at once.
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    payload: JSON = None
+    priority: int = attrs.field(default=DEFAULT_PRIORITY, kw_only=True, validator=_check_priority)
+    delay: float | None = attrs.field(default=None, kw_only=True, validator=_check_spec_delay)
+    run_at: float | None = attrs.field(default=None, kw_only=True, validator=_check_spec_run_at)
+    max_attempts: int | None = attrs.field(
+        default=None, kw_only=True, validator=_check_spec_max_attempts
+    )
+    timeout: float | None = attrs.field(default=None, kw_only=True, validator=_check_spec_timeout)
+    idempotency_key: str | None = attrs.field(default=None, kw_only=True, validator=_check_key)
+
+    def __attrs_post_init__(self) -> None:
+        if self.delay is not None and self.run_at is not None:
+            raise InvalidArgument("give delay or run_at, not both")
+
+
+@attrs.frozen
+class Job:
+    """A job as stored: an immutable snapshot, taken when it was read.
+
+    ``attempts`` counts the attempts started so far (a running job's current attempt included).
+    ``error`` holds the last failure's message and traceback text. ``progress`` (0..1) and
+    ``progress_message`` are what the handler last reported.
+    """
+
+    id: int
+    name: str
+    payload: JSON
+    status: JobStatus
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: float
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: JSON = None
+    error: str | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    timeout: float | None = None
+    idempotency_key: str | None = None

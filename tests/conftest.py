@@ -1,0 +1,80 @@
+"""Shared fixtures: every async test runs on trio (MockClock, exact virtual time) and asyncio.
+
+On trio the queue's wall clock is derived from a MockClock that jumps ahead whenever every task
+is blocked, and SQL runs inline on the event loop's thread (``sql_thread=False``), so a test
+that waits an hour of backoff runs in milliseconds and is exact. On asyncio the queue runs as in
+production: real time, SQL on its own thread. Tests that need virtual time are marked
+``trio_only``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import conveyor
+
+EPOCH = 1_800_000_000.0
+"""The mock wall clock's reading at the start of a trio test."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "trio_only: needs trio's MockClock (virtual time)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "anyio_backend" in metafunc.fixturenames:
+        backends = (
+            ["trio"]
+            if metafunc.definition.get_closest_marker("trio_only")
+            else [
+                "trio",
+                "asyncio",
+            ]
+        )
+        metafunc.parametrize("anyio_backend", backends, indirect=True)
+
+
+@pytest.fixture
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    if request.param == "trio":
+        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+    return "asyncio"
+
+
+@pytest.fixture
+def wall_clock(anyio_backend_name: str) -> Callable[[], float]:
+    if anyio_backend_name == "trio":
+        return lambda: EPOCH + trio.current_time()
+    return time.time
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+QueueOpener = Callable[..., AbstractAsyncContextManager[conveyor.Queue]]
+
+
+@pytest.fixture
+def open_test_queue(
+    db_path: Path, wall_clock: Callable[[], float], anyio_backend_name: str
+) -> QueueOpener:
+    """``open_test_queue(registry, **options)``: ``open_queue`` on this test's file and clock."""
+
+    def opener(
+        registry: conveyor.Registry, **options: Any
+    ) -> AbstractAsyncContextManager[conveyor.Queue]:
+        options.setdefault("clock", wall_clock)
+        options.setdefault("sql_thread", anyio_backend_name != "trio")
+        return conveyor.open_queue(db_path, handlers=registry, **options)
+
+    return opener

@@ -1,0 +1,27 @@
+"""Small tools the tests share."""
+
+from __future__ import annotations
+
+import anyio
+
+import conveyor
+
+
+async def wait_all(queue: conveyor.Queue, jobs: list[conveyor.Job]) -> list[conveyor.Job]:
+    """Every job of ``jobs`` once finished, in order."""
+    return [await queue.wait(job.id, timeout=60) for job in jobs]
+
+
+class Gate:
+    """Handlers wait on it to stay running until the test opens it."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self._open = anyio.Event()
+
+    async def pass_through(self) -> None:
+        self.entered.set()
+        await self._open.wait()
+
+    def open(self) -> None:
+        self._open.set()

@@ -1,0 +1,142 @@
+"""Durability: jobs survive restarts and kill -9; one writer per file; files that are not ours."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+import conveyor
+
+from conftest import QueueOpener
+
+pytestmark = pytest.mark.anyio
+
+CHILD = Path(__file__).with_name("crash_child.py")
+
+
+def spawn(mode: str, db: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), mode, str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def noop_registry() -> conveyor.Registry:
+    registry = conveyor.Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: object) -> object:
+        return payload
+
+    return registry
+
+
+async def test_jobs_survive_closing_and_reopening(open_test_queue: QueueOpener) -> None:
+    async with open_test_queue(noop_registry()) as queue:
+        job = await queue.enqueue("noop", {"keep": True}, delay=3600, priority=2)
+    async with open_test_queue(noop_registry()) as queue:
+        again = await queue.get(job.id)
+    assert again == job
+
+
+async def test_ids_are_never_reused_after_a_purge(open_test_queue: QueueOpener) -> None:
+    async with open_test_queue(noop_registry()) as queue:
+        job = await queue.enqueue("noop")
+        await queue.wait(job.id, timeout=10)
+        await queue.purge(older_than=0)
+    async with open_test_queue(noop_registry()) as queue:
+        assert (await queue.enqueue("noop", delay=60)).id > job.id
+
+
+async def test_a_second_queue_on_the_same_file_is_refused(open_test_queue: QueueOpener) -> None:
+    async with open_test_queue(noop_registry()):
+        with pytest.raises(conveyor.DatabaseInUse, match=r"jobs\.db is already open"):
+            async with open_test_queue(noop_registry()):
+                pass
+
+
+@pytest.mark.slow
+async def test_a_queue_in_another_process_holds_the_file(db_path: Path) -> None:
+    child = spawn("hold", db_path)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "open"
+        with pytest.raises(conveyor.DatabaseInUse, match=str(db_path)):
+            async with conveyor.open_queue(db_path, handlers=noop_registry()):
+                pass
+    finally:
+        child.kill()
+        child.communicate()
+    async with conveyor.open_queue(db_path, handlers=noop_registry()):
+        pass
+
+
+async def test_a_file_that_is_not_sqlite_is_refused(db_path: Path) -> None:
+    await anyio.Path(db_path).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(conveyor.DatabaseError, match="not a usable SQLite database"):
+        async with conveyor.open_queue(db_path, handlers=noop_registry()):
+            pass
+
+
+async def test_a_foreign_sqlite_database_is_refused_untouched(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER)")
+    with pytest.raises(conveyor.DatabaseError, match="not a conveyor one"):
+        async with conveyor.open_queue(db_path, handlers=noop_registry()):
+            pass
+    with sqlite3.connect(db_path) as conn:
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["customers"]
+
+
+async def test_a_database_from_a_newer_schema_is_refused(db_path: Path) -> None:
+    async with conveyor.open_queue(db_path, handlers=noop_registry()):
+        pass
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(conveyor.SchemaTooNew, match="schema version 99"):
+        async with conveyor.open_queue(db_path, handlers=noop_registry()):
+            pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_kill_9_while_enqueueing_loses_no_acknowledged_job(db_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    acked: set[int] = set()
+    for _ in range(3):
+        child = spawn("produce", db_path)
+        assert child.stdout is not None
+        deadline = time.monotonic() + rng.uniform(0.2, 0.8)
+        while time.monotonic() < deadline or not acked:
+            line = child.stdout.readline()
+            if line.startswith("ack "):
+                acked.add(int(line.split()[1]))
+        child.send_signal(signal.SIGKILL)
+        rest, _ = child.communicate()
+        acked.update(int(line.split()[1]) for line in rest.splitlines() if line.startswith("ack "))
+    with sqlite3.connect(db_path) as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM jobs")}
+    assert len(acked) > 100
+    assert acked <= stored
+
+
+@pytest.mark.slow
+def test_a_job_that_kills_its_process_every_time_ends_failed(db_path: Path) -> None:
+    runs = []
+    for _ in range(5):
+        out, _ = spawn("killer", db_path).communicate(timeout=60)
+        runs.append(out.strip())
+        if out.strip():
+            break
+    assert runs == ["", "", "", "status failed"]
