@@ -21,6 +21,8 @@ import trio.testing
 
 import conveyor
 
+from helpers import QueueOpener
+
 EPOCH = 1_800_000_000.0
 """The mock wall clock's reading at the start of a trio test."""
 
@@ -59,9 +61,6 @@ def wall_clock(anyio_backend_name: str) -> Callable[[], float]:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "jobs.db"
-
-
-QueueOpener = Callable[..., AbstractAsyncContextManager[conveyor.Queue]]
 
 
 @pytest.fixture

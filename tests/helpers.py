@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
 import anyio
 
 import conveyor
+
+QueueOpener = Callable[..., AbstractAsyncContextManager[conveyor.Queue]]
+"""What the ``open_test_queue`` fixture is: ``open_queue`` on the test's file and clock."""
 
 
 async def wait_all(queue: conveyor.Queue, jobs: list[conveyor.Job]) -> list[conveyor.Job]:

@@ -8,7 +8,7 @@ import pytest
 import conveyor
 from conveyor import JobSpec, JobStatus
 
-from conftest import QueueOpener
+from helpers import QueueOpener
 
 pytestmark = pytest.mark.anyio
 

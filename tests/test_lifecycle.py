@@ -10,8 +10,7 @@ import pytest
 import conveyor
 from conveyor import JobStatus
 
-from conftest import QueueOpener
-from helpers import Gate
+from helpers import Gate, QueueOpener
 
 pytestmark = pytest.mark.anyio
 

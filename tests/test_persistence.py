@@ -15,7 +15,7 @@ import pytest
 
 import conveyor
 
-from conftest import QueueOpener
+from helpers import QueueOpener
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,7 @@ import pytest
 import conveyor
 from conveyor import JobSpec, JobStatus
 
-from conftest import QueueOpener
-from helpers import Gate, wait_all
+from helpers import Gate, QueueOpener, wait_all
 
 pytestmark = pytest.mark.anyio
 

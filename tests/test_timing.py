@@ -10,7 +10,7 @@ import pytest
 import conveyor
 from conveyor import JobStatus
 
-from conftest import QueueOpener
+from helpers import QueueOpener
 
 pytestmark = pytest.mark.anyio
 

@@ -51,6 +51,13 @@ class Dispatcher:
             await self._claim_if_useful()
             async for message in self._inbox:
                 await self._handle(message)
+                # Take in whatever else is already here (slots freed together) before claiming,
+                # so that one claim fills them all.
+                while True:
+                    try:
+                        await self._handle(self._inbox.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
                 await self._claim_if_useful()
                 if self._closing is not None and self._is_idle():
                     self._closing.set()

@@ -158,6 +158,8 @@ class CancelRunning:
 
 @attrs.frozen
 class SlotFree:
+    """The worker running this job is done with it (its outcome is on the way to the store)."""
+
     job_id: int
 
 

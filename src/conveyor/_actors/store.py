@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import anyio
+import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -78,6 +79,7 @@ def apply_batch(
     command's reply only; the others still commit.
     """
     effects = Effects()
+    due_before = writer.next_due
     writer.begin()
     try:
         for command in commands:
@@ -86,8 +88,10 @@ def apply_batch(
                     effects.failures.append((reply, QueueClosed("the queue is closed")))
                 continue
             _apply(writer, command, now, max_pending, effects)
-        if any(not isinstance(command, Progress) for command in commands):
-            effects.next_due = NextDue(writer.next_due())
+        # After a claim the timer hears even an unchanged due time: the claim may have come
+        # from its wake-up, which it forgets once fired.
+        if writer.next_due != due_before or effects.claimed:
+            effects.next_due = NextDue(writer.next_due)
         writer.commit()
     except BaseException:
         writer.rollback()
@@ -232,6 +236,9 @@ class Store:
         """Apply batches until a :class:`Stop` is committed; refuse what comes after it."""
         try:
             async for first in self._commands:
+                # One scheduler turn lets tasks that are already runnable (workers that just
+                # finished, producers) add their commands to this batch.
+                await anyio.lowlevel.checkpoint()
                 if not await self._apply(self._drain(first)):
                     break
         finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
 import traceback
 
@@ -59,6 +58,8 @@ class Worker:
             async for assignment in self._assignments:
                 outcome = await self._run(assignment)
                 await self._store.send(outcome)
+                # Told at once, so that the dispatcher's claim for the free slot can join the
+                # store's batch that carries this outcome.
                 tell(self._dispatcher, SlotFree(assignment.job.id))
 
     async def _run(self, assignment: Assignment) -> Outcome:
@@ -73,14 +74,17 @@ class Worker:
         )
         finished: Outcome | None = None
         logger.debug("job %d (%s) attempt %d starts", job.id, job.name, job.attempts)
-        with assignment.scope, anyio.move_on_after(_seconds(job.timeout)) as deadline:
+        scope = assignment.scope
+        if job.timeout is not None:
+            scope.deadline = anyio.current_time() + job.timeout
+        with scope:
             finished = await _attempt(job, handler, context)
         # A sync handler cannot be interrupted, so a cancel or timeout can arrive while it runs
         # and find it finished: the cancel and the timeout still win. Shutdown does not discard
         # finished work.
         if assignment.reason == "cancel":
             outcome = Outcome(job.id, job.attempts, "cancelled")
-        elif assignment.reason is None and deadline.cancel_called:
+        elif assignment.reason is None and scope.cancel_called:
             timeout = f"timed out after {job.timeout:g} s (attempt cancelled)"
             outcome = _failure(job, timeout, handler.backoff)
         elif finished is not None:
@@ -157,7 +161,3 @@ def _failure(job: Job, error: str, backoff: Backoff) -> Outcome:
 
 def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc)).rstrip()
-
-
-def _seconds(timeout: float | None) -> float:
-    return math.inf if timeout is None else timeout

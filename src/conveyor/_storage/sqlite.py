@@ -290,6 +290,16 @@ class Writer:
     def _reload_counters(self) -> None:
         self._next_id: int = self._conn.execute(Q_NEXT_ID).fetchone()[0]
         self.pending_count: int = self._conn.execute(Q_COUNT_PENDING).fetchone()[0]
+        self.next_due: float | None = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
+        """When the earliest scheduled job becomes due (``None``: none is scheduled).
+
+        Kept in step with every write, so claims look for due jobs only when some may be due.
+        It may be early (a scheduled job was cancelled), never late.
+        """
+
+    def _schedule(self, run_at: float) -> None:
+        if self.next_due is None or run_at < self.next_due:
+            self.next_due = run_at
 
     def close(self) -> None:
         """Close the connection and release the file lock."""
@@ -341,6 +351,8 @@ class Writer:
             job_id = self._next_id
             self._next_id += 1
             due = new.run_at <= now
+            if not due:
+                self._schedule(new.run_at)
             rows.append(
                 (
                     job_id,
@@ -376,17 +388,14 @@ class Writer:
 
     def claim(self, limit: int, now: float) -> list[Job]:
         """Mark up to ``limit`` of the best due jobs ``running`` and return them in claim order."""
-        self._conn.execute(Q_PROMOTE_DUE, (now,))
+        if self.next_due is not None and self.next_due <= now:
+            self._conn.execute(Q_PROMOTE_DUE, (now,))
+            self.next_due = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
         rows = self._conn.execute(Q_CLAIM, (now, limit)).fetchall()
         self.pending_count -= len(rows)
         jobs = [row_to_job(row) for row in rows]
         jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
         return jobs
-
-    def next_due(self) -> float | None:
-        """When the earliest scheduled job becomes due, or ``None`` when none is scheduled."""
-        due: float | None = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
-        return due
 
     def record_progress(
         self, job_id: int, attempt: int, fraction: float, message: str | None
@@ -431,6 +440,8 @@ class Writer:
         if retry_delay is not None and attempts < max_attempts:
             run_at = now + retry_delay
             status = "pending" if retry_delay <= 0 else SCHEDULED
+            if status == SCHEDULED:
+                self._schedule(run_at)
             self._conn.execute(Q_RETRY, (status, run_at, error, job_id))
             self.pending_count += 1
             return Change("retried", job_id, name, duration)

@@ -1,0 +1,219 @@
+"""conveyor's own speed and memory, embedded on SQLite (issue #2). Run by hand, never in CI.
+
+    .venv/bin/python bench/throughput.py [--quick] [--synchronous normal|full]
+
+Prints one table: enqueue_many jobs/s, single enqueue jobs/s from 1 and from 100 concurrent
+producers, drain jobs/s of no-op async jobs with 8 workers, enqueue-to-start latency p50/p99
+at idle and at half the measured drain rate, and peak RSS of a process that runs jobs from a
+file holding 1,000,000 (and, for comparison, 10,000) pending jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+import conveyor
+
+WORKERS = 8
+
+
+def fresh_db(directory: Path, name: str) -> Path:
+    path = directory / f"{name}.db"
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return path
+
+
+def noop_registry(on_start: Callable[[float], None] | None = None) -> conveyor.Registry:
+    registry = conveyor.Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: object) -> None:
+        if on_start is not None:
+            on_start(time.time())
+
+    return registry
+
+
+async def bench_enqueue_many(db: Path, jobs: int, sync: str) -> float:
+    specs = [conveyor.JobSpec("noop", {"n": n}, delay=3600) for n in range(jobs)]
+    async with conveyor.open_queue(db, handlers=noop_registry(), synchronous=sync) as queue:
+        start = time.perf_counter()
+        for chunk in range(0, jobs, 10_000):
+            await queue.enqueue_many(specs[chunk : chunk + 10_000])
+        return jobs / (time.perf_counter() - start)
+
+
+async def bench_single(db: Path, jobs: int, producers: int, sync: str) -> float:
+    async with conveyor.open_queue(db, handlers=noop_registry(), synchronous=sync) as queue:
+
+        async def produce(count: int) -> None:
+            for n in range(count):
+                await queue.enqueue("noop", {"n": n}, delay=3600)
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(producers):
+                nursery.start_soon(produce, jobs // producers)
+        return (jobs // producers * producers) / (time.perf_counter() - start)
+
+
+async def bench_drain(db: Path, jobs: int, sync: str) -> float:
+    registry = noop_registry()
+    async with conveyor.open_queue(db, handlers=registry, synchronous=sync) as queue:
+        for chunk in range(0, jobs, 10_000):
+            size = min(10_000, jobs - chunk)
+            await queue.enqueue_many([conveyor.JobSpec("noop", run_at=0) for _ in range(size)])
+    finished = trio.Event()
+    done = 0
+
+    def count(changes: object) -> None:
+        nonlocal done
+        done += sum(1 for change in changes if change.kind == "completed")  # type: ignore[attr-defined]
+        if done >= jobs:
+            finished.set()
+
+    start = time.perf_counter()
+    async with conveyor.open_queue(
+        db, handlers=registry, workers=WORKERS, synchronous=sync
+    ) as queue:
+        queue.subscribe(count)
+        await finished.wait()
+        elapsed = time.perf_counter() - start
+    return jobs / elapsed
+
+
+async def bench_latency(db: Path, rate: float, seconds: float, sync: str) -> tuple[float, float]:
+    """p50 and p99 of enqueue-to-start in ms, jobs offered at ``rate`` per second."""
+    enqueued: dict[int, float] = {}
+    latencies: list[float] = []
+    started: dict[int, float] = {}
+
+    registry = conveyor.Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: int) -> None:
+        started[payload] = time.time()
+
+    async with conveyor.open_queue(
+        db, handlers=registry, workers=WORKERS, synchronous=sync
+    ) as queue:
+        count = max(int(rate * seconds), 50)
+        interval = 1 / rate
+        begin = trio.current_time()
+
+        async def offer(n: int) -> None:
+            enqueued[n] = time.time()
+            await queue.enqueue("noop", n)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(count):
+                await trio.sleep_until(begin + n * interval)
+                nursery.start_soon(offer, n)
+        with trio.fail_after(60):
+            while len(started) < count:
+                await trio.sleep(0.01)
+    latencies = sorted((started[n] - enqueued[n]) * 1000 for n in range(count))
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
+
+
+def peak_rss_mb(db: Path, pending: int) -> float:
+    """Peak RSS of a fresh process that opens ``db`` (``pending`` jobs) and runs 20,000 jobs."""
+    code = f"""
+import resource, trio, conveyor
+registry = conveyor.Registry()
+done = 0
+@registry.handler("noop")
+async def noop(payload):
+    global done
+    done += 1
+async def main():
+    async with conveyor.open_queue({str(db)!r}, handlers=registry, workers={WORKERS}) as queue:
+        while done < 20_000:
+            await trio.sleep(0.05)
+        assert (await queue.stats()).by_status[conveyor.JobStatus.PENDING] >= {pending} - 20_000
+trio.run(main)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+async def fill(db: Path, pending: int) -> None:
+    async with conveyor.open_queue(db, handlers=noop_registry()) as queue:
+        for chunk in range(0, pending, 50_000):
+            size = min(50_000, pending - chunk)
+            # Half are due now, half scheduled for later: the claim query must cope with both.
+            await queue.enqueue_many(
+                [
+                    conveyor.JobSpec("noop", {"n": chunk + n}, run_at=0 if n % 2 else 4e9)
+                    for n in range(size)
+                ]
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
+    args = parser.parse_args()
+    sync = args.synchronous
+    scale = 10 if args.quick else 1
+    rows: list[tuple[str, str]] = []
+
+    def row(label: str, value: str) -> None:
+        rows.append((label, value))
+        print(f"{label:<55} {value}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
+        directory = Path(tmp)
+        row(
+            "enqueue_many, jobs/s",
+            f"{trio.run(bench_enqueue_many, fresh_db(directory, 'bulk'), 200_000 // scale, sync):,.0f}",
+        )
+        row(
+            "enqueue, 1 producer, jobs/s",
+            f"{trio.run(bench_single, fresh_db(directory, 'one'), 10_000 // scale, 1, sync):,.0f}",
+        )
+        row(
+            "enqueue, 100 producers, jobs/s",
+            f"{trio.run(bench_single, fresh_db(directory, 'many'), 50_000 // scale, 100, sync):,.0f}",
+        )
+        drain = trio.run(bench_drain, fresh_db(directory, "drain"), 50_000 // scale, sync)
+        row(f"drain, {WORKERS} workers, no-op async jobs, jobs/s", f"{drain:,.0f}")
+        p50, p99 = trio.run(bench_latency, fresh_db(directory, "idle"), 100, 5 / (scale**0.5), sync)
+        row("latency enqueue->start at 100 jobs/s (idle), p50 / p99 ms", f"{p50:.2f} / {p99:.2f}")
+        half = drain / 2
+        p50, p99 = trio.run(
+            bench_latency, fresh_db(directory, "half"), half, 5 / (scale**0.5), sync
+        )
+        row(
+            f"latency at {half:,.0f} jobs/s (half of drain), p50 / p99 ms", f"{p50:.2f} / {p99:.2f}"
+        )
+        for pending in (10_000, 1_000_000 // scale):
+            db = fresh_db(directory, f"rss{pending}")
+            trio.run(fill, db, pending)
+            row(
+                f"peak RSS running jobs with {pending:,} pending, MB",
+                f"{peak_rss_mb(db, pending):.0f}",
+            )
+    print(
+        f"\nsynchronous={sync}; this process's peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()
