@@ -34,6 +34,18 @@ def fresh_db(directory: Path, name: str) -> Path:
     return path
 
 
+def idle_registry() -> conveyor.Registry:
+    """For a process that only fills the file: its jobs never finish, and leaving the queue
+    (with no grace) returns them to pending untouched."""
+    registry = conveyor.Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: object) -> None:
+        await trio.sleep_forever()
+
+    return registry
+
+
 def noop_registry(on_start: Callable[[float], None] | None = None) -> conveyor.Registry:
     registry = conveyor.Registry()
 
@@ -69,47 +81,47 @@ async def bench_single(db: Path, jobs: int, producers: int, sync: str) -> float:
 
 
 async def bench_drain(db: Path, jobs: int, sync: str) -> float:
-    registry = noop_registry()
-    async with conveyor.open_queue(db, handlers=registry, synchronous=sync) as queue:
+    async with conveyor.open_queue(
+        db, handlers=idle_registry(), synchronous=sync, shutdown_grace=0
+    ) as queue:
         for chunk in range(0, jobs, 10_000):
             size = min(10_000, jobs - chunk)
             await queue.enqueue_many([conveyor.JobSpec("noop", run_at=0) for _ in range(size)])
-    finished = trio.Event()
-    done = 0
+    all_started = trio.Event()
+    started = 0
 
-    def count(changes: object) -> None:
-        nonlocal done
-        done += sum(1 for change in changes if change.kind == "completed")  # type: ignore[attr-defined]
-        if done >= jobs:
-            finished.set()
+    def count(_: float) -> None:
+        nonlocal started
+        started += 1
+        if started == jobs:
+            all_started.set()
 
     start = time.perf_counter()
     async with conveyor.open_queue(
-        db, handlers=registry, workers=WORKERS, synchronous=sync
-    ) as queue:
-        queue.subscribe(count)
-        await finished.wait()
-        elapsed = time.perf_counter() - start
-    return jobs / elapsed
+        db, handlers=noop_registry(count), workers=WORKERS, synchronous=sync
+    ):
+        await all_started.wait()
+    # Leaving the block waits for the last outcomes to be committed.
+    return jobs / (time.perf_counter() - start)
 
 
 async def bench_latency(db: Path, rate: float, seconds: float, sync: str) -> tuple[float, float]:
     """p50 and p99 of enqueue-to-start in ms, jobs offered at ``rate`` per second."""
+    count = max(int(rate * seconds), 50)
     enqueued: dict[int, float] = {}
-    latencies: list[float] = []
     started: dict[int, float] = {}
-
+    all_started = trio.Event()
     registry = conveyor.Registry()
 
     @registry.handler("noop")
     async def noop(payload: int) -> None:
         started[payload] = time.time()
+        if len(started) == count:
+            all_started.set()
 
     async with conveyor.open_queue(
         db, handlers=registry, workers=WORKERS, synchronous=sync
     ) as queue:
-        count = max(int(rate * seconds), 50)
-        interval = 1 / rate
         begin = trio.current_time()
 
         async def offer(n: int) -> None:
@@ -118,11 +130,10 @@ async def bench_latency(db: Path, rate: float, seconds: float, sync: str) -> tup
 
         async with trio.open_nursery() as nursery:
             for n in range(count):
-                await trio.sleep_until(begin + n * interval)
+                await trio.sleep_until(begin + n / rate)
                 nursery.start_soon(offer, n)
         with trio.fail_after(60):
-            while len(started) < count:
-                await trio.sleep(0.01)
+            await all_started.wait()
     latencies = sorted((started[n] - enqueued[n]) * 1000 for n in range(count))
     return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
 
@@ -152,7 +163,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 async def fill(db: Path, pending: int) -> None:
-    async with conveyor.open_queue(db, handlers=noop_registry()) as queue:
+    async with conveyor.open_queue(db, handlers=idle_registry(), shutdown_grace=0) as queue:
         for chunk in range(0, pending, 50_000):
             size = min(50_000, pending - chunk)
             # Half are due now, half scheduled for later: the claim query must cope with both.
@@ -171,48 +182,32 @@ def main() -> None:
     args = parser.parse_args()
     sync = args.synchronous
     scale = 10 if args.quick else 1
-    rows: list[tuple[str, str]] = []
 
     def row(label: str, value: str) -> None:
-        rows.append((label, value))
-        print(f"{label:<55} {value}", flush=True)
+        print(f"{label:<62} {value}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
         directory = Path(tmp)
-        row(
-            "enqueue_many, jobs/s",
-            f"{trio.run(bench_enqueue_many, fresh_db(directory, 'bulk'), 200_000 // scale, sync):,.0f}",
-        )
-        row(
-            "enqueue, 1 producer, jobs/s",
-            f"{trio.run(bench_single, fresh_db(directory, 'one'), 10_000 // scale, 1, sync):,.0f}",
-        )
-        row(
-            "enqueue, 100 producers, jobs/s",
-            f"{trio.run(bench_single, fresh_db(directory, 'many'), 50_000 // scale, 100, sync):,.0f}",
-        )
+        bulk = trio.run(bench_enqueue_many, fresh_db(directory, "bulk"), 200_000 // scale, sync)
+        row("enqueue_many, jobs/s", f"{bulk:,.0f}")
+        one = trio.run(bench_single, fresh_db(directory, "one"), 10_000 // scale, 1, sync)
+        row("enqueue, 1 producer, jobs/s", f"{one:,.0f}")
+        many = trio.run(bench_single, fresh_db(directory, "many"), 50_000 // scale, 100, sync)
+        row("enqueue, 100 producers, jobs/s", f"{many:,.0f}")
         drain = trio.run(bench_drain, fresh_db(directory, "drain"), 50_000 // scale, sync)
         row(f"drain, {WORKERS} workers, no-op async jobs, jobs/s", f"{drain:,.0f}")
-        p50, p99 = trio.run(bench_latency, fresh_db(directory, "idle"), 100, 5 / (scale**0.5), sync)
-        row("latency enqueue->start at 100 jobs/s (idle), p50 / p99 ms", f"{p50:.2f} / {p99:.2f}")
-        half = drain / 2
-        p50, p99 = trio.run(
-            bench_latency, fresh_db(directory, "half"), half, 5 / (scale**0.5), sync
-        )
-        row(
-            f"latency at {half:,.0f} jobs/s (half of drain), p50 / p99 ms", f"{p50:.2f} / {p99:.2f}"
-        )
+        seconds = 5 / scale**0.5
+        for label, rate in (("100 jobs/s (idle)", 100.0), ("half the drain rate", drain / 2)):
+            db = fresh_db(directory, "latency")
+            p50, p99 = trio.run(bench_latency, db, rate, seconds, sync)
+            row(f"latency enqueue->start at {label}, p50 / p99 ms", f"{p50:.2f} / {p99:.2f}")
         for pending in (10_000, 1_000_000 // scale):
             db = fresh_db(directory, f"rss{pending}")
             trio.run(fill, db, pending)
-            row(
-                f"peak RSS running jobs with {pending:,} pending, MB",
-                f"{peak_rss_mb(db, pending):.0f}",
-            )
-    print(
-        f"\nsynchronous={sync}; this process's peak RSS "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
-    )
+            rss = peak_rss_mb(db, pending)
+            row(f"peak RSS running jobs with {pending:,} pending, MB", f"{rss:.0f}")
+    own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nsynchronous={sync}; this process's peak RSS {own_rss:.0f} MB")
 
 
 if __name__ == "__main__":

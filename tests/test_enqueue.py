@@ -80,6 +80,8 @@ async def test_payload_that_is_not_json_is_refused(open_test_queue: QueueOpener)
             await queue.enqueue("noop", {"when": object()})
         with pytest.raises(conveyor.NotJSONSerializable):
             await queue.enqueue("noop", float("inf"))
+        with pytest.raises(conveyor.NotJSONSerializable, match="lone surrogate"):
+            await queue.enqueue("noop", {"name": "\ud800"})
         assert await queue.list() == []
 
 

@@ -80,9 +80,16 @@ def sources_of(event: Event) -> frozenset[JobStatus]:
 def encode_json(value: JSON, what: str) -> str:
     """``value`` as compact JSON text; :class:`NotJSONSerializable` naming ``what`` if it is not."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        # SQLite stores UTF-8: a lone surrogate would fail there, inside the store's batch.
+        text.encode()
+    except UnicodeEncodeError:
+        raise NotJSONSerializable(
+            f"{what} is not JSON-serializable: it holds a lone surrogate, which is not Unicode text"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise NotJSONSerializable(f"{what} is not JSON-serializable: {exc}") from None
+    return text
 
 
 def _check_priority(_: object, __: object, value: int) -> None:

@@ -1,0 +1,148 @@
+"""Load test: enqueues over HTTP from many concurrent clients against ``conveyor serve``.
+
+Starts ``conveyor serve`` on a free loopback port (a no-op handler, its own temporary file),
+then opens ``--clients`` keep-alive connections from one trio process and sends single-job
+``POST /jobs`` requests until ``--requests`` were answered or ``--seconds`` passed, whichever
+comes first. Reports requests/s and latency percentiles. Loopback only; it stops by itself.
+
+The client speaks HTTP/1.1 on raw trio sockets rather than through httpx so that, with server
+and client sharing the machine's cores, the figure measures the server rather than the client.
+
+    .venv/bin/python bench/http_load.py --clients 64 --requests 20000 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+HANDLERS = """
+import conveyor
+registry = conveyor.Registry()
+
+@registry.handler
+async def noop(payload):
+    return None
+"""
+
+
+def _request(host: str, port: int, n: int) -> bytes:
+    body = json.dumps({"name": "noop", "payload": {"n": n}}).encode()
+    return (
+        f"POST /jobs HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _read_response(stream: trio.SocketStream, buffer: bytearray) -> int:
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            head = bytes(buffer[:end]).decode("latin-1")
+            length = int(re.search(r"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+            total = end + 4 + length
+            if len(buffer) >= total:
+                status = int(head.split(" ", 2)[1])
+                del buffer[:total]
+                return status
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        buffer += chunk
+
+
+async def _client(
+    host: str,
+    port: int,
+    budget: list[int],
+    deadline: float,
+    latencies: list[float],
+    errors: list[int],
+) -> None:
+    stream = await trio.open_tcp_stream(host, port)
+    buffer = bytearray()
+    async with stream:
+        while budget[0] > 0 and trio.current_time() < deadline:
+            budget[0] -= 1
+            start = time.perf_counter()
+            await stream.send_all(_request(host, port, budget[0]))
+            status = await _read_response(stream, buffer)
+            latencies.append(time.perf_counter() - start)
+            if status != 201:
+                errors.append(status)
+
+
+async def _load(host: str, port: int, clients: int, requests: int, seconds: float) -> None:
+    latencies: list[float] = []
+    errors: list[int] = []
+    budget = [requests]
+    started = time.perf_counter()
+    deadline = trio.current_time() + seconds
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(_client, host, port, budget, deadline, latencies, errors)
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(int(len(latencies) * p), len(latencies) - 1)] * 1000
+
+    print(
+        f"{len(latencies)} enqueues over HTTP from {clients} clients in {elapsed:.2f} s: "
+        f"{len(latencies) / elapsed:,.0f} requests/s; latency p50 {pct(0.5):.1f} ms, "
+        f"p90 {pct(0.9):.1f} ms, p99 {pct(0.99):.1f} ms; non-201 answers: {len(errors)}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+    conveyor = Path(sys.executable).parent / "conveyor"
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "load_handlers.py").write_text(HANDLERS)
+        server = subprocess.Popen(
+            [
+                str(conveyor),
+                "serve",
+                "--db",
+                "load.db",
+                "--handlers",
+                "load_handlers:registry",
+                "--port",
+                "0",
+                "--workers",
+                str(args.workers),
+            ],
+            cwd=tmp,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stderr is not None
+            for line in server.stderr:
+                found = re.search(r" on http://([\d.]+):(\d+) ", line)
+                if found:
+                    break
+            else:
+                raise SystemExit("conveyor serve did not start")
+            host, port = found.group(1), int(found.group(2))
+            trio.run(_load, host, port, args.clients, args.requests, args.seconds)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The kill -9 suite: a loaded queue killed at random moments, restarted, then drained.
+
+    python property_tests/crash_suite.py --cycles 200 [--seed N]
+
+runs it by hand (CI runs ten cycles through ``test_crash_suite.py``). Each cycle starts a child
+process in which producers enqueue jobs and print each acknowledged id, and handlers log their
+side effects to a file with fsync; the parent kills the child with SIGKILL at a random moment and
+notes which jobs the database says were running then. At the end a last child drains the queue,
+and the parent checks: no acknowledged job lost, none left ``running``, every job completed at
+least once, and only jobs that were running at a kill ran more than once.
+
+The same file is the child: ``crash_suite.py load DB LOG`` and ``crash_suite.py drain DB LOG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+import conveyor
+
+PRODUCERS: Final = 8
+WORKERS: Final = 8
+DRAIN_TIMEOUT: Final = 300.0
+
+registry = conveyor.Registry()
+
+
+def _log_path() -> str:
+    return os.environ["CONVEYOR_CRASH_LOG"]
+
+
+def _append(line: str) -> None:
+    fd = os.open(_log_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# Killed attempts count, so a job may be running at many kills: attempts must outlast them.
+@registry.handler("work", max_attempts=1_000_000)
+async def work(payload: dict[str, int]) -> int:
+    job = conveyor.current_job()
+    _append(f"start {job.id} {job.attempt}\n")
+    await trio.sleep(random.uniform(0, 0.005))
+    _append(f"done {job.id} {job.attempt}\n")
+    return payload["n"]
+
+
+async def load(db: str) -> None:
+    async with conveyor.open_queue(db, handlers=registry, workers=WORKERS) as queue:
+
+        async def produce(producer: int) -> None:
+            for n in range(1_000_000):
+                job = await queue.enqueue("work", {"n": n, "producer": producer})
+                sys.stdout.write(f"ack {job.id}\n")
+                sys.stdout.flush()
+                await trio.sleep(random.uniform(0, 0.004))
+
+        async with trio.open_nursery() as nursery:
+            for producer in range(PRODUCERS):
+                nursery.start_soon(produce, producer)
+
+
+async def drain(db: str) -> None:
+    async with conveyor.open_queue(db, handlers=registry, workers=WORKERS) as queue:
+        while True:
+            counts = (await queue.stats()).by_status
+            if counts[conveyor.JobStatus.PENDING] + counts[conveyor.JobStatus.RUNNING] == 0:
+                return
+            await trio.sleep(0.05)
+
+
+# --- the parent ---------------------------------------------------------------------------------
+@attrs.define
+class Report:
+    cycles: int = 0
+    acknowledged: set[int] = attrs.Factory(set)
+    running_at_a_kill: set[int] = attrs.Factory(set)
+    problems: list[str] = attrs.Factory(list)
+    jobs: int = 0
+    reruns: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        verdict = "PASS" if not self.problems else "FAIL"
+        return (
+            f"{verdict}: {self.cycles} kill cycles in {self.seconds:.0f} s, {self.jobs} jobs, "
+            f"{len(self.acknowledged)} acknowledged, {len(self.running_at_a_kill)} running at a "
+            f"kill, {self.reruns} re-run" + "".join(f"\n  {p}" for p in self.problems)
+        )
+
+
+def _spawn(mode: str, db: Path, log: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, mode, str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CONVEYOR_CRASH_LOG": str(log)},
+    )
+
+
+def _kill_at_random(child: subprocess.Popen[str], rng: random.Random) -> set[int]:
+    """Let ``child`` run a random while, SIGKILL it, and return the ids it acknowledged."""
+    acked: set[int] = set()
+    assert child.stdout is not None
+    stdout = child.stdout
+
+    def read() -> None:
+        for line in stdout:
+            if line.startswith("ack ") and line.endswith("\n"):
+                acked.add(int(line.split()[1]))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(rng.uniform(0.05, 0.8))
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    reader.join()
+    stdout.close()
+    return acked
+
+
+def _rows(db: Path, query: str) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(query).fetchall()
+    finally:
+        conn.close()
+
+
+def run(cycles: int, directory: Path, seed: int) -> Report:
+    rng = random.Random(seed)
+    db, log = directory / "jobs.db", directory / "side-effects.log"
+    report = Report()
+    began = time.monotonic()
+    for _ in range(cycles):
+        report.acknowledged |= _kill_at_random(_spawn("load", db, log), rng)
+        report.cycles += 1
+        if db.exists():
+            running = _rows(db, "SELECT id, status FROM jobs WHERE status = 'running'")
+            report.running_at_a_kill |= {job_id for job_id, _ in running}
+    drainer = _spawn("drain", db, log)
+    drainer.communicate(timeout=DRAIN_TIMEOUT)
+    if drainer.returncode != 0:
+        report.problems.append(f"the drain exited with {drainer.returncode}")
+    report.seconds = time.monotonic() - began
+    _check(report, db, log)
+    return report
+
+
+def _check(report: Report, db: Path, log: Path) -> None:
+    stored = dict(_rows(db, "SELECT id, status FROM jobs"))
+    report.jobs = len(stored)
+    lost = report.acknowledged - stored.keys()
+    if lost:
+        report.problems.append(f"acknowledged but lost: {sorted(lost)[:20]}")
+    running = [job_id for job_id, status in stored.items() if status == "running"]
+    if running:
+        report.problems.append(f"left running: {running[:20]}")
+    starts: Counter[int] = Counter()
+    done: set[int] = set()
+    for line in log.read_text().splitlines():
+        match line.split():
+            case ["start", job_id, _]:
+                starts[int(job_id)] += 1
+            case ["done", job_id, _]:
+                done.add(int(job_id))
+    unfinished = [job_id for job_id, status in stored.items() if status != "completed"]
+    if unfinished:
+        report.problems.append(f"not completed: {unfinished[:20]}")
+    never_done = sorted(stored.keys() - done)
+    if never_done:
+        report.problems.append(f"completed without a finished run in the log: {never_done[:20]}")
+    reruns = {job_id for job_id, count in starts.items() if count > 1}
+    report.reruns = len(reruns)
+    unexplained = reruns - report.running_at_a_kill
+    if unexplained:
+        report.problems.append(f"ran again though not running at a kill: {sorted(unexplained)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cycles", type=int, default=200, help="kill cycles (default 200)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    parser.add_argument("--dir", type=Path, default=None, help="keep the files here")
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="conveyor-crash-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"seed {seed}, files in {directory}")
+    report = run(args.cycles, directory, seed)
+    print(report.summary())
+    sys.exit(1 if report.problems else 0)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] in ("load", "drain"):
+        trio.run({"load": load, "drain": drain}[sys.argv[1]], sys.argv[2])
+    else:
+        main()

@@ -1,0 +1,303 @@
+"""The real queue, driven step by step from synchronous code (Hypothesis has no async API).
+
+``trio.run`` runs in a background thread under a MockClock that never moves by itself; every
+step is sent to it with ``trio.from_thread.run`` and ends with the queue settled: every task
+blocked (SQL runs inline, handlers are async, so nothing is in flight elsewhere). Time passes
+only when a step jumps the clock, to the next deadline any task sleeps on, one at a time, so
+every timer fires at its exact virtual time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import attrs
+import trio
+import trio.testing
+
+import conveyor
+from conveyor._actors.messages import Outcome, OutcomeKind
+
+from model import Behaviour, Start, fail_message, raise_message, result_of
+
+T = TypeVar("T")
+
+EPOCH: Final = 1_800_000_000.0
+"""The mock wall clock's reading at virtual time 0."""
+
+HANDLER_NAMES: Final = ("alpha", "beta")
+
+
+@attrs.define
+class Cancelled:
+    """``cancel(job_id)`` returned True; the job had started ``attempts`` attempts then, the
+    last of them still running (``while_running``) or not."""
+
+    job_id: int
+    attempts: int = 0
+    while_running: bool = False
+
+
+@attrs.frozen
+class Requeued:
+    """``requeue(job_id)`` returned True."""
+
+    job_id: int
+
+
+Event = Start | Cancelled | Requeued
+
+
+class RealQueue:
+    """One SQLite file, and the queue process that is open on it (or crashed)."""
+
+    def __init__(self, path: Path, scripts: dict[int, tuple[Behaviour, ...]]) -> None:
+        self.path = path
+        self.scripts = scripts
+        self.events: list[Event] = []
+        self.generation = 0
+        self.clock = trio.testing.MockClock()
+        self.queue: conveyor.Queue | None = None
+        self.failure: BaseException | None = None
+        self._scope: trio.CancelScope | None = None
+        self._closed: trio.Event | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._running = threading.Event()
+        self._stop: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        self._thread = threading.Thread(target=self._thread_main, daemon=True)
+        self.registry = self._registry()
+
+    # --- life of the event loop --------------------------------------------------------------
+    def start(self, workers: int) -> None:
+        self._thread.start()
+        self._running.wait()
+        self.run(self._open, workers)
+
+    def close(self) -> None:
+        """Crash the queue (if open) and end the event loop."""
+        if self._token is not None and self._thread.is_alive():
+            self.run(self._crash)
+            trio.from_thread.run(self._end, trio_token=self._token)
+        self._thread.join()
+
+    def run(self, step: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``step(*args)`` on the event loop, wait until the queue settles, return its value."""
+        assert self._token is not None
+
+        async def settled() -> T:
+            value = await step(*args)
+            await trio.testing.wait_all_tasks_blocked()
+            return value
+
+        value = trio.from_thread.run(settled, trio_token=self._token)
+        if self.failure is not None:
+            raise AssertionError("the queue failed") from self.failure
+        return value
+
+    def _thread_main(self) -> None:
+        trio.run(self._main, clock=self.clock)
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._running.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _end(self) -> None:
+        assert self._stop is not None
+        self._stop.set()
+
+    # --- the queue process -------------------------------------------------------------------
+    async def _open(self, workers: int) -> None:
+        assert self._nursery is not None
+        await self._nursery.start(self._host, workers)
+
+    async def _host(self, workers: int, task_status: trio.TaskStatus[None]) -> None:
+        closed = self._closed = trio.Event()
+        try:
+            with trio.CancelScope() as self._scope:
+                async with conveyor.open_queue(
+                    self.path,
+                    handlers=self.registry,
+                    workers=workers,
+                    clock=lambda: EPOCH + trio.current_time(),
+                    sql_thread=False,
+                ) as self.queue:
+                    task_status.started()
+                    await trio.sleep_forever()
+        except Exception as exc:
+            self.failure = exc
+        finally:
+            self.queue = None
+            closed.set()
+
+    async def _crash(self) -> None:
+        if self._scope is not None and self._closed is not None:
+            self._scope.cancel()
+            await self._closed.wait()
+            self._scope = None
+
+    def crash_and_reopen(self, workers: int) -> None:
+        """Tear the queue down abruptly (no graceful shutdown), then open the file again."""
+        self.run(self._crash)
+        self.generation += 1
+        self.run(self._open, workers)
+
+    # --- steps -------------------------------------------------------------------------------
+    def call(self, operation: Callable[[conveyor.Queue], Awaitable[T]]) -> T:
+        async def step() -> T:
+            assert self.queue is not None
+            return await operation(self.queue)
+
+        return self.run(step)
+
+    def cancel(self, job_id: int) -> bool:
+        event = Cancelled(job_id)
+
+        async def cancel(queue: conveyor.Queue) -> bool:
+            cancelled = await queue.cancel(job_id)
+            if cancelled:
+                # Logged as it returns: a handler start logged later came after it.
+                self.events.append(event)
+            return cancelled
+
+        cancelled = self.call(cancel)
+        if cancelled:
+            self._record_cancel(event)
+        return cancelled
+
+    def _record_cancel(self, event: Cancelled) -> None:
+        """Complete the log of a successful cancel with what the job became once settled."""
+        job = self.call(lambda queue: queue.get(event.job_id))
+        assert job is not None
+        event.attempts = job.attempts
+        event.while_running = job.error == "cancelled while running"
+
+    def requeue(self, job_id: int) -> bool:
+        async def requeue(queue: conveyor.Queue) -> bool:
+            requeued = await queue.requeue(job_id)
+            if requeued:
+                self.events.append(Requeued(job_id))
+            return requeued
+
+        return self.call(requeue)
+
+    def enqueue_then_cancel(self, spec: conveyor.JobSpec, checkpoints: int) -> tuple[int, bool]:
+        """Enqueue a ready job and cancel it after ``checkpoints`` scheduling points, without
+        letting the queue settle in between: the cancel meets the claim the enqueue set off."""
+
+        async def step() -> tuple[int, bool]:
+            assert self.queue is not None
+            (job,) = await self.queue.enqueue_many([spec])
+            for _ in range(checkpoints):
+                await trio.lowlevel.checkpoint()
+            cancelled = await self.queue.cancel(job.id)
+            if cancelled:
+                self.events.append(Cancelled(job.id))
+            return job.id, cancelled
+
+        job_id, cancelled = self.run(step)
+        if cancelled:
+            event = next(e for e in self.events if isinstance(e, Cancelled) and e.job_id == job_id)
+            self._record_cancel(event)
+        return job_id, cancelled
+
+    def cancel_then_crash(self, job_id: int, checkpoints: int, workers: int) -> bool:
+        """Cancel a running job and crash ``checkpoints`` scheduling points later, before the
+        handler's end may be committed; then open the file again."""
+        event = Cancelled(job_id)
+
+        async def step() -> bool:
+            assert self.queue is not None
+            cancelled = await self.queue.cancel(job_id)
+            if cancelled:
+                self.events.append(event)
+            for _ in range(checkpoints):
+                await trio.lowlevel.checkpoint()
+            await self._crash()
+            return cancelled
+
+        cancelled = self.run(step)
+        self.generation += 1
+        self.run(self._open, workers)
+        if cancelled:
+            self._record_cancel(event)
+        return cancelled
+
+    def deliver_stale_outcome(self, job_id: int, attempt: int, kind: OutcomeKind) -> None:
+        """An outcome from an attempt that a crash interrupted reaches the store at last."""
+        outcome = Outcome(
+            job_id,
+            attempt,
+            kind,
+            result_json='"stale"',
+            error="a stale outcome",
+            retry_delay=0.0 if kind == "failed" else None,
+        )
+
+        async def step() -> None:
+            assert self.queue is not None
+            await self.queue._commands.send(outcome)
+
+        self.run(step)
+
+    def now(self) -> float:
+        return self.clock.current_time()
+
+    def next_deadline(self) -> float:
+        """The virtual time at which the next task wakes by itself (inf if none)."""
+
+        async def step() -> float:
+            return trio.lowlevel.current_statistics().seconds_to_next_deadline
+
+        return self.now() + self.run(step)
+
+    def jump_to(self, time: float) -> None:
+        async def step() -> None:
+            self.clock.jump(time - self.clock.current_time())
+
+        self.run(step)
+
+    def jobs(self) -> dict[int, conveyor.Job]:
+        async def read(queue: conveyor.Queue) -> dict[int, conveyor.Job]:
+            found: dict[int, conveyor.Job] = {}
+            before: int | None = None
+            while page := await queue.list(limit=1000, before=before):
+                found.update((job.id, job) for job in page)
+                before = page[-1].id
+            return found
+
+        return self.call(read)
+
+    # --- handlers ----------------------------------------------------------------------------
+    def _registry(self) -> conveyor.Registry:
+        registry = conveyor.Registry()
+        for name in HANDLER_NAMES:
+            registry.handler(
+                name, backoff=conveyor.Backoff(initial=1, multiplier=2, maximum=8, jitter=0)
+            )(self._handle)
+        return registry
+
+    async def _handle(self, payload: dict[str, int]) -> object:
+        context = conveyor.current_job()
+        tag, attempt = payload["tag"], context.attempt
+        self.events.append(Start(self.generation, trio.current_time(), context.id, attempt))
+        behaviour = self.scripts[tag][attempt - 1]
+        if behaviour.progress is not None:
+            context.set_progress(behaviour.progress)
+        if behaviour.kind == "raise":
+            raise ValueError(raise_message(tag, attempt))
+        if behaviour.kind == "fail":
+            raise conveyor.Fail(fail_message(tag, attempt))
+        if behaviour.kind == "retry":
+            raise conveyor.Retry(delay=behaviour.retry_delay)
+        if behaviour.kind == "sleep":
+            await trio.sleep(behaviour.duration)
+        return result_of(tag, attempt)

@@ -1,0 +1,88 @@
+"""RFC 9457 problem details: every error the HTTP API answers with, and how core errors map.
+
+Pure: no I/O. :func:`problem_for` turns a :class:`conveyor.ConveyorError` into the status and
+problem a client sees, so that a refusal by the queue is always a 4xx (or 503 while the queue
+cannot take work), never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from .._errors import (
+    ConveyorError,
+    InvalidArgument,
+    JobNotFound,
+    NotJSONSerializable,
+    QueueClosed,
+    QueueFull,
+    UnknownHandler,
+)
+
+PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+
+_TITLES: Final[dict[str, str]] = {
+    "bad-request": "The request is malformed",
+    "unauthorized": "Missing or wrong bearer token",
+    "not-found": "No such job",
+    "no-route": "No such route",
+    "method-not-allowed": "Method not allowed on this route",
+    "conflict": "The job is not in a state that allows this",
+    "too-large": "The request body is too large",
+    "invalid": "The request is well-formed but invalid",
+    "unknown-handler": "No handler of that name is registered",
+    "not-json": "A value cannot be stored as JSON",
+    "queue-full": "The queue is full",
+    "unavailable": "The queue is not taking work",
+    "internal": "Internal error",
+}
+
+
+class Problem(Exception):
+    """An error answer: HTTP ``status``, a ``slug`` naming its type, and the precise ``detail``.
+
+    Raise it from a route to answer with it; the app renders it as ``application/problem+json``.
+    ``errors`` lists field-level reasons (where in the request, and what is wrong there).
+    """
+
+    def __init__(
+        self, status: int, slug: str, detail: str, *, errors: list[dict[str, object]] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+        self.errors = errors
+
+    def body(self) -> dict[str, object]:
+        """The problem-details JSON object."""
+        body: dict[str, object] = {
+            "type": f"urn:conveyor:problem:{self.slug}",
+            "title": _TITLES[self.slug],
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return body
+
+    def encode(self) -> bytes:
+        return json.dumps(self.body(), ensure_ascii=False, default=str).encode()
+
+
+def problem_for(error: ConveyorError) -> Problem:
+    """The problem a client sees for an error the queue raised."""
+    if isinstance(error, UnknownHandler):
+        return Problem(422, "unknown-handler", str(error))
+    if isinstance(error, NotJSONSerializable):
+        return Problem(422, "not-json", str(error))
+    if isinstance(error, InvalidArgument):
+        return Problem(422, "invalid", str(error))
+    if isinstance(error, JobNotFound):
+        return Problem(404, "not-found", str(error))
+    if isinstance(error, QueueFull):
+        return Problem(503, "queue-full", str(error))
+    if isinstance(error, QueueClosed):
+        return Problem(503, "unavailable", str(error))
+    return Problem(500, "internal", f"{type(error).__name__}: {error}")

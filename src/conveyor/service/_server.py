@@ -1,0 +1,178 @@
+"""Serving: the queue and hypercorn in one trio run, with graceful shutdown on signals.
+
+The first SIGINT or SIGTERM stops taking requests, ends long polls, lets requests in flight
+finish, then closes the queue gracefully (running jobs get the shutdown grace, then go back to
+pending; DESIGN §6). A second signal stops at once: the queue is cancelled like a crash, and
+jobs that were running are recovered when the file is next opened, so none is lost.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Final
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from .._queue import Queue, open_queue
+from .._registry import Registry
+from ._app import DEFAULT_MAX_BODY, Service
+from ._guard import check_bind
+
+DEFAULT_PORT: Final = 8327
+REQUEST_GRACE: Final = 5.0
+"""Seconds requests in flight get to finish once shutdown begins."""
+
+
+class LoadError(Exception):
+    """``--handlers`` does not name an importable :class:`conveyor.Registry`."""
+
+
+def load_registry(spec: str) -> Registry:
+    """Import the :class:`Registry` named by ``module:attribute`` (the current directory first).
+
+    Raises :class:`LoadError` saying whether the form, the module, the attribute or its type is
+    wrong.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise LoadError(
+            f"--handlers takes module:attribute (for example myapp.jobs:registry), not {spec!r}"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise LoadError(
+                f"cannot import module {module_name!r} (from --handlers {spec}): no module "
+                f"named {exc.name!r} on the path (the current directory is searched first)"
+            ) from None
+        raise LoadError(f"importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:
+        raise LoadError(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+    try:
+        value = getattr(module, attribute)
+    except AttributeError:
+        registries = sorted(n for n, v in vars(module).items() if isinstance(v, Registry))
+        hint = f" (its registries: {', '.join(registries)})" if registries else ""
+        raise LoadError(f"module {module_name!r} has no attribute {attribute!r}{hint}") from None
+    if not isinstance(value, Registry):
+        raise LoadError(f"{spec} is a {type(value).__name__}, not a conveyor.Registry")
+    return value
+
+
+@attrs.frozen
+class ServeOptions:
+    """What ``conveyor serve`` runs: the queue's file and workers, and where to listen."""
+
+    db: str = "jobs.db"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    workers: int = 8
+    token: str | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    shutdown_grace: float = 10.0
+
+
+@attrs.frozen
+class Running:
+    """A started server: its ``url``, its queue and service, and ``stop`` to shut it down."""
+
+    url: str
+    queue: Queue
+    service: Service
+    stop: Callable[[], None]
+
+
+async def serve(
+    options: ServeOptions,
+    registry: Registry,
+    *,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the queue and the HTTP service until a signal (or ``Running.stop``) stops them.
+
+    Must run in the main thread (it handles SIGINT and SIGTERM). Reports a :class:`Running` once
+    it listens. Raises ``ValueError`` before doing anything if it would listen on a
+    non-loopback address without a token.
+    """
+    check_bind(options.host, options.token)
+    stop_requested = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(_on_signals, signals, stop_requested, outer.cancel_scope)
+            await _serve_queue(options, registry, stop_requested, task_status)
+            outer.cancel_scope.cancel()
+
+
+async def _on_signals(
+    signals: AsyncIterator[int],
+    stop_requested: trio.Event,
+    everything: trio.CancelScope,
+) -> None:
+    async for signum in signals:
+        if not stop_requested.is_set():
+            print(
+                f"{signal.Signals(signum).name}: shutting down gracefully "
+                f"(signal again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            stop_requested.set()
+        else:
+            print(
+                "stopping at once; jobs that were running go back to pending on the next start",
+                file=sys.stderr,
+                flush=True,
+            )
+            everything.cancel()
+
+
+async def _serve_queue(
+    options: ServeOptions,
+    registry: Registry,
+    stop_requested: trio.Event,
+    task_status: trio.TaskStatus[Running],
+) -> None:
+    config = hypercorn.config.Config()
+    config.bind = [_bind(options.host, options.port)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("conveyor.service.http")
+    config.graceful_timeout = REQUEST_GRACE
+    config.include_server_header = False
+    async with open_queue(
+        options.db,
+        handlers=registry,
+        workers=options.workers,
+        shutdown_grace=options.shutdown_grace,
+    ) as queue:
+        service = Service(queue, token=options.token, max_body=options.max_body)
+        try:
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(
+                    partial(
+                        hypercorn.trio.serve,
+                        service.asgi,  # type: ignore[arg-type]
+                        config,
+                        shutdown_trigger=stop_requested.wait,
+                    )
+                )
+                task_status.started(Running(binds[0], queue, service, stop_requested.set))
+                await stop_requested.wait()
+                service.stop_waits()
+        finally:
+            service.close()
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,62 @@
+"""Runs a real ``conveyor serve`` process on a free loopback port, for the service tests."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+
+TESTS = Path(__file__).parent
+CONVEYOR = str(Path(sys.executable).parent / "conveyor")
+
+
+@attrs.frozen
+class Server:
+    process: subprocess.Popen[str]
+    url: str
+
+
+def conveyor(
+    *args: str, cwd: Path = TESTS, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``conveyor`` command and return what it did."""
+    return subprocess.run(
+        [CONVEYOR, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@contextlib.contextmanager
+def running_server(
+    db: Path, *args: str, handlers: str = "service_handlers:registry"
+) -> Iterator[Server]:
+    """``conveyor serve`` on ``db``; stopped with SIGTERM on exit unless already stopped."""
+    process = subprocess.Popen(
+        [CONVEYOR, "serve", "--db", str(db), "--handlers", handlers, "--port", "0", *args],
+        cwd=TESTS,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            found = re.search(r" on (http://\S+) ", line)
+            if found:
+                break
+        else:
+            raise AssertionError(f"conveyor serve did not start: {''.join(lines)}")
+        yield Server(process, found.group(1))
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        if process.stderr is not None:
+            process.stderr.close()

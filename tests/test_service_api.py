@@ -1,0 +1,343 @@
+"""The HTTP API, through the ASGI app (no server): routes, problems, auth, limits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+import conveyor
+from conveyor.service import Service
+from conveyor.service._guard import check_bind
+
+from helpers import Gate, QueueOpener
+
+pytestmark = pytest.mark.anyio
+
+PROBLEM = "application/problem+json"
+
+
+def make_registry(gate: Gate) -> conveyor.Registry:
+    registry = conveyor.Registry()
+
+    @registry.handler
+    async def echo(payload: Any) -> Any:
+        return payload
+
+    @registry.handler(max_attempts=1)
+    async def explode(payload: Any) -> None:
+        raise conveyor.Fail("boom: the handler gave up")
+
+    @registry.handler
+    async def blocked(payload: Any) -> None:
+        await gate.pass_through()
+
+    return registry
+
+
+@pytest.fixture
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture
+def serve_app(
+    open_test_queue: QueueOpener, wall_clock: Callable[[], float], gate: Gate
+) -> Callable[..., Any]:
+    """``async with serve_app(**service_options) as client``: an httpx client on the app."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def opener(**options: Any) -> AsyncIterator[httpx.AsyncClient]:
+        async with open_test_queue(make_registry(gate)) as queue:
+            service = Service(queue, clock=wall_clock, **options)
+            transport = httpx.ASGITransport(app=service.asgi)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                yield client
+            service.close()
+            gate.open()
+
+    return opener
+
+
+@pytest.fixture
+async def client(serve_app: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve_app() as client:
+        yield client
+
+
+async def enqueue(client: httpx.AsyncClient, name: str, **fields: Any) -> dict[str, Any]:
+    response = await client.post("/jobs", json={"name": name, **fields})
+    assert response.status_code == 201, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def finished(client: httpx.AsyncClient, job_id: int) -> dict[str, Any]:
+    response = await client.get(f"/jobs/{job_id}/wait", params={"timeout": 30})
+    assert response.status_code == 200
+    job: dict[str, Any] = response.json()
+    assert job["status"] in ("completed", "failed", "cancelled")
+    return job
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["type"] == f"urn:conveyor:problem:{slug}"
+    assert body["status"] == status
+    return body
+
+
+async def test_enqueue_answers_201_with_the_stored_job(client: httpx.AsyncClient) -> None:
+    response = await client.post("/jobs", json={"name": "echo", "payload": {"a": 1}, "priority": 2})
+    assert response.status_code == 201
+    job = response.json()
+    assert (job["name"], job["payload"], job["priority"]) == ("echo", {"a": 1}, 2)
+    assert job["status"] in ("pending", "running", "completed")
+
+
+async def test_get_returns_the_job_with_its_result(client: httpx.AsyncClient) -> None:
+    job = await enqueue(client, "echo", payload=[1, 2])
+    await finished(client, job["id"])
+    response = await client.get(f"/jobs/{job['id']}")
+    assert response.json()["result"] == [1, 2]
+
+
+async def test_get_unknown_job_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    body = assert_problem(await client.get("/jobs/12345"), 404, "not-found")
+    assert "12345" in body["detail"]
+
+
+async def test_malformed_json_is_a_400_problem(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/jobs", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 400, "bad-request")
+
+
+async def test_wrong_type_is_a_422_problem_naming_the_field(client: httpx.AsyncClient) -> None:
+    body = assert_problem(
+        await client.post("/jobs", json={"name": "echo", "priority": "1"}), 422, "invalid"
+    )
+    assert "body.priority" in body["detail"]
+
+
+async def test_out_of_range_priority_is_a_422_problem(client: httpx.AsyncClient) -> None:
+    body = assert_problem(
+        await client.post("/jobs", json={"name": "echo", "priority": 11}), 422, "invalid"
+    )
+    assert "less than or equal to 10" in body["detail"]
+
+
+async def test_unknown_handler_is_a_422_problem_listing_the_known_ones(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/jobs", json={"name": "nope"})
+    body = assert_problem(response, 422, "unknown-handler")
+    assert "'nope'" in body["detail"]
+    assert "echo" in body["detail"]
+
+
+async def test_a_lone_surrogate_in_the_payload_is_a_422_problem(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/jobs",
+        content=b'{"name": "echo", "payload": "\\ud800"}',
+        headers={"content-type": "application/json"},
+    )
+    assert_problem(response, 422, "not-json")
+
+
+async def test_a_body_over_the_limit_is_a_413_problem(serve_app: Callable[..., Any]) -> None:
+    async with serve_app(max_body=1000) as client:
+        response = await client.post("/jobs", json={"name": "echo", "payload": "x" * 2000})
+        assert_problem(response, 413, "too-large")
+        assert (
+            await client.post("/jobs", json={"name": "echo", "payload": "x"})
+        ).status_code == 201
+
+
+async def test_the_idempotency_key_header_yields_one_job(client: httpx.AsyncClient) -> None:
+    first = await client.post("/jobs", json={"name": "echo"}, headers={"Idempotency-Key": "k1"})
+    again = await client.post("/jobs", json={"name": "echo"}, headers={"Idempotency-Key": "k1"})
+    assert first.json()["id"] == again.json()["id"]
+    assert again.json()["idempotency_key"] == "k1"
+
+
+async def test_a_batch_is_enqueued_in_order(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/jobs/batch", json={"jobs": [{"name": "echo", "payload": n} for n in range(3)]}
+    )
+    assert response.status_code == 201
+    assert [job["payload"] for job in response.json()["jobs"]] == [0, 1, 2]
+
+
+async def test_a_batch_with_one_bad_job_writes_none(client: httpx.AsyncClient) -> None:
+    response = await client.post("/jobs/batch", json={"jobs": [{"name": "echo"}, {"name": "nope"}]})
+    assert_problem(response, 422, "unknown-handler")
+    assert (await client.get("/jobs")).json()["jobs"] == []
+
+
+async def test_list_pages_newest_first_through_the_cursor(client: httpx.AsyncClient) -> None:
+    ids = [(await enqueue(client, "echo", delay=3600))["id"] for _ in range(5)]
+    first = (await client.get("/jobs", params={"limit": 3})).json()
+    second = (await client.get("/jobs", params={"limit": 3, "cursor": first["next_cursor"]})).json()
+    assert [job["id"] for job in first["jobs"] + second["jobs"]] == ids[::-1]
+    assert second["next_cursor"] is None
+
+
+async def test_list_filters_by_status_and_name(client: httpx.AsyncClient) -> None:
+    await enqueue(client, "echo", delay=3600)
+    failed = await enqueue(client, "explode")
+    await finished(client, failed["id"])
+    response = await client.get("/jobs", params={"status": "failed", "name": "explode"})
+    assert [job["id"] for job in response.json()["jobs"]] == [failed["id"]]
+
+
+async def test_an_unknown_status_filter_is_a_422_problem(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/jobs", params={"status": "lost"}), 422, "invalid")
+
+
+async def test_cancel_makes_a_pending_job_cancelled(client: httpx.AsyncClient) -> None:
+    job = await enqueue(client, "echo", delay=3600)
+    response = await client.post(f"/jobs/{job['id']}/cancel")
+    assert response.json()["status"] == "cancelled"
+
+
+async def test_cancel_of_a_finished_job_is_a_409_problem(client: httpx.AsyncClient) -> None:
+    job = await enqueue(client, "echo")
+    await finished(client, job["id"])
+    body = assert_problem(await client.post(f"/jobs/{job['id']}/cancel"), 409, "conflict")
+    assert "completed" in body["detail"]
+
+
+async def test_cancel_of_an_unknown_job_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.post("/jobs/999/cancel"), 404, "not-found")
+
+
+async def test_requeue_brings_a_failed_job_back_with_attempts_reset(
+    client: httpx.AsyncClient,
+) -> None:
+    job = await enqueue(client, "explode")
+    assert "boom" in (await finished(client, job["id"]))["error"]
+    response = await client.post(f"/jobs/{job['id']}/requeue")
+    assert response.status_code == 200
+    again = await finished(client, job["id"])
+    assert (again["status"], again["attempts"]) == ("failed", 1)  # one fresh attempt, not two
+
+
+async def test_requeue_of_a_pending_job_is_a_409_problem(client: httpx.AsyncClient) -> None:
+    job = await enqueue(client, "echo", delay=3600)
+    assert_problem(await client.post(f"/jobs/{job['id']}/requeue"), 409, "conflict")
+
+
+async def test_wait_answers_once_the_job_finished(client: httpx.AsyncClient) -> None:
+    job = await enqueue(client, "echo", payload="done")
+    assert (await finished(client, job["id"]))["result"] == "done"
+
+
+async def test_wait_answers_with_the_job_as_it_is_after_its_timeout(
+    client: httpx.AsyncClient,
+) -> None:
+    job = await enqueue(client, "echo", delay=3600)
+    response = await client.get(f"/jobs/{job['id']}/wait", params={"timeout": 0.1})
+    assert response.json()["status"] == "pending"
+
+
+async def test_wait_refuses_a_timeout_over_a_minute(client: httpx.AsyncClient) -> None:
+    job = await enqueue(client, "echo")
+    assert_problem(
+        await client.get(f"/jobs/{job['id']}/wait", params={"timeout": 61}), 422, "invalid"
+    )
+
+
+async def test_stats_count_jobs_by_status_and_name(client: httpx.AsyncClient) -> None:
+    await enqueue(client, "echo", delay=3600)
+    stats = (await client.get("/stats")).json()
+    assert stats["by_status"]["pending"] == 1
+    assert stats["by_name"]["echo"]["pending"] == 1
+
+
+async def test_purge_deletes_finished_jobs(client: httpx.AsyncClient) -> None:
+    job = await enqueue(client, "echo")
+    await finished(client, job["id"])
+    response = await client.post("/jobs/purge", json={"older_than": 0})
+    assert response.json() == {"deleted": 1}
+
+
+async def test_healthz_and_readyz_answer_ok(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_a_token_is_required_on_every_route_but_healthz(
+    serve_app: Callable[..., Any],
+) -> None:
+    async with serve_app(token="s3cret") as client:
+        assert (await client.get("/healthz")).status_code == 200
+        for path in ("/jobs", "/stats", "/metrics", "/openapi.json", "/"):
+            response = await client.get(path)
+            assert_problem(response, 401, "unauthorized")
+            assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_the_right_bearer_token_is_let_through(serve_app: Callable[..., Any]) -> None:
+    async with serve_app(token="s3cret") as client:
+        wrong = await client.get("/stats", headers={"Authorization": "Bearer s3cre"})
+        assert wrong.status_code == 401
+        right = await client.get("/stats", headers={"Authorization": "Bearer s3cret"})
+        assert right.status_code == 200
+
+
+async def test_the_dashboard_logs_in_with_a_token_in_the_url(
+    serve_app: Callable[..., Any],
+) -> None:
+    async with serve_app(token="s3cret") as client:
+        login = await client.get("/", params={"token": "s3cret"})
+        assert login.status_code == 303
+        assert "HttpOnly" in login.headers["set-cookie"]
+        assert (await client.get("/stats")).status_code == 200  # the cookie now authenticates
+
+
+async def test_the_schema_documents_errors_as_problem_json(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    responses = schema["paths"]["/jobs"]["post"]["responses"]
+    assert PROBLEM in responses["422"]["content"]
+    assert "application/json" in responses["201"]["content"]
+
+
+async def test_the_dashboard_page_and_its_assets_are_served_locally(
+    client: httpx.AsyncClient,
+) -> None:
+    page = await client.get("/")
+    assert "<title>conveyor</title>" in page.text
+    assert "http" not in page.text.split("<body>")[0].replace("http-equiv", "")
+    assert (await client.get("/static/dashboard.js")).status_code == 200
+
+
+def test_serving_beyond_loopback_without_a_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="without a token"):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", "s3cret")
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+
+
+async def test_wait_of_a_running_job_ends_when_the_service_stops_waits(
+    open_test_queue: QueueOpener, wall_clock: Callable[[], float], gate: Gate
+) -> None:
+    async with open_test_queue(make_registry(gate)) as queue:
+        service = Service(queue, clock=wall_clock)
+        job = await queue.enqueue("blocked")
+        await gate.entered.wait()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(service.wait, job.id, 60.0)
+                await anyio.sleep(0.1)
+                service.stop_waits()
+        service.close()
+        gate.open()

@@ -1,0 +1,197 @@
+"""The ``conveyor`` command: serve, the client commands, signals, handler loading, inspect."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conveyor.service._format import parse_duration
+from service_server import conveyor, running_server
+
+slow = pytest.mark.slow
+
+
+def test_durations_take_a_unit() -> None:
+    assert parse_duration("7d") == 7 * 86400
+    assert parse_duration("90") == 90
+    assert parse_duration("1.5h") == 5400
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("soon")
+
+
+@slow
+def test_client_commands_drive_a_running_service(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        url = ("--url", server.url)
+        done = conveyor("enqueue", "hello", "--payload", '{"x": 1}', "--wait", "--json", *url)
+        assert done.returncode == 0, done.stderr
+        job = json.loads(done.stdout)
+        assert (job["status"], job["result"]) == ("completed", {"hello": {"x": 1}})
+        shown = conveyor("get", str(job["id"]), *url)
+        assert shown.returncode == 0
+        assert "completed" in shown.stdout
+        listed = json.loads(conveyor("list", "--status", "completed", "--json", *url).stdout)
+        assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+        stats = json.loads(conveyor("stats", "--json", *url).stdout)
+        assert stats["by_status"]["completed"] == 1
+        purged = conveyor("purge", "--older-than", "0s", "--json", *url)
+        assert json.loads(purged.stdout) == {"deleted": 1}
+
+
+@slow
+def test_exit_codes_say_not_found_and_refused(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        url = ("--url", server.url)
+        missing = conveyor("get", "999", *url)
+        assert missing.returncode == 3
+        assert "no job has id 999" in missing.stderr
+        unknown = conveyor("enqueue", "nope", *url)
+        assert unknown.returncode == 4
+        assert "no handler named 'nope'" in unknown.stderr
+        job = json.loads(conveyor("enqueue", "hello", "--wait", "--json", *url).stdout)
+        refused = conveyor("cancel", str(job["id"]), *url)
+        assert refused.returncode == 4
+        assert "completed" in refused.stderr
+
+
+@slow
+def test_cancel_and_requeue_commands(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        url = ("--url", server.url)
+        job = json.loads(conveyor("enqueue", "hello", "--delay", "3600", "--json", *url).stdout)
+        cancelled = conveyor("cancel", str(job["id"]), "--json", *url)
+        assert json.loads(cancelled.stdout)["status"] == "cancelled"
+        requeued = conveyor("requeue", str(job["id"]), "--json", *url)
+        assert json.loads(requeued.stdout)["status"] == "pending"
+
+
+@slow
+def test_wait_gives_up_after_its_timeout_with_exit_code_5(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        url = ("--url", server.url)
+        job = json.loads(conveyor("enqueue", "hello", "--delay", "3600", "--json", *url).stdout)
+        waited = conveyor("wait", str(job["id"]), "--timeout", "0.2", *url)
+        assert waited.returncode == 5
+
+
+@slow
+def test_an_unreachable_service_is_exit_code_1() -> None:
+    result = conveyor("stats", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert "cannot reach the conveyor service" in result.stderr
+
+
+@slow
+def test_a_token_server_refuses_clients_without_it(db_path: Path) -> None:
+    with running_server(db_path, "--token", "s3cret") as server:
+        assert conveyor("stats", "--url", server.url).returncode == 4
+        ok = conveyor("stats", "--url", server.url, "--token", "s3cret")
+        assert ok.returncode == 0
+
+
+@slow
+def test_sigterm_shuts_down_gracefully_returning_running_jobs_to_pending(db_path: Path) -> None:
+    with running_server(db_path, "--shutdown-grace", "0.2") as server:
+        job = httpx.post(f"{server.url}/jobs", json={"name": "sleepy"}).json()
+        _wait_until_running(server.url, job["id"])
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=20) == 0
+    report = json.loads(conveyor("inspect", "--db", str(db_path), "--json").stdout)
+    assert report["by_status"]["pending"] == 1
+
+
+@slow
+def test_a_second_signal_stops_at_once_losing_no_job(db_path: Path) -> None:
+    with running_server(db_path, "--shutdown-grace", "60") as server:
+        job = httpx.post(f"{server.url}/jobs", json={"name": "sleepy"}).json()
+        _wait_until_running(server.url, job["id"])
+        server.process.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(timeout=10)
+    # The job was running when the process stopped: the next queue on the file recovers it.
+    with running_server(db_path) as server:
+        job = httpx.get(f"{server.url}/jobs/{job['id']}").json()
+        assert job["status"] in ("pending", "running")
+
+
+def _wait_until_running(url: str, job_id: int) -> None:
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{url}/jobs/{job_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+
+
+@slow
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("service_handlers", "module:attribute"),
+        ("no_such_module:registry", "cannot import module 'no_such_module'"),
+        ("service_handlers:missing", "has no attribute 'missing' (its registries: registry)"),
+        ("service_handlers:not_a_registry", "is a dict, not a conveyor.Registry"),
+    ],
+)
+def test_serve_names_what_is_wrong_with_handlers(db_path: Path, spec: str, message: str) -> None:
+    result = conveyor("serve", "--db", str(db_path), "--handlers", spec, "--port", "0")
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())
+
+
+@slow
+def test_serve_refuses_a_public_address_without_a_token(db_path: Path) -> None:
+    result = conveyor(
+        "serve",
+        "--db",
+        str(db_path),
+        "--handlers",
+        "service_handlers:registry",
+        "--host",
+        "0.0.0.0",
+    )
+    assert result.returncode == 2
+    assert "without a token" in " ".join(result.stderr.split())
+
+
+@slow
+def test_a_second_server_on_one_file_is_refused(db_path: Path) -> None:
+    with running_server(db_path):
+        result = conveyor("serve", "--db", str(db_path), "--handlers", "service_handlers:registry")
+        assert result.returncode == 1
+        assert "already open for writing" in " ".join(result.stderr.split())
+
+
+@slow
+def test_inspect_reads_the_file_while_a_server_runs(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        httpx.post(f"{server.url}/jobs", json={"name": "fail_once"})
+        job = httpx.post(f"{server.url}/jobs", json={"name": "hello", "delay": 3600}).json()
+        deadline = time.monotonic() + 10
+        while True:
+            report = json.loads(conveyor("inspect", "--db", str(db_path), "--json").stdout)
+            if report["failed"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert report["by_status"]["pending"] == 1
+        assert report["oldest_pending_age"] is not None
+        assert "always fails" in report["failed"][0]["error"]
+        assert job["id"]
+
+
+def test_inspect_refuses_a_missing_file(tmp_path: Path) -> None:
+    result = conveyor("inspect", "--db", str(tmp_path / "nope.db"))
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+
+
+@slow
+def test_the_demo_runs_its_workload_to_the_end(tmp_path: Path) -> None:
+    result = conveyor("demo", "--port", "0", cwd=tmp_path, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert "Workload done" in result.stdout
+    assert "dashboard: http://127.0.0.1:" in result.stdout
