@@ -39,6 +39,7 @@ from ._errors import InvalidArgument, JobNotFound, QueueClosed, WaitTimeout
 from ._events import Change
 from ._job import JSON, Job, JobSpec, JobStatus, check_seconds, encode_json
 from ._registry import Registry
+from ._sqlthread import SqlThread
 from ._storage import sqlite as storage
 from ._storage.sqlite import NewJob, Synchronous, Writer
 
@@ -417,15 +418,6 @@ def _status(value: JobStatus | str | None) -> JobStatus | None:
         raise InvalidArgument(f"status must be one of {known}, not {value!r}") from None
 
 
-def _thread_runner() -> Callable[[Callable[[], T]], Awaitable[T]]:
-    limiter = anyio.CapacityLimiter(1)
-
-    async def run(function: Callable[[], T]) -> T:
-        return await anyio.to_thread.run_sync(function, limiter=limiter)
-
-    return run
-
-
 async def _run_inline(function: Callable[[], T]) -> T:
     return function()
 
@@ -492,12 +484,16 @@ async def open_queue(
     _check_open_arguments(handlers, workers, shutdown_grace, max_pending, synchronous, clock)
     wall_clock = clock or time.time
     path = os.fspath(path)
-    run_sql: Callable[[Callable[[], Any]], Awaitable[Any]] = (
-        _thread_runner() if sql_thread else _run_inline
-    )
-    writer: Writer = await run_sql(lambda: Writer(path, synchronous=synchronous))
-    readers = _Readers(path, in_thread=sql_thread)
-    try:
+    with contextlib.ExitStack() as stack:
+        run_sql: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_inline
+        if sql_thread:
+            thread = SqlThread()
+            stack.callback(thread.close)
+            run_sql = thread.run
+        writer: Writer = await run_sql(lambda: Writer(path, synchronous=synchronous))
+        stack.callback(writer.close)
+        readers = _Readers(path, in_thread=sql_thread)
+        stack.callback(readers.close)
         await run_sql(lambda: writer.recover_running(wall_clock()))
         async with _running_actors(
             writer,
@@ -510,9 +506,6 @@ async def open_queue(
             shutdown_grace=shutdown_grace,
         ) as queue:
             yield queue
-    finally:
-        readers.close()
-        writer.close()
 
 
 @contextlib.asynccontextmanager

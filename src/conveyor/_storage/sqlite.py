@@ -101,6 +101,11 @@ Q_OUTCOME_STATE: Final = (
     "FROM jobs WHERE id = ?"
 )
 Q_COMPLETE: Final = "UPDATE jobs SET status = 'completed', result = ?, finished_at = ? WHERE id = ?"
+Q_COMPLETE_IF_RUNNING: Final = """
+    UPDATE jobs SET status = 'completed', result = ?, finished_at = ?
+    WHERE id = ? AND status = 'running' AND attempts = ? AND NOT cancel_requested
+    RETURNING name, started_at
+"""
 Q_CANCELLED_WHILE_RUNNING: Final = (
     "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ? WHERE id = ?"
 )
@@ -420,6 +425,14 @@ class Writer:
         A cancel requested while the job ran wins over any outcome. Returns ``None`` for a stale
         outcome (the job is no longer running that attempt), which changes nothing.
         """
+        if kind == "completed" and progress is None:
+            # The common case in one statement; anything unusual takes the general path below.
+            done = self._conn.execute(
+                Q_COMPLETE_IF_RUNNING, (result_json, now, job_id, attempt)
+            ).fetchone()
+            if done is not None:
+                name, started_at = done
+                return Change("completed", job_id, name, max(now - started_at, 0.0))
         state = self._conn.execute(Q_OUTCOME_STATE, (job_id,)).fetchone()
         if state is None or state[0] != "running" or state[1] != attempt:
             return None
