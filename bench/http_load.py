@@ -9,6 +9,7 @@ The client speaks HTTP/1.1 on raw trio sockets rather than through httpx so that
 and client sharing the machine's cores, the figure measures the server rather than the client.
 
     .venv/bin/python bench/http_load.py --clients 64 --requests 20000 --seconds 20
+    .venv/bin/python bench/http_load.py --clients 16 --requests 2000 --batch 50
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ async def noop(payload):
 """
 
 
-def _request(host: str, port: int, n: int) -> bytes:
-    body = json.dumps({"name": "noop", "payload": {"n": n}}).encode()
+def _request(host: str, port: int, n: int, batch: int) -> bytes:
+    if batch == 1:
+        path, document = "/jobs", {"name": "noop", "payload": {"n": n}}
+    else:
+        jobs = [{"name": "noop", "payload": {"n": n, "i": i}} for i in range(batch)]
+        path, document = "/jobs/batch", {"jobs": jobs}
+    body = json.dumps(document).encode()
     return (
-        f"POST /jobs HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
@@ -66,6 +72,7 @@ async def _client(
     deadline: float,
     latencies: list[float],
     errors: list[int],
+    batch: int,
 ) -> None:
     stream = await trio.open_tcp_stream(host, port)
     buffer = bytearray()
@@ -73,14 +80,16 @@ async def _client(
         while budget[0] > 0 and trio.current_time() < deadline:
             budget[0] -= 1
             start = time.perf_counter()
-            await stream.send_all(_request(host, port, budget[0]))
+            await stream.send_all(_request(host, port, budget[0], batch))
             status = await _read_response(stream, buffer)
             latencies.append(time.perf_counter() - start)
             if status != 201:
                 errors.append(status)
 
 
-async def _load(host: str, port: int, clients: int, requests: int, seconds: float) -> None:
+async def _load(
+    host: str, port: int, clients: int, requests: int, seconds: float, batch: int
+) -> None:
     latencies: list[float] = []
     errors: list[int] = []
     budget = [requests]
@@ -88,15 +97,17 @@ async def _load(host: str, port: int, clients: int, requests: int, seconds: floa
     deadline = trio.current_time() + seconds
     async with trio.open_nursery() as nursery:
         for _ in range(clients):
-            nursery.start_soon(_client, host, port, budget, deadline, latencies, errors)
+            nursery.start_soon(_client, host, port, budget, deadline, latencies, errors, batch)
     elapsed = time.perf_counter() - started
     latencies.sort()
 
     def pct(p: float) -> float:
         return latencies[min(int(len(latencies) * p), len(latencies) - 1)] * 1000
 
+    jobs = len(latencies) * batch
     print(
-        f"{len(latencies)} enqueues over HTTP from {clients} clients in {elapsed:.2f} s: "
+        f"{jobs} enqueues over HTTP ({batch} per request) from {clients} clients in "
+        f"{elapsed:.2f} s: {jobs / elapsed:,.0f} jobs/s, "
         f"{len(latencies) / elapsed:,.0f} requests/s; latency p50 {pct(0.5):.1f} ms, "
         f"p90 {pct(0.9):.1f} ms, p99 {pct(0.99):.1f} ms; non-201 answers: {len(errors)}"
     )
@@ -108,6 +119,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument(
+        "--batch", type=int, default=1, help="jobs per request: >1 posts to /jobs/batch"
+    )
     args = parser.parse_args()
     conveyor = Path(sys.executable).parent / "conveyor"
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +152,7 @@ def main() -> None:
             else:
                 raise SystemExit("conveyor serve did not start")
             host, port = found.group(1), int(found.group(2))
-            trio.run(_load, host, port, args.clients, args.requests, args.seconds)
+            trio.run(_load, host, port, args.clients, args.requests, args.seconds, args.batch)
         finally:
             server.terminate()
             server.wait(timeout=30)

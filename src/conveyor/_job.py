@@ -77,10 +77,14 @@ def sources_of(event: Event) -> frozenset[JobStatus]:
     return frozenset(status for status, ev in TRANSITIONS if ev is event)
 
 
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+"""One encoder for every call: ``json.dumps`` with options builds a new one each time."""
+
+
 def encode_json(value: JSON, what: str) -> str:
     """``value`` as compact JSON text; :class:`NotJSONSerializable` naming ``what`` if it is not."""
     try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        text = _ENCODER.encode(value)
         # SQLite stores UTF-8: a lone surrogate would fail there, inside the store's batch.
         text.encode()
     except UnicodeEncodeError:

@@ -228,7 +228,11 @@ class Queue:
         return NewJob(
             name=spec.name,
             payload_json=payload_json,
-            payload=json.loads(payload_json),
+            # The job carries the payload as stored (tuples become lists, keys strings...);
+            # scalars come back from JSON unchanged, so they skip the decoding.
+            payload=spec.payload
+            if spec.payload is None or type(spec.payload) in (str, int, bool)
+            else json.loads(payload_json),
             priority=spec.priority,
             max_attempts=spec.max_attempts or handler.max_attempts,
             timeout=spec.timeout if spec.timeout is not None else handler.timeout,
