@@ -327,6 +327,14 @@ def test_serving_beyond_loopback_without_a_token_is_refused() -> None:
     check_bind("::1", None)
 
 
+@pytest.mark.parametrize("token", ["", "   "])
+def test_a_blank_token_is_refused(token: str) -> None:
+    with pytest.raises(ValueError, match="the token is empty"):
+        check_bind("0.0.0.0", token)
+    with pytest.raises(ValueError, match="the token is empty"):
+        check_bind("127.0.0.1", token)
+
+
 async def test_wait_of_a_running_job_ends_when_the_service_stops_waits(
     open_test_queue: QueueOpener, wall_clock: Callable[[], float], gate: Gate
 ) -> None:

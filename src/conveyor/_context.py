@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 
 from ._errors import InvalidArgument, NoJobContext
-from ._job import JSON
+from ._job import JSON, check_text
 
 ProgressSink = Callable[[float, str | None], None]
 
@@ -41,8 +41,10 @@ class JobContext:
             or not 0 <= fraction <= 1
         ):
             raise InvalidArgument(f"progress must be a number within 0..1, not {fraction!r}")
-        if message is not None and not isinstance(message, str):
-            raise InvalidArgument(f"a progress message must be a str, not {message!r}")
+        if message is not None:
+            if not isinstance(message, str):
+                raise InvalidArgument(f"a progress message must be a str, not {message!r}")
+            check_text("a progress message", message)
         self._report(float(fraction), message)
 
 

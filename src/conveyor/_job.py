@@ -22,6 +22,8 @@ MIN_PRIORITY: Final = 1
 MAX_PRIORITY: Final = 10
 DEFAULT_PRIORITY: Final = 5
 MAX_KEY_LENGTH: Final = 255
+MAX_INT: Final = 2**63 - 1
+"""The largest integer SQLite stores: the bound on ids and attempt counts."""
 
 
 class JobStatus(enum.StrEnum):
@@ -91,9 +93,23 @@ def encode_json(value: JSON, what: str) -> str:
         raise NotJSONSerializable(
             f"{what} is not JSON-serializable: it holds a lone surrogate, which is not Unicode text"
         ) from None
+    except RecursionError:
+        raise NotJSONSerializable(
+            f"{what} is not JSON-serializable: it is nested too deeply"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise NotJSONSerializable(f"{what} is not JSON-serializable: {exc}") from None
     return text
+
+
+def check_text(what: str, value: str) -> None:
+    """Refuse a str that cannot be stored as UTF-8 text (it holds a lone surrogate)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            f"{what} must be Unicode text; {value!r} holds a lone surrogate"
+        ) from None
 
 
 def _check_priority(_: object, __: object, value: int) -> None:
@@ -121,8 +137,8 @@ def check_max_attempts(value: int | None) -> None:
     """Refuse a ``max_attempts`` that is not an int >= 1."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"max_attempts must be an int >= 1, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
+        raise InvalidArgument(f"max_attempts must be an int within 1..2**63-1, not {value!r}")
 
 
 def _check_spec_delay(_: object, __: object, value: float | None) -> None:
@@ -147,6 +163,7 @@ def _check_spec_max_attempts(_: object, __: object, value: int | None) -> None:
 def _check_name(_: object, __: object, value: str) -> None:
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"a job's handler name must be a non-empty str, not {value!r}")
+    check_text("a job's handler name", value)
 
 
 def _check_key(_: object, __: object, value: str | None) -> None:
@@ -157,6 +174,7 @@ def _check_key(_: object, __: object, value: str | None) -> None:
             f"idempotency_key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
             f"not {value!r}"
         )
+    check_text("idempotency_key", value)
 
 
 @attrs.frozen

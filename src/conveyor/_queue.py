@@ -37,7 +37,16 @@ from ._actors.timer import Timer
 from ._actors.worker import Worker
 from ._errors import InvalidArgument, JobNotFound, QueueClosed, WaitTimeout
 from ._events import Change
-from ._job import JSON, Job, JobSpec, JobStatus, check_seconds, encode_json
+from ._job import (
+    JSON,
+    MAX_INT,
+    Job,
+    JobSpec,
+    JobStatus,
+    check_seconds,
+    check_text,
+    encode_json,
+)
 from ._registry import Registry
 from ._sqlthread import SqlThread
 from ._storage import sqlite as storage
@@ -350,8 +359,10 @@ class Queue:
             or not 1 <= limit <= MAX_LIST_LIMIT
         ):
             raise InvalidArgument(f"limit must be an int within 1..{MAX_LIST_LIMIT}, not {limit!r}")
-        if name is not None and not isinstance(name, str):
-            raise InvalidArgument(f"name must be a str, not {name!r}")
+        if name is not None:
+            if not isinstance(name, str):
+                raise InvalidArgument(f"name must be a str, not {name!r}")
+            check_text("name", name)
         cursor = None if before is None else _job_id(before)
         return await self._read(
             lambda conn: storage.list_jobs(
@@ -409,6 +420,8 @@ class Queue:
 def _job_id(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"a job id is an int, not {value!r}")
+    if not -MAX_INT - 1 <= value <= MAX_INT:
+        raise InvalidArgument(f"a job id is a 64-bit int, and {value} is not")
     return value
 
 
@@ -424,6 +437,13 @@ def _status(value: JobStatus | str | None) -> JobStatus | None:
 
 async def _run_inline(function: Callable[[], T]) -> T:
     return function()
+
+
+async def _shielded(
+    run_sql: Callable[[Callable[[], Any]], Awaitable[Any]], function: Callable[[], object]
+) -> None:
+    with anyio.CancelScope(shield=True):
+        await run_sql(function)
 
 
 def _check_open_arguments(
@@ -488,14 +508,22 @@ async def open_queue(
     _check_open_arguments(handlers, workers, shutdown_grace, max_pending, synchronous, clock)
     wall_clock = clock or time.time
     path = os.fspath(path)
-    with contextlib.ExitStack() as stack:
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise InvalidArgument(
+            f"path must name a database file, not {path!r}: jobs are kept in a file so that "
+            "they outlive the process"
+        )
+    async with contextlib.AsyncExitStack() as stack:
         run_sql: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_inline
         if sql_thread:
             thread = SqlThread()
             stack.callback(thread.close)
             run_sql = thread.run
-        writer: Writer = await run_sql(lambda: Writer(path, synchronous=synchronous))
-        stack.callback(writer.close)
+        # Shielded, so that a writer opened while the caller is being cancelled is still
+        # registered to be closed (and its file lock released).
+        with anyio.CancelScope(shield=True):
+            writer: Writer = await run_sql(lambda: Writer(path, synchronous=synchronous))
+            stack.push_async_callback(_shielded, run_sql, writer.close)
         readers = _Readers(path, in_thread=sql_thread)
         stack.callback(readers.close)
         await run_sql(lambda: writer.recover_running(wall_clock()))
@@ -584,6 +612,11 @@ async def _running_actors(
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The task group wraps whatever left it; callers should see the error itself.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        if len(group.exceptions) != 1:
+            raise
+        error = group.exceptions[0]
+        chained = (error.__cause__, error.__context__, error.__suppress_context__)
+        try:
+            raise error
+        finally:
+            error.__cause__, error.__context__, error.__suppress_context__ = chained

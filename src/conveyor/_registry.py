@@ -47,7 +47,6 @@ class Registry:
     def handler(
         self,
         name: str | None = None,
-        /,
         *,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
@@ -57,7 +56,6 @@ class Registry:
     def handler(
         self,
         name: str | HandlerFunction | None = None,
-        /,
         *,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
@@ -102,7 +100,8 @@ class Registry:
         self._handlers[handler_name] = Handler(
             name=handler_name,
             function=function,
-            is_async=inspect.iscoroutinefunction(function),
+            is_async=inspect.iscoroutinefunction(function)
+            or inspect.iscoroutinefunction(type(function).__call__),
             max_attempts=max_attempts,
             timeout=timeout,
             backoff=backoff if backoff is not None else Backoff(),

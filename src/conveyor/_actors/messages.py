@@ -7,6 +7,7 @@ values; the timer takes :class:`NextDue`. Commands that a caller awaits carry a 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Generic, Literal, TypeVar
 
 import anyio
@@ -80,21 +81,39 @@ class Outcome:
     progress: tuple[float, str | None] | None = None  # the latest report not yet written
 
 
-@attrs.define
 class ProgressSlot:
     """The latest progress a handler reported that the store has not written yet.
 
-    The handler overwrites ``latest``; ``queued`` is True while a :class:`Progress` command for
-    this slot waits in the store's channel, so a burst of reports costs one write (latest wins).
+    A mailbox of one, shared by the handler (which may run in a thread) and the store (on the
+    SQL thread), hence the lock. ``put`` says whether a :class:`Progress` command must be sent:
+    one waits in the store's channel until ``take``, so a burst of reports costs one write and
+    the latest wins.
     """
 
-    latest: tuple[float, str | None] | None = None
-    queued: bool = False
+    __slots__ = ("_latest", "_lock", "_queued")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: tuple[float, str | None] | None = None
+        self._queued = False
+
+    def put(self, fraction: float, message: str | None) -> bool:
+        """Keep this report; True if no :class:`Progress` command is on its way yet."""
+        with self._lock:
+            self._latest = (fraction, message)
+            first, self._queued = not self._queued, True
+            return first
+
+    def unqueue(self) -> None:
+        """The :class:`Progress` command could not be sent: the next report tries again."""
+        with self._lock:
+            self._queued = False
 
     def take(self) -> tuple[float, str | None] | None:
         """The unwritten report, if any, marking it written."""
-        latest, self.latest, self.queued = self.latest, None, False
-        return latest
+        with self._lock:
+            latest, self._latest, self._queued = self._latest, None, False
+            return latest
 
 
 @attrs.frozen

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -69,14 +68,25 @@ class Effects:
     next_due: NextDue | None = None
     stopped: bool = False
 
+    def merge(self, other: Effects) -> None:
+        """Add what ``other`` (one command's effects) did to these."""
+        self.replies += other.replies
+        self.failures += other.failures
+        self.claimed += other.claimed
+        self.cancel_running += other.cancel_running
+        self.changes += other.changes
+        self.work_ready = self.work_ready or other.work_ready
+        self.stopped = self.stopped or other.stopped
+
 
 def apply_batch(
     writer: Writer, commands: Sequence[StoreCommand], now: float, max_pending: float
 ) -> Effects:
     """Apply ``commands`` in one transaction and commit; on a database error roll back and raise.
 
-    Refusals that concern one command (queue full, commands after :class:`Stop`) fail that
-    command's reply only; the others still commit.
+    Each command runs in a savepoint: one that fails (queue full, a value SQLite refuses,
+    commands after :class:`Stop`) fails its own reply only; the others still commit. When the
+    database itself fails (I/O, disk full, locked), the whole batch is rolled back and raised.
     """
     effects = Effects()
     due_before = writer.next_due
@@ -87,7 +97,7 @@ def apply_batch(
                 if (reply := getattr(command, "reply", None)) is not None:
                     effects.failures.append((reply, QueueClosed("the queue is closed")))
                 continue
-            _apply(writer, command, now, max_pending, effects)
+            _apply_alone(writer, command, now, max_pending, effects)
         # After a claim the timer hears even an unchanged due time: the claim may have come
         # from its wake-up, which it forgets once fired.
         if writer.next_due != due_before or effects.claimed:
@@ -97,6 +107,43 @@ def apply_batch(
         writer.rollback()
         raise
     return effects
+
+
+def _apply_alone(
+    writer: Writer, command: StoreCommand, now: float, max_pending: float, effects: Effects
+) -> None:
+    """Apply one command in a savepoint; if it fails, undo it alone and answer for it."""
+    own = Effects()
+    with writer.savepoint() as undone:
+        _apply(writer, command, now, max_pending, own)
+    if undone.error is None:
+        effects.merge(own)
+        return
+    error = undone.error
+    logger.error("conveyor could not apply %r: %r", command, error)
+    if isinstance(command, Outcome):
+        # The attempt ended but its outcome cannot be stored as it is: record a plain failure,
+        # so that the job does not stay running.
+        stored_as = f"conveyor could not store this attempt's outcome ({error!r})"
+        with writer.savepoint() as fallback:
+            _apply(
+                writer,
+                attrs.evolve(
+                    command, kind="failed", result_json=None, error=stored_as, progress=None
+                ),
+                now,
+                max_pending,
+                own,
+            )
+        if fallback.error is not None:
+            raise fallback.error
+        effects.merge(own)
+    elif isinstance(command, Claim | Stop):
+        raise error
+    elif (reply := getattr(command, "reply", None)) is not None:
+        effects.failures.append(
+            (reply, DatabaseError(f"the database refused this command: {error}"))
+        )
 
 
 def _apply(
@@ -151,14 +198,18 @@ def _apply(
     elif isinstance(command, Cancel):
         outcome = writer.cancel(command.job_id, now)
         if outcome == CancelResult.CANCELLED:
-            effects.changes.append(Change("cancelled", command.job_id, _name_of(writer, command)))
+            effects.changes.append(
+                Change("cancelled", command.job_id, writer.name_of(command.job_id))
+            )
         elif outcome == CancelResult.RUNNING:
             effects.cancel_running.append(command.job_id)
         effects.replies.append((command.reply, outcome != CancelResult.NOT_CANCELLABLE))
     elif isinstance(command, Requeue):
         requeued = writer.requeue(command.job_id, now)
         if requeued:
-            effects.changes.append(Change("requeued", command.job_id, _name_of(writer, command)))
+            effects.changes.append(
+                Change("requeued", command.job_id, writer.name_of(command.job_id))
+            )
             effects.work_ready = True
         effects.replies.append((command.reply, requeued))
     elif isinstance(command, Purge):
@@ -169,10 +220,6 @@ def _apply(
     elif isinstance(command, Stop):
         effects.stopped = True
         effects.replies.append((command.reply, None))
-
-
-def _name_of(writer: Writer, command: Cancel | Requeue) -> str:
-    return writer.name_of(command.job_id)
 
 
 def _enqueue(
@@ -208,7 +255,7 @@ def _enqueue(
 
 
 class Store:
-    """The persistence actor. ``busy`` is True while a batch is being applied (see ``settle``)."""
+    """The persistence actor."""
 
     def __init__(
         self,
@@ -230,16 +277,12 @@ class Store:
         self._timer = timer
         self._listeners = listeners
         self._max_pending = math.inf if max_pending is None else max_pending
-        self.busy = False
 
     async def run(self) -> None:
         """Apply batches until a :class:`Stop` is committed; refuse what comes after it."""
         try:
             async for first in self._commands:
-                # One scheduler turn lets tasks that are already runnable (workers that just
-                # finished, producers) add their commands to this batch.
-                await anyio.lowlevel.checkpoint()
-                if not await self._apply(self._drain(first)):
+                if not await self._apply(first):
                     break
         finally:
             # Every command already accepted into the channel gets an answer before it closes.
@@ -255,25 +298,26 @@ class Store:
                 break
         return batch
 
-    async def _apply(self, batch: list[StoreCommand]) -> bool:
-        """Apply and announce one batch; False once the store has stopped."""
-        self.busy = True
-        # A commit in flight is never abandoned: cancellation waits until it is done and
+    async def _apply(self, first: StoreCommand) -> bool:
+        """Apply and announce the batch that begins with ``first``; False once stopped."""
+        # A batch in flight is never abandoned: cancellation waits until it is committed and
         # every caller has its answer.
         with anyio.CancelScope(shield=True):
+            # One scheduler turn lets tasks that are already runnable (workers that just
+            # finished, producers) add their commands to this batch.
+            await anyio.lowlevel.checkpoint()
+            batch = self._drain(first)
             now = self._clock()
             try:
                 effects = await self._run_sql(
                     lambda: apply_batch(self._writer, batch, now, self._max_pending)
                 )
-            except sqlite3.Error as exc:
-                error = DatabaseError(f"writing to {self._writer.path} failed: {exc}")
+            except BaseException as exc:
+                error = DatabaseError(f"writing to {self._writer.path} failed: {exc!r}")
                 for command in batch:
                     if (reply := getattr(command, "reply", None)) is not None:
                         reply.fail(error)
                 raise error from exc
-            finally:
-                self.busy = False
             self._announce(effects)
         return not effects.stopped
 
@@ -291,8 +335,12 @@ class Store:
         if effects.next_due is not None:
             tell(self._timer, effects.next_due)
         if effects.changes:
-            for listener in self._listeners:
-                listener(effects.changes)
+            for listener in list(self._listeners):
+                try:
+                    listener(effects.changes)
+                except Exception:
+                    # A subscriber's bug must not stop the queue; it is logged and skipped.
+                    logger.exception("a conveyor listener raised; it stays subscribed")
 
     def _refuse_remaining(self) -> None:
         while True:

@@ -102,8 +102,7 @@ class Worker:
         )
 
     def _report(self, job: Job, slot: ProgressSlot, fraction: float, message: str | None) -> None:
-        slot.latest = (fraction, message)
-        if slot.queued:
+        if not slot.put(fraction, message):
             return
         if threading.get_ident() == self._loop_thread:
             self._queue_progress(job, slot)
@@ -111,17 +110,12 @@ class Worker:
             anyio.from_thread.run_sync(self._queue_progress, job, slot, token=self._token)
 
     def _queue_progress(self, job: Job, slot: ProgressSlot) -> None:
-        if slot.queued or slot.latest is None:
-            return
-        slot.queued = True
         try:
             self._store.send_nowait(Progress(job.id, job.attempts, slot))
-        except anyio.WouldBlock:
-            # The store is saturated: the next report tries again, and the outcome carries
-            # the latest report in any case.
-            slot.queued = False
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            slot.queued = False
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The store is saturated or closing: the next report tries again, and the outcome
+            # carries the latest report in any case.
+            slot.unqueue()
 
 
 async def _attempt(job: Job, handler: Handler, context: JobContext) -> Outcome:
@@ -160,4 +154,6 @@ def _failure(job: Job, error: str, backoff: Backoff) -> Outcome:
 
 
 def _describe(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).rstrip()
+    """The exception and its traceback as text SQLite can store (lone surrogates escaped)."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    return text.encode("utf-8", "backslashreplace").decode()

@@ -12,11 +12,12 @@ so that the claim query never wades through jobs that are not due yet.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, Literal
 
 import attrs
@@ -193,6 +194,13 @@ class NewJob:
     idempotency_key: str | None
 
 
+@attrs.define
+class Undone:
+    """Set by :meth:`Writer.savepoint` when its block failed and was undone."""
+
+    error: Exception | None = None
+
+
 class CancelResult:
     NOT_CANCELLABLE: Final = "not_cancellable"
     CANCELLED: Final = "cancelled"
@@ -320,6 +328,29 @@ class Writer:
 
     def commit(self) -> None:
         self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[Undone]:
+        """Run the block's writes in a savepoint; if it raises, undo them and keep the error.
+
+        The error is kept in the yielded :class:`Undone` instead of raised, except when the
+        database itself fails (I/O, disk full, locked): that propagates, for the whole
+        transaction to be rolled back.
+        """
+        undone = Undone()
+        counters = (self._next_id, self.pending_count, self.next_due)
+        self._conn.execute("SAVEPOINT command")
+        try:
+            yield undone
+        except (sqlite3.OperationalError, sqlite3.InternalError, MemoryError):
+            raise
+        except Exception as exc:
+            self._conn.execute("ROLLBACK TO command")
+            self._conn.execute("RELEASE command")
+            self._next_id, self.pending_count, self.next_due = counters
+            undone.error = exc
+        else:
+            self._conn.execute("RELEASE command")
 
     def rollback(self) -> None:
         """Undo the open transaction, and the counters with it."""

@@ -31,8 +31,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_token(token: str | None) -> None:
+    """Refuse (``ValueError`` saying why) a token that is set but blank."""
+    if token is not None and not token.strip():
+        raise ValueError(
+            "the token is empty: a blank token would match requests that carry none. Give a "
+            "non-empty --token (or CONVEYOR_TOKEN), or none to serve on a loopback address only"
+        )
+
+
 def check_bind(host: str, token: str | None) -> None:
     """Refuse (``ValueError`` saying why) to serve on a non-loopback address without a token."""
+    check_token(token)
     if token is None and not is_loopback(host):
         raise ValueError(
             f"refusing to listen on {host} without a token: anyone who can reach that address "
@@ -45,6 +55,7 @@ class Guard:
     """Wraps ``app``: requires the ``token`` (when one is set) and bounds request bodies."""
 
     def __init__(self, app: ASGIApp, *, token: str | None, max_body: int) -> None:
+        check_token(token)
         self._app = app
         self._token = None if token is None else token.encode()
         self._max_body = max_body
