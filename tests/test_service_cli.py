@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -195,3 +196,22 @@ def test_the_demo_runs_its_workload_to_the_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Workload done" in result.stdout
     assert "dashboard: http://127.0.0.1:" in result.stdout
+
+
+@pytest.mark.slow
+def test_one_keep_alive_connection_carries_more_than_a_thousand_requests(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        conn = socket.create_connection((host, int(port)), timeout=10)
+        with conn, conn.makefile("rb") as reader:
+            for _ in range(1_200):
+                conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                head = [reader.readline() for _ in range(2)]
+                assert head[0].startswith(b"HTTP/1.1 200"), head
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    head.append(line)
+                    assert not line.lower().startswith(b"connection: close"), head
+                length = next(
+                    int(h.split(b":")[1]) for h in head if h.lower().startswith(b"content-length")
+                )
+                reader.read(length)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
 import time
 from typing import Any, ClassVar
 
 import common
 from persistqueue import Empty, SQLiteAckQueue
+from persistqueue.serializers import json as json_serializer
 
 STATE = common.state_dir("persistqueue")
 QDIR = STATE / "q"
@@ -16,8 +16,11 @@ POLL_S = 0.01  # blocking get() only wakes on a put in the same process, else ti
 
 def open_queue() -> SQLiteAckQueue:
     # auto_resume=True (default): unacked items of a dead consumer go back to ready
-    # when the queue is opened. multithreading=True: one object shared by threads.
-    return SQLiteAckQueue(str(QDIR), multithreading=True, auto_resume=True, serializer=pickle)
+    # when the queue is opened. multithreading=True: one object shared by threads. JSON, not
+    # persist-queue's default pickle: the same payload encoding as every other system here.
+    return SQLiteAckQueue(
+        str(QDIR), multithreading=True, auto_resume=True, serializer=json_serializer
+    )
 
 
 class PersistQueuePeer(common.Peer):

@@ -150,6 +150,9 @@ async def _serve_queue(
     config.errorlog = logging.getLogger("conveyor.service.http")
     config.graceful_timeout = REQUEST_GRACE
     config.include_server_header = False
+    # hypercorn closes a keep-alive connection after 1,000 requests by default, without telling
+    # the client in time: a busy producer then sees "server disconnected" mid-request.
+    config.keep_alive_max_requests = 2**31
     async with open_queue(
         options.db,
         handlers=registry,
