@@ -68,7 +68,9 @@ def test_cancel_and_requeue_commands(db_path: Path) -> None:
         cancelled = conveyor("cancel", str(job["id"]), "--json", *url)
         assert json.loads(cancelled.stdout)["status"] == "cancelled"
         requeued = conveyor("requeue", str(job["id"]), "--json", *url)
-        assert json.loads(requeued.stdout)["status"] == "pending"
+        assert requeued.returncode == 0
+        # Requeued jobs are due at once, so it may already be running or done when read back.
+        assert json.loads(requeued.stdout)["status"] in ("pending", "running", "completed")
 
 
 @slow

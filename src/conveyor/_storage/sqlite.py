@@ -24,7 +24,7 @@ import attrs
 
 from .._errors import DatabaseError, DatabaseInUse, SchemaTooNew
 from .._events import Change
-from .._job import JSON, Job, JobStatus
+from .._job import JSON, TERMINAL, Event, Job, JobStatus, sources_of
 
 SCHEMA_VERSION: Final = 1
 APPLICATION_ID: Final = 0x434F4E56  # "CONV": marks the file as a conveyor database
@@ -72,6 +72,12 @@ _COLUMNS: Final = (
     "id, name, payload, status, priority, attempts, max_attempts, run_at, created_at, "
     "started_at, finished_at, result, error, progress, progress_message, timeout, idempotency_key"
 )
+
+
+def _sql_list(statuses: frozenset[JobStatus]) -> str:
+    """Statuses as a SQL list, so statements take them from the transition table (DESIGN §2)."""
+    return ", ".join(f"'{status.value}'" for status in sorted(statuses))
+
 
 # --- The statements, by name. -------------------------------------------------------------------
 Q_INSERT: Final = (
@@ -126,15 +132,13 @@ Q_CANCEL_PENDING: Final = (
     "WHERE id = ?"
 )
 Q_REQUEST_CANCEL: Final = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?"
-Q_REQUEUE: Final = """
+Q_REQUEUE: Final = f"""
     UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, started_at = NULL,
                     finished_at = NULL, result = NULL, error = NULL, progress = NULL,
                     progress_message = NULL, cancel_requested = 0
-    WHERE id = ? AND status IN ('failed', 'cancelled')
+    WHERE id = ? AND status IN ({_sql_list(sources_of(Event.REQUEUE))})
 """
-Q_PURGE: Final = (
-    "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at <= ?"
-)
+Q_PURGE: Final = f"DELETE FROM jobs WHERE status IN ({_sql_list(TERMINAL)}) AND finished_at <= ?"
 Q_RECOVER: Final = """
     UPDATE jobs SET
         status = CASE WHEN cancel_requested THEN 'cancelled'
