@@ -374,19 +374,14 @@ class Queue:
         """Counts by status and by handler name, and the last minute's throughput."""
         now = self._clock()
         counts = await self._read(lambda conn: storage.read_counts(conn, now - STATS_WINDOW))
-        by_status = dict.fromkeys(JobStatus, 0)
-        by_name: dict[str, dict[JobStatus, int]] = {}
-        for (status, name), count in counts.by_status_name.items():
-            by_status[status] += count
-            by_name.setdefault(name, dict.fromkeys(JobStatus, 0))[status] += count
         completed, completed_avg = counts.recent.get(JobStatus.COMPLETED, (0, None))
         failed, failed_avg = counts.recent.get(JobStatus.FAILED, (0, None))
         finished = completed + failed
         total_duration = completed * (completed_avg or 0.0) + failed * (failed_avg or 0.0)
         oldest = counts.oldest_pending_created_at
         return Stats(
-            by_status=by_status,
-            by_name=by_name,
+            by_status=counts.by_status(),
+            by_name=counts.by_name(),
             throughput=finished / STATS_WINDOW,
             avg_duration=total_duration / finished if finished else None,
             success_rate=completed / finished if finished else None,

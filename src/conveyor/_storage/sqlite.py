@@ -235,10 +235,16 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def read_identity(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The file's SQLite application id and schema version (0 and 0 for a new file)."""
+    application_id: int = conn.execute("PRAGMA application_id").fetchone()[0]
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return application_id, version
+
+
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
     try:
-        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        application_id, version = read_identity(conn)
         tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[
             0
         ]
@@ -569,6 +575,20 @@ class Counts:
     by_status_name: dict[tuple[JobStatus, str], int]
     recent: dict[JobStatus, tuple[int, float | None]]
     oldest_pending_created_at: float | None
+
+    def by_status(self) -> dict[JobStatus, int]:
+        """Every status, with how many jobs are in it."""
+        totals = dict.fromkeys(JobStatus, 0)
+        for (status, _), count in self.by_status_name.items():
+            totals[status] += count
+        return totals
+
+    def by_name(self) -> dict[str, dict[JobStatus, int]]:
+        """For each handler name, every status with how many of its jobs are in it."""
+        totals: dict[str, dict[JobStatus, int]] = {}
+        for (status, name), count in self.by_status_name.items():
+            totals.setdefault(name, dict.fromkeys(JobStatus, 0))[status] += count
+        return totals
 
 
 def read_counts(conn: sqlite3.Connection, since: float) -> Counts:

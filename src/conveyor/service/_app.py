@@ -172,11 +172,17 @@ def _job_response(job: Job, status: int = 200) -> JSONResponse:
     return JSONResponse(job_to_dict(job), status_code=status)
 
 
-async def _cannot(queue: Queue, job_id: int, action: str, allowed: str) -> Problem:
+async def _job_after(
+    queue: Queue, changed: bool, job_id: int, action: str, allowed: str
+) -> Response:
+    """The job after a cancel or requeue (``action``), or the problem if it did not change."""
     job = await queue.get(job_id)
+    if changed and job is not None:
+        return _job_response(job)
     if job is None:
-        return Problem(404, "not-found", f"no job has id {job_id}")
-    return Problem(
+        detail = f"job {job_id} was {action}, then purged" if changed else f"no job has id {job_id}"
+        raise Problem(404, "not-found", detail)
+    raise Problem(
         409, "conflict", f"job {job_id} is {job.status.value}; only {allowed} jobs can be {action}"
     )
 
@@ -288,12 +294,8 @@ def _build_app(service: Service) -> FastAPI:
         "its handler has stopped, then `cancelled`.",
     )
     async def cancel_job(job_id: JobId) -> Response:
-        if not await queue.cancel(job_id):
-            raise await _cannot(queue, job_id, "cancelled", "pending or running")
-        job = await queue.get(job_id)
-        if job is None:
-            raise Problem(404, "not-found", f"job {job_id} was cancelled, then purged")
-        return _job_response(job)
+        changed = await queue.cancel(job_id)
+        return await _job_after(queue, changed, job_id, "cancelled", "pending or running")
 
     @app.post(
         "/jobs/{job_id}/requeue",
@@ -302,12 +304,8 @@ def _build_app(service: Service) -> FastAPI:
         summary="Requeue a failed or cancelled job (attempts reset)",
     )
     async def requeue_job(job_id: JobId) -> Response:
-        if not await queue.requeue(job_id):
-            raise await _cannot(queue, job_id, "requeued", "failed or cancelled")
-        job = await queue.get(job_id)
-        if job is None:
-            raise Problem(404, "not-found", f"job {job_id} was requeued, then purged")
-        return _job_response(job)
+        changed = await queue.requeue(job_id)
+        return await _job_after(queue, changed, job_id, "requeued", "failed or cancelled")
 
     @app.get("/stats", response_model=StatsOut, responses=_ERRORS, summary="Queue statistics")
     async def stats() -> Response:

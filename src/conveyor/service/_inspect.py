@@ -38,7 +38,7 @@ def inspect_file(path: str, *, now: float | None = None) -> dict[str, Any]:
         raise InspectError(str(exc)) from None
     with contextlib.closing(conn):
         try:
-            application_id, version = _identity(conn)
+            application_id, version = storage.read_identity(conn)
             if application_id != storage.APPLICATION_ID or version == 0:
                 raise InspectError(f"{path} is not a conveyor database")
             if version > storage.SCHEMA_VERSION:
@@ -52,22 +52,14 @@ def inspect_file(path: str, *, now: float | None = None) -> dict[str, Any]:
             )
         except sqlite3.Error as exc:
             raise InspectError(f"cannot read {path}: {exc}") from None
-    by_status = {status.value: 0 for status in JobStatus}
-    by_name: dict[str, dict[str, int]] = {}
-    for (status, name), count in counts.by_status_name.items():
-        by_status[status.value] += count
-        by_name.setdefault(name, {s.value: 0 for s in JobStatus})[status.value] += count
     oldest = counts.oldest_pending_created_at
     return {
         "path": os.path.abspath(path),
-        "by_status": by_status,
-        "by_name": by_name,
+        "by_status": {status.value: n for status, n in counts.by_status().items()},
+        "by_name": {
+            name: {status.value: n for status, n in statuses.items()}
+            for name, statuses in counts.by_name().items()
+        },
         "oldest_pending_age": None if oldest is None else max(now - oldest, 0.0),
         "failed": [job_to_dict(job) for job in failed],
     }
-
-
-def _identity(conn: sqlite3.Connection) -> tuple[int, int]:
-    application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    return application_id, version
