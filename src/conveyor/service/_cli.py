@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 import trio
 from rich.console import Console
+from rich.markup import escape
 
 from .._errors import ConveyorError
 from .._registry import Registry
@@ -164,7 +165,9 @@ def _client_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fail(code: Exit, message: str) -> NoReturn:
-    errors.print(f"[red]error:[/] {message}", highlight=False)
+    # Unwrapped and unparsed: a path or a bracket in the message must reach the user intact,
+    # whatever the terminal's width.
+    errors.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -336,7 +339,7 @@ def inspect(db: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
-    console.print(f"[bold]{report['path']}[/]")
+    console.print(f"[bold]{escape(report['path'])}[/]", soft_wrap=True)
     stats = {**report, "throughput": 0.0, "avg_duration": None, "success_rate": None}
     summary, _, by_name = stats_tables(stats)
     console.print(summary)
