@@ -19,7 +19,8 @@ import trio
 import trio.testing
 
 import conveyor
-from conveyor._actors.messages import Outcome, OutcomeKind
+from conveyor._actors.messages import Report
+from conveyor._storage.sqlite import Outcome
 
 from model import Behaviour, Start, fail_message, raise_message, result_of
 
@@ -231,20 +232,25 @@ class RealQueue:
             self._record_cancel(event)
         return cancelled
 
-    def deliver_stale_outcome(self, job_id: int, attempt: int, kind: OutcomeKind) -> None:
+    def deliver_stale_outcome(self, job_id: int, attempt: int, event: conveyor.Event) -> None:
         """An outcome from an attempt that a crash interrupted reaches the store at last."""
-        outcome = Outcome(
-            job_id,
-            attempt,
-            kind,
-            result_json='"stale"',
-            error="a stale outcome",
-            retry_delay=0.0 if kind == "failed" else None,
+        claimed = conveyor.Job(
+            id=job_id,
+            name=HANDLER_NAMES[0],
+            payload=None,
+            status=conveyor.JobStatus.RUNNING,
+            priority=5,
+            attempts=attempt,
+            max_attempts=attempt,
+            run_at=EPOCH,
+            created_at=EPOCH,
+            started_at=EPOCH,
         )
+        outcome = Outcome(claimed, event, result_json='"stale"', error="a stale outcome")
 
         async def step() -> None:
             assert self.queue is not None
-            await self.queue._commands.send(outcome)
+            await self.queue._runtime.send(Report([outcome], [], 0))
 
         self.run(step)
 

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 import conveyor
-from conveyor._actors.messages import OutcomeKind
 from harness import HANDLER_NAMES, Cancelled, RealQueue, Requeued
 
 from model import Behaviour, Job, Model, Spec, Start, Status
@@ -283,14 +282,22 @@ class QueueMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.zombies))
     @rule(
         data=st.data(),
-        kind=st.sampled_from(["completed", "failed", "cancelled", "interrupted"]),
+        kind=st.sampled_from(
+            [
+                conveyor.Event.COMPLETED,
+                conveyor.Event.RETRIED,
+                conveyor.Event.FAILED,
+                conveyor.Event.CANCELLED,
+                conveyor.Event.INTERRUPTED,
+            ]
+        ),
     )
-    def deliver_stale_outcome(self, data: st.DataObject, kind: OutcomeKind) -> None:
+    def deliver_stale_outcome(self, data: st.DataObject, kind: conveyor.Event) -> None:
         """The outcome of an attempt a crash interrupted arrives: it must change nothing."""
         job_id, attempt = data.draw(st.sampled_from(self.zombies), label="zombie")
         self.deliver_stale(job_id, attempt, kind)
 
-    def deliver_stale(self, job_id: int, attempt: int, kind: OutcomeKind) -> None:
+    def deliver_stale(self, job_id: int, attempt: int, kind: conveyor.Event) -> None:
         job = self.model.jobs[job_id]
         if job.status is Status.RUNNING and job.attempts == attempt:
             # Requeued and running the same attempt number again: not stale by its number.

@@ -10,10 +10,12 @@ seconds on the test's virtual clock.
 from __future__ import annotations
 
 import copy
-import enum
 from typing import Final, Literal
 
 import attrs
+
+from conveyor import Event, JobStatus
+from conveyor._job import decide, end_attempt
 
 BACKOFF_INITIAL: Final = 1.0
 BACKOFF_MULTIPLIER: Final = 2.0
@@ -21,29 +23,27 @@ BACKOFF_MAXIMUM: Final = 8.0
 DEFAULT_MAX_ATTEMPTS: Final = 3
 
 
-class Status(enum.StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
+Status = JobStatus
 
 TERMINAL: Final = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 
 LEGAL: Final = frozenset(
     {
+        (None, Status.PENDING),  # enqueue
         (Status.PENDING, Status.RUNNING),  # claim
         (Status.PENDING, Status.CANCELLED),  # cancel
         (Status.RUNNING, Status.COMPLETED),  # handler returned
-        (Status.RUNNING, Status.PENDING),  # retry, or a crash with attempts left
+        (Status.RUNNING, Status.PENDING),  # retry, shutdown, or a crash with attempts left
         (Status.RUNNING, Status.FAILED),  # Fail, attempts exhausted
         (Status.RUNNING, Status.CANCELLED),  # cancel while running
         (Status.FAILED, Status.PENDING),  # requeue
         (Status.CANCELLED, Status.PENDING),  # requeue
     }
 )
-"""The transitions of DESIGN §2; the model asserts every change it makes is one of them."""
+"""The transitions of DESIGN §2, written down independently of conveyor: a test asserts that
+conveyor's executed table makes exactly these moves. The model moves its jobs through that same
+table (:func:`conveyor._job.decide`), and checks every move against this set."""
+
 
 BehaviourKind = Literal["return", "raise", "fail", "retry", "sleep"]
 
@@ -118,7 +118,8 @@ class Job:
     ends_at: float | None = None  # while running: when the attempt ends by itself
     times_out: bool = False  # while running: whether that end is the timeout
 
-    def move(self, status: Status) -> None:
+    def move(self, event: Event) -> None:
+        status = decide(self.status, event)
         assert (self.status, status) in LEGAL, f"illegal {self.status} -> {status} for {self.id}"
         self.status = status
 
@@ -210,7 +211,7 @@ class Model:
         else:
             job.error = "cancelled while running"
             job.ends_at = None
-        job.move(Status.CANCELLED)
+        job.move(Event.CANCELLED)
         if fill:
             self.fill_slots()
         return True
@@ -219,7 +220,7 @@ class Model:
         job = self.jobs.get(job_id)
         if job is None or job.status not in (Status.FAILED, Status.CANCELLED):
             return False
-        job.move(Status.PENDING)
+        job.move(Event.REQUEUED)
         job.attempts = 0
         job.run_at = self.now
         job.result = job.error = job.progress = None
@@ -262,12 +263,14 @@ class Model:
                 f"attempt {job.attempts} of {job.max_attempts} was interrupted: the process "
                 "running it stopped"
             )
-            if job.id in cancel_requested:
-                job.move(Status.CANCELLED)
-            elif job.attempts >= job.max_attempts:
-                job.move(Status.FAILED)
-            else:
-                job.move(Status.PENDING)
+            job.move(
+                end_attempt(
+                    Event.RECOVERED,
+                    attempts=job.attempts,
+                    max_attempts=job.max_attempts,
+                    cancel_requested=job.id in cancel_requested,
+                )
+            )
         self.fill_slots()
 
     def fill_slots(self, *, cancel_on_claim: int | None = None) -> bool:
@@ -291,7 +294,7 @@ class Model:
         return claimed
 
     def _start(self, job: Job, *, outcome: bool = True) -> None:
-        job.move(Status.RUNNING)
+        job.move(Event.STARTED)
         job.attempts += 1
         job.progress = None
         self.starts.append(Start(self.generation, self.now, job.id, job.attempts))
@@ -330,11 +333,11 @@ class Model:
 
     def _complete(self, job: Job) -> None:
         job.result = result_of(job.tag, job.attempts)
-        job.move(Status.COMPLETED)
+        job.move(Event.COMPLETED)
 
     def _failed(self, job: Job, retry_delay: float | None) -> None:
         if retry_delay is not None and job.attempts < job.max_attempts:
             job.run_at = self.now + retry_delay
-            job.move(Status.PENDING)
+            job.move(Event.RETRIED)
         else:
-            job.move(Status.FAILED)
+            job.move(Event.FAILED)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import conveyor
 from machine import QueueMachine
 
 from model import Behaviour, Spec
@@ -107,7 +108,7 @@ def test_an_outcome_from_an_attempt_a_crash_interrupted_changes_nothing() -> Non
         state.open_queue(workers=1)
         state.enqueue(job(Behaviour("sleep", duration=5.5), Behaviour("sleep", duration=5.5)))
         state.crash_and_reopen(workers=1)
-        state.deliver_stale(1, 1, "completed")
-        state.deliver_stale(1, 1, "failed")
+        state.deliver_stale(1, 1, conveyor.Event.COMPLETED)
+        state.deliver_stale(1, 1, conveyor.Event.RETRIED)
 
     replay(steps)

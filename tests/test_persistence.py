@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 import conveyor
+from conveyor._storage.sqlite import Writer
 
 from helpers import QueueOpener
 
@@ -140,3 +141,58 @@ def test_a_job_that_kills_its_process_every_time_ends_failed(db_path: Path) -> N
         if out.strip():
             break
     assert runs == ["", "", "", "status failed"]
+
+
+_SCHEMA_V1 = """
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        name             TEXT    NOT NULL,
+        payload          TEXT    NOT NULL,
+        status           TEXT    NOT NULL CHECK (status IN ('pending', 'scheduled', 'running',
+                                                        'completed', 'failed', 'cancelled')),
+        priority         INTEGER NOT NULL CHECK (priority BETWEEN 1 AND 10),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+        timeout          REAL,
+        run_at           REAL    NOT NULL,
+        created_at       REAL    NOT NULL,
+        started_at       REAL,
+        finished_at      REAL,
+        result           TEXT,
+        error            TEXT,
+        progress         REAL,
+        progress_message TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        idempotency_key  TEXT UNIQUE
+    );
+    CREATE INDEX jobs_ready ON jobs (priority, run_at, id) WHERE status = 'pending';
+    CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE status = 'scheduled';
+    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX jobs_failed ON jobs (id) WHERE status = 'failed';
+    CREATE INDEX jobs_name ON jobs (name, id);
+    INSERT INTO jobs (id, name, payload, status, priority, max_attempts, run_at, created_at)
+        VALUES (1, 'noop', '1', 'pending', 5, 3, 0, 0),
+               (2, 'noop', '2', 'scheduled', 5, 3, 4e9, 0),
+               (3, 'noop', '3', 'completed', 5, 3, 0, 0);
+    UPDATE sqlite_sequence SET seq = 10 WHERE name = 'jobs';
+    PRAGMA application_id = 1129270870;
+    PRAGMA user_version = 1
+"""
+"""A file as conveyor 0.1 (schema version 1) left it: a job scheduled for later had the status
+'scheduled', and ids up to 10 were given (4 to 10 since purged)."""
+
+
+def test_a_version_1_file_is_upgraded_keeping_its_jobs_and_ids(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.executescript(_SCHEMA_V1)
+    conn.close()
+    Writer(str(db_path)).close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT id, status, scheduled FROM jobs ORDER BY id").fetchall() == [
+        (1, "pending", 0),
+        (2, "pending", 1),
+        (3, "completed", 0),
+    ]
+    assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone() == (10,)
+    conn.close()

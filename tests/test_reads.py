@@ -154,7 +154,7 @@ async def test_subscribers_see_each_change_once_committed(open_test_queue: Queue
     seen: list[tuple[str, str]] = []
 
     def listener(changes: object) -> None:
-        seen.extend((change.kind, change.name) for change in changes)  # type: ignore[attr-defined]
+        seen.extend((change.event, change.name) for change in changes)  # type: ignore[attr-defined]
 
     async with open_test_queue(mixed_registry()) as queue:
         queue.subscribe(listener)

@@ -210,3 +210,29 @@ async def test_a_result_that_is_not_json_fails_the_job_without_retry(
     assert done.error is not None
     assert "result of job" in done.error
     assert "not JSON-serializable" in done.error
+
+
+async def test_progress_from_a_thread_does_not_wait_for_the_event_loop(
+    open_test_queue: QueueOpener,
+) -> None:
+    registry = conveyor.Registry()
+    started = threading.Event()
+    loop_blocked = threading.Event()
+    reported = threading.Event()
+
+    @registry.handler("step")
+    def step(payload: None) -> None:
+        started.set()
+        loop_blocked.wait(10)
+        conveyor.current_job().set_progress(0.5, "half way")
+        reported.set()
+
+    async with open_test_queue(registry) as queue:
+        job = await queue.enqueue("step")
+        await anyio.to_thread.run_sync(started.wait, 10)
+        # The event loop is blocked here on purpose: a report that needed it would hang.
+        loop_blocked.set()
+        returned_while_blocked = reported.wait(10)
+        done = await queue.wait(job.id, timeout=10)
+    assert returned_while_blocked
+    assert (done.progress, done.progress_message) == (0.5, "half way")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -190,6 +191,18 @@ def test_inspect_refuses_a_missing_file(tmp_path: Path) -> None:
     result = conveyor("inspect", "--db", str(tmp_path / "nope.db"))
     assert result.returncode == 1
     assert "does not exist" in result.stderr
+
+
+def test_inspect_asks_for_an_upgrade_of_an_older_file(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE jobs (id INTEGER); PRAGMA application_id = 1129270870;")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    result = conveyor("inspect", "--db", str(path))
+    assert result.returncode == 1
+    assert "older than this conveyor's" in result.stderr
+    assert "to upgrade it" in result.stderr
 
 
 @slow

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import conveyor
-from conveyor import Change
+from conveyor import Change, Event, JobStatus
 from conveyor.service import Service
 from conveyor.service._metrics import ThroughputSeries
 
@@ -94,15 +94,25 @@ async def test_histograms_observe_durations_and_start_latencies(
 def test_the_throughput_series_counts_finished_jobs_per_bucket() -> None:
     now = [1000.0]
     series = ThroughputSeries(lambda: now[0], bucket_seconds=10, span=30)
-    series.on_changes([Change("completed", 1, "a"), Change("failed", 2, "a")])
+    series.on_changes(
+        [
+            Change(Event.COMPLETED, 1, "a", JobStatus.COMPLETED),
+            Change(Event.FAILED, 2, "a", JobStatus.FAILED),
+        ]
+    )
     now[0] = 1015.0
-    series.on_changes([Change("completed", 3, "a"), Change("started", 4, "a")])
+    series.on_changes(
+        [
+            Change(Event.COMPLETED, 3, "a", JobStatus.COMPLETED),
+            Change(Event.STARTED, 4, "a", JobStatus.RUNNING),
+        ]
+    )
     assert series.series() == [(990.0, 0, 0), (1000.0, 1, 1), (1010.0, 1, 0)]
 
 
 def test_the_throughput_series_forgets_buckets_beyond_its_span() -> None:
     now = [1000.0]
     series = ThroughputSeries(lambda: now[0], bucket_seconds=10, span=20)
-    series.on_changes([Change("completed", 1, "a")])
+    series.on_changes([Change(Event.COMPLETED, 1, "a", JobStatus.COMPLETED)])
     now[0] = 1100.0
     assert series.series() == [(1090.0, 0, 0), (1100.0, 0, 0)]

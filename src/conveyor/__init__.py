@@ -21,10 +21,11 @@ from ._errors import (
     WaitTimeout,
 )
 from ._events import Change
-from ._job import Job, JobSpec, JobStatus
-from ._queue import Queue, Stats, open_queue
+from ._job import Event, Job, JobSpec, JobStatus
+from ._queue import Queue, Stats
 from ._registry import Handler, Registry
 from ._retry import Backoff, Fail, Retry
+from ._runtime import open_queue
 
 __all__ = [
     "Backoff",
@@ -32,6 +33,7 @@ __all__ = [
     "ConveyorError",
     "DatabaseError",
     "DatabaseInUse",
+    "Event",
     "Fail",
     "Handler",
     "InvalidArgument",

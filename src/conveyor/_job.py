@@ -44,39 +44,89 @@ TERMINAL: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CA
 
 
 class Event(enum.StrEnum):
-    """What can happen to a job; the keys of :data:`TRANSITIONS`."""
+    """What happens to a job: the keys of :data:`TRANSITIONS`, and what a :class:`Change` says.
 
-    CLAIM = "claim"
-    COMPLETE = "complete"
-    RETRY = "retry"
-    FAIL = "fail"
-    CANCEL = "cancel"
-    INTERRUPT = "interrupt"  # shutdown or crash while running: back to pending
-    REQUEUE = "requeue"
+    The one vocabulary of the life cycle: the store asks :func:`decide` what an event does, the
+    announced changes and the metrics name these values.
+    """
+
+    ENQUEUED = "enqueued"
+    STARTED = "started"  # claimed for an attempt
+    COMPLETED = "completed"
+    RETRIED = "retried"  # an attempt failed with attempts left: pending again, after a backoff
+    FAILED = "failed"  # Fail raised, or the last attempt failed: the dead letter
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # shutdown stopped the attempt: pending again, attempt not counted
+    RECOVERED = "recovered"  # the process running it died: pending again, attempt counted
+    REQUEUED = "requeued"
 
 
-TRANSITIONS: Final[dict[tuple[JobStatus, Event], JobStatus]] = {
-    (JobStatus.PENDING, Event.CLAIM): JobStatus.RUNNING,
-    (JobStatus.PENDING, Event.CANCEL): JobStatus.CANCELLED,
-    (JobStatus.RUNNING, Event.COMPLETE): JobStatus.COMPLETED,
-    (JobStatus.RUNNING, Event.RETRY): JobStatus.PENDING,
-    (JobStatus.RUNNING, Event.FAIL): JobStatus.FAILED,
-    (JobStatus.RUNNING, Event.CANCEL): JobStatus.CANCELLED,
-    (JobStatus.RUNNING, Event.INTERRUPT): JobStatus.PENDING,
-    (JobStatus.FAILED, Event.REQUEUE): JobStatus.PENDING,
-    (JobStatus.CANCELLED, Event.REQUEUE): JobStatus.PENDING,
+TRANSITIONS: Final[dict[tuple[JobStatus | None, Event], JobStatus]] = {
+    (None, Event.ENQUEUED): JobStatus.PENDING,
+    (JobStatus.PENDING, Event.STARTED): JobStatus.RUNNING,
+    (JobStatus.PENDING, Event.CANCELLED): JobStatus.CANCELLED,
+    (JobStatus.RUNNING, Event.COMPLETED): JobStatus.COMPLETED,
+    (JobStatus.RUNNING, Event.RETRIED): JobStatus.PENDING,
+    (JobStatus.RUNNING, Event.FAILED): JobStatus.FAILED,
+    (JobStatus.RUNNING, Event.CANCELLED): JobStatus.CANCELLED,
+    (JobStatus.RUNNING, Event.INTERRUPTED): JobStatus.PENDING,
+    (JobStatus.RUNNING, Event.RECOVERED): JobStatus.PENDING,
+    (JobStatus.FAILED, Event.REQUEUED): JobStatus.PENDING,
+    (JobStatus.CANCELLED, Event.REQUEUED): JobStatus.PENDING,
 }
-"""The only legal transitions: ``(status, event) -> new status``."""
+"""The only legal transitions (DESIGN §2): ``(status, event) -> new status``; ``None`` is a job
+not yet stored."""
 
 
-def next_status(status: JobStatus, event: Event) -> JobStatus | None:
-    """The status after ``event`` happens to a job in ``status``; ``None`` if it cannot happen."""
-    return TRANSITIONS.get((status, event))
+class IllegalTransition(RuntimeError):
+    """An event was applied to a job in a status it cannot happen in: a bug in conveyor."""
+
+
+def decide(status: JobStatus | None, event: Event) -> JobStatus:
+    """The status a job in ``status`` moves to when ``event`` happens.
+
+    Raises :class:`IllegalTransition` when the table has no such transition.
+    """
+    try:
+        return TRANSITIONS[status, event]
+    except KeyError:
+        raise IllegalTransition(f"{event.value!r} cannot happen to a {status} job") from None
 
 
 def sources_of(event: Event) -> frozenset[JobStatus]:
-    """Every status from which ``event`` is legal."""
-    return frozenset(status for status, ev in TRANSITIONS if ev is event)
+    """Every stored status from which ``event`` is legal."""
+    return frozenset(status for status, ev in TRANSITIONS if ev is event and status is not None)
+
+
+ATTEMPT_ENDINGS: Final = frozenset(
+    {
+        Event.COMPLETED,
+        Event.RETRIED,
+        Event.FAILED,
+        Event.CANCELLED,
+        Event.INTERRUPTED,
+        Event.RECOVERED,
+    }
+)
+"""The events that end a running attempt."""
+
+
+def end_attempt(
+    proposed: Event, *, attempts: int, max_attempts: int, cancel_requested: bool
+) -> Event:
+    """The event that ends an attempt, given what its runner ``proposed`` and the job's state.
+
+    A cancel requested while the job ran wins over any ending; a retry (or a recovery after a
+    crash, which counts the attempt) with no attempts left fails the job. Shutdown's
+    ``interrupted`` does not count the attempt, so it always returns the job to pending.
+    """
+    if proposed not in ATTEMPT_ENDINGS:
+        raise IllegalTransition(f"{proposed.value!r} does not end an attempt")
+    if cancel_requested:
+        return Event.CANCELLED
+    if proposed in (Event.RETRIED, Event.RECOVERED) and attempts >= max_attempts:
+        return Event.FAILED
+    return proposed
 
 
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
@@ -85,10 +135,14 @@ _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensur
 
 def encode_json(value: JSON, what: str) -> str:
     """``value`` as compact JSON text; :class:`NotJSONSerializable` naming ``what`` if it is not."""
+    if value is None:
+        return "null"
     try:
         text = _ENCODER.encode(value)
         # SQLite stores UTF-8: a lone surrogate would fail there, inside the store's batch.
-        text.encode()
+        # ASCII text (the common case, checked in C without a copy) cannot hold one.
+        if not text.isascii():
+            text.encode()
     except UnicodeEncodeError:
         raise NotJSONSerializable(
             f"{what} is not JSON-serializable: it holds a lone surrogate, which is not Unicode text"

@@ -1,40 +1,21 @@
-"""``open_queue()`` and the :class:`Queue` facade: the actors' wiring and the public calls."""
+"""The :class:`Queue` facade: validation, then a command to the store or a read.
+
+It holds no state of its own: :class:`conveyor._runtime.Runtime` owns the channels, the readers
+and the waiters, and :func:`conveyor.open_queue` (in ``_runtime.py``) builds both.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
-import anyio.to_thread
 import attrs
-from anyio.streams.memory import MemoryObjectSendStream
 
-from ._actors.dispatcher import Dispatcher
-from ._actors.messages import (
-    Assignment,
-    Cancel,
-    Close,
-    DispatcherMessage,
-    Enqueue,
-    InterruptAll,
-    NextDue,
-    Ping,
-    Purge,
-    Reply,
-    Requeue,
-    Stop,
-    StoreCommand,
-)
-from ._actors.store import Listener, Store
-from ._actors.timer import Timer
-from ._actors.worker import Worker
+from ._actors.messages import Cancel, Enqueue, Ping, Purge, Reply, Requeue
+from ._actors.store import Listener
 from ._errors import InvalidArgument, JobNotFound, QueueClosed, WaitTimeout
 from ._events import Change
 from ._job import (
@@ -47,17 +28,14 @@ from ._job import (
     check_text,
     encode_json,
 )
-from ._registry import Registry
-from ._sqlthread import SqlThread
 from ._storage import sqlite as storage
-from ._storage.sqlite import NewJob, Synchronous, Writer
+from ._storage.sqlite import NewJob
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
 
 T = TypeVar("T")
 
-COMMAND_BUFFER: Final = 1024
-"""Commands that may wait for the store before senders are made to wait (back-pressure)."""
-
-READ_THREADS: Final = 4
 STATS_WINDOW: Final = 60.0
 MAX_LIST_LIMIT: Final = 1000
 
@@ -80,65 +58,6 @@ class Stats:
     oldest_pending_age: float | None
 
 
-class _Waiters:
-    """The events of callers waiting in :meth:`Queue.wait`, set when their job finishes."""
-
-    def __init__(self) -> None:
-        self._events: dict[int, set[anyio.Event]] = {}
-
-    def add(self, job_id: int) -> anyio.Event:
-        event = anyio.Event()
-        self._events.setdefault(job_id, set()).add(event)
-        return event
-
-    def discard(self, job_id: int, event: anyio.Event) -> None:
-        events = self._events.get(job_id)
-        if events is not None:
-            events.discard(event)
-            if not events:
-                del self._events[job_id]
-
-    def on_changes(self, changes: Sequence[Change]) -> None:
-        if not self._events:
-            return
-        for change in changes:
-            if change.is_finish:
-                for event in self._events.pop(change.job_id, ()):
-                    event.set()
-
-    def wake_all(self) -> None:
-        for events in self._events.values():
-            for event in events:
-                event.set()
-        self._events.clear()
-
-
-class _Readers:
-    """Read-only connections, used one per call; WAL gives each a consistent snapshot."""
-
-    def __init__(self, path: str, *, in_thread: bool) -> None:
-        self._path = path
-        self._in_thread = in_thread
-        self._idle: list[sqlite3.Connection] = []
-        self._limiter = anyio.CapacityLimiter(READ_THREADS)
-
-    async def run(self, read: Callable[[sqlite3.Connection], T]) -> T:
-        if self._in_thread:
-            return await anyio.to_thread.run_sync(self._call, read, limiter=self._limiter)
-        return self._call(read)
-
-    def _call(self, read: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._idle.pop() if self._idle else storage.open_reader(self._path)
-        try:
-            return read(conn)
-        finally:
-            self._idle.append(conn)
-
-    def close(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
-
-
 class Queue:
     """An open queue: enqueue jobs, steer them, and read their state.
 
@@ -148,23 +67,8 @@ class Queue:
     never wait for the writer.
     """
 
-    def __init__(
-        self,
-        *,
-        registry: Registry,
-        clock: Callable[[], float],
-        commands: MemoryObjectSendStream[StoreCommand],
-        readers: _Readers,
-        waiters: _Waiters,
-        listeners: list[Listener],
-    ) -> None:
-        self._registry = registry
-        self._listeners = listeners
-        self._clock = clock
-        self._commands = commands
-        self._readers = readers
-        self._waiters = waiters
-        self._closing = False
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
 
     # --- writes ------------------------------------------------------------------------------
     async def enqueue(
@@ -189,7 +93,12 @@ class Queue:
         Raises :class:`InvalidArgument` (also a ``ValueError``) for a bad argument,
         :class:`UnknownHandler` for a name not in the registry, :class:`NotJSONSerializable` for a
         payload JSON cannot hold, :class:`QueueFull` beyond ``max_pending``, and
-        :class:`QueueClosed` once the queue is closing. Nothing is written when it raises.
+        :class:`QueueClosed` once the queue is closing.
+
+        When it raises before the store has the command (every error above), nothing is
+        written. Once the store has it, the job is committed even if the caller is cancelled
+        while it waits for the answer: to enqueue exactly once across such a cancel (or a
+        crash), give an ``idempotency_key`` and enqueue again.
         """
         spec = JobSpec(
             name,
@@ -219,14 +128,14 @@ class Queue:
         return await self._enqueue(specs) if specs else []
 
     async def _enqueue(self, specs: Sequence[JobSpec]) -> list[Job]:
-        now = self._clock()
+        now = self._runtime.clock()
         jobs = [self._new_job(spec, now) for spec in specs]
         reply: Reply[list[Job]] = Reply()
-        await self._send(Enqueue(jobs, reply))
+        await self._runtime.send(Enqueue(jobs, reply))
         return await reply.get()
 
     def _new_job(self, spec: JobSpec, now: float) -> NewJob:
-        handler = self._registry[spec.name]
+        handler = self._runtime.registry[spec.name]
         payload_json = encode_json(spec.payload, f"the payload of a {spec.name!r} job")
         if spec.delay is not None:
             run_at = now + spec.delay
@@ -237,11 +146,8 @@ class Queue:
         return NewJob(
             name=spec.name,
             payload_json=payload_json,
-            # The job carries the payload as stored (tuples become lists, keys strings...);
-            # scalars come back from JSON unchanged, so they skip the decoding.
-            payload=spec.payload
-            if spec.payload is None or type(spec.payload) in (str, int, bool)
-            else json.loads(payload_json),
+            # The caller's own value: decoding the text just encoded would only copy it.
+            payload=spec.payload,
             priority=spec.priority,
             max_attempts=spec.max_attempts or handler.max_attempts,
             timeout=spec.timeout if spec.timeout is not None else handler.timeout,
@@ -258,7 +164,7 @@ class Queue:
         job ends ``cancelled`` either way.
         """
         reply: Reply[bool] = Reply()
-        await self._send(Cancel(_job_id(job_id), reply))
+        await self._runtime.send(Cancel(_job_id(job_id), reply))
         return await reply.get()
 
     async def requeue(self, job_id: int) -> bool:
@@ -267,7 +173,7 @@ class Queue:
         Returns False (and changes nothing) for a job in any other status or an unknown id.
         """
         reply: Reply[bool] = Reply()
-        await self._send(Requeue(_job_id(job_id), reply))
+        await self._runtime.send(Requeue(_job_id(job_id), reply))
         return await reply.get()
 
     async def purge(self, older_than: float) -> int:
@@ -275,13 +181,13 @@ class Queue:
         ``older_than`` seconds ago; return how many. Their idempotency keys become free."""
         check_seconds("older_than", older_than)
         reply: Reply[int] = Reply()
-        await self._send(Purge(older_than, reply))
+        await self._runtime.send(Purge(older_than, reply))
         return await reply.get()
 
     async def ping(self) -> None:
         """Return once the store has committed a write: the queue is open and writable."""
         reply: Reply[None] = Reply()
-        await self._send(Ping(reply))
+        await self._runtime.send(Ping(reply))
         await reply.get()
 
     def subscribe(self, listener: Listener) -> None:
@@ -291,19 +197,11 @@ class Queue:
         not block (count, set an event, ``send_nowait`` on a channel). Metrics and dashboards
         use it.
         """
-        self._listeners.append(listener)
+        self._runtime.listeners.append(listener)
 
     def unsubscribe(self, listener: Listener) -> None:
         """Stop calling a listener given to :meth:`subscribe`."""
-        self._listeners.remove(listener)
-
-    async def _send(self, command: StoreCommand) -> None:
-        if self._closing:
-            raise QueueClosed("the queue is closing or closed and takes no more commands")
-        try:
-            await self._commands.send(command)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            raise QueueClosed("the queue is closed and takes no more commands") from None
+        self._runtime.listeners.remove(listener)
 
     # --- reads -------------------------------------------------------------------------------
     async def get(self, job_id: int) -> Job | None:
@@ -314,30 +212,47 @@ class Queue:
     async def wait(self, job_id: int, timeout: float | None = None) -> Job:
         """Wait until the job is finished (completed, failed or cancelled) and return it.
 
-        Returns at once for a job already finished. Event-driven: nothing polls. Raises
-        :class:`WaitTimeout` (a ``TimeoutError``) after ``timeout`` seconds, :class:`JobNotFound`
-        for an unknown id, and :class:`QueueClosed` if the queue closes first.
+        Returns at once for a job already finished. Event-driven: nothing polls; the change
+        that finishes the job carries it, so the job is read once, when the wait begins.
+        Raises :class:`WaitTimeout` (a ``TimeoutError``) after ``timeout`` seconds,
+        :class:`JobNotFound` for an unknown id, and :class:`QueueClosed` if the queue closes
+        first. Cancelling the caller only ends the wait.
         """
         job_id = _job_id(job_id)
         check_seconds("timeout", timeout)
-        deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
-        while True:
-            event = self._waiters.add(job_id)
-            try:
-                # Read after registering, so that a finish between the two is not missed.
-                job = await self.get(job_id)
-                if job is None:
-                    raise JobNotFound(f"no job has id {job_id}")
-                if job.status.is_terminal:
-                    return job
-                with anyio.move_on_at(deadline):
-                    await event.wait()
-                if not event.is_set():
-                    raise WaitTimeout(f"job {job_id} did not finish within {timeout:g} s")
-                if self._closing:
-                    raise QueueClosed(f"the queue closed while waiting for job {job_id}")
-            finally:
-                self._waiters.discard(job_id, event)
+        finished = anyio.Event()
+        ending: list[Change | None] = []
+
+        def wake(change: Change | None) -> None:
+            ending.append(change)
+            finished.set()
+
+        waiters = self._runtime.waiters
+        # Registered before the read, so that a finish between the two is not missed.
+        waiters.add(job_id, wake)
+        try:
+            job = await self.get(job_id)
+            if job is None:
+                raise JobNotFound(f"no job has id {job_id}")
+            if job.status.is_terminal:
+                return job
+            with anyio.move_on_after(math.inf if timeout is None else timeout):
+                await finished.wait()
+        finally:
+            waiters.discard(job_id, wake)
+        if not ending:
+            raise WaitTimeout(f"job {job_id} did not finish within {timeout:g} s")
+        change = ending[0]
+        if change is None:
+            raise QueueClosed(f"the queue closed while waiting for job {job_id}")
+        final = change.job()
+        if final is not None:
+            return final
+        # A change that does not carry the job: read it, once it is durable.
+        job = await self.get(job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id} was purged as it finished")
+        return job
 
     async def list(
         self,
@@ -372,7 +287,7 @@ class Queue:
 
     async def stats(self) -> Stats:
         """Counts by status and by handler name, and the last minute's throughput."""
-        now = self._clock()
+        now = self._runtime.clock()
         counts = await self._read(lambda conn: storage.read_counts(conn, now - STATS_WINDOW))
         completed, completed_avg = counts.recent.get(JobStatus.COMPLETED, (0, None))
         failed, failed_avg = counts.recent.get(JobStatus.FAILED, (0, None))
@@ -389,27 +304,7 @@ class Queue:
         )
 
     async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closing:
-            raise QueueClosed("the queue is closing or closed")
-        return await self._readers.run(read)
-
-    # --- shutdown ----------------------------------------------------------------------------
-    async def _shutdown(
-        self, dispatcher: MemoryObjectSendStream[DispatcherMessage], grace: float
-    ) -> None:
-        """Claim nothing more, give running jobs ``grace`` seconds, interrupt the rest, stop."""
-        self._closing = True
-        self._waiters.wake_all()
-        idle = anyio.Event()
-        dispatcher.send_nowait(Close(idle))
-        with anyio.move_on_after(grace):
-            await idle.wait()
-        if not idle.is_set():
-            dispatcher.send_nowait(InterruptAll())
-            await idle.wait()
-        reply: Reply[None] = Reply()
-        await self._commands.send(Stop(reply))
-        await reply.get()
+        return await self._runtime.read(read)
 
 
 def _job_id(value: object) -> int:
@@ -428,190 +323,3 @@ def _status(value: JobStatus | str | None) -> JobStatus | None:
     except ValueError:
         known = ", ".join(s.value for s in JobStatus)
         raise InvalidArgument(f"status must be one of {known}, not {value!r}") from None
-
-
-async def _run_inline(function: Callable[[], T]) -> T:
-    return function()
-
-
-async def _shielded(
-    run_sql: Callable[[Callable[[], Any]], Awaitable[Any]], function: Callable[[], object]
-) -> None:
-    with anyio.CancelScope(shield=True):
-        await run_sql(function)
-
-
-def _check_open_arguments(
-    handlers: object,
-    workers: object,
-    shutdown_grace: object,
-    max_pending: object,
-    synchronous: object,
-    clock: object,
-) -> None:
-    if not isinstance(handlers, Registry):
-        raise InvalidArgument(f"handlers must be a conveyor.Registry, not {handlers!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidArgument(f"workers must be an int >= 1, not {workers!r}")
-    check_seconds("shutdown_grace", shutdown_grace)  # type: ignore[arg-type]
-    if max_pending is not None and (
-        isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1
-    ):
-        raise InvalidArgument(f"max_pending must be an int >= 1 or None, not {max_pending!r}")
-    if synchronous not in ("normal", "full"):
-        raise InvalidArgument(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
-    if clock is not None and not callable(clock):
-        raise InvalidArgument(
-            f"clock must be a function returning wall-clock seconds, not {clock!r}"
-        )
-
-
-@contextlib.asynccontextmanager
-async def open_queue(
-    path: str | os.PathLike[str] = "conveyor.db",
-    *,
-    handlers: Registry,
-    workers: int = 4,
-    clock: Callable[[], float] | None = None,
-    shutdown_grace: float = 10.0,
-    max_pending: int | None = None,
-    synchronous: Synchronous = "normal",
-    sql_thread: bool = True,
-) -> AsyncIterator[Queue]:
-    """Open the queue stored in the SQLite file ``path`` (created if missing) and run it.
-
-    ``handlers`` is the :class:`Registry` of the jobs this process runs; ``workers`` is how
-    many jobs run at once. ``clock`` returns wall-clock seconds (default :func:`time.time`);
-    tests pass one driven by a mock clock. ``max_pending`` bounds pending jobs
-    (:class:`QueueFull` beyond it). ``synchronous`` is SQLite's durability level: ``"normal"``
-    (default) loses nothing committed when the process crashes, but a power loss or OS crash
-    may lose the last commits; ``"full"`` syncs every commit to disk, so an acknowledged job
-    survives power loss too, at the cost of one fsync per group commit. ``sql_thread=False``
-    runs SQL on the event loop's thread instead of a dedicated one: it blocks the loop during
-    each write and is meant for deterministic tests under a mock clock.
-
-    On entry, jobs left ``running`` by a process that died go back to ``pending`` (the
-    interrupted attempt counts; a job with no attempts left becomes ``failed``). Leaving the
-    block shuts down gracefully: nothing new is claimed, running jobs get ``shutdown_grace``
-    seconds to finish, then they are cancelled and return to ``pending`` without losing an
-    attempt. If the block is cancelled from outside, the queue stops at once, like a crash:
-    running jobs are recovered the next time the file is opened.
-
-    Raises :class:`DatabaseInUse` if another queue holds the file, :class:`SchemaTooNew` or
-    :class:`DatabaseError` if the file cannot be used.
-    """
-    _check_open_arguments(handlers, workers, shutdown_grace, max_pending, synchronous, clock)
-    wall_clock = clock or time.time
-    path = os.fspath(path)
-    if not path or path == ":memory:" or path.startswith("file:"):
-        raise InvalidArgument(
-            f"path must name a database file, not {path!r}: jobs are kept in a file so that "
-            "they outlive the process"
-        )
-    async with contextlib.AsyncExitStack() as stack:
-        run_sql: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_inline
-        if sql_thread:
-            thread = SqlThread()
-            stack.callback(thread.close)
-            run_sql = thread.run
-        # Shielded, so that a writer opened while the caller is being cancelled is still
-        # registered to be closed (and its file lock released).
-        with anyio.CancelScope(shield=True):
-            writer: Writer = await run_sql(lambda: Writer(path, synchronous=synchronous))
-            stack.push_async_callback(_shielded, run_sql, writer.close)
-        readers = _Readers(path, in_thread=sql_thread)
-        stack.callback(readers.close)
-        await run_sql(lambda: writer.recover_running(wall_clock()))
-        async with _running_actors(
-            writer,
-            handlers,
-            workers=workers,
-            clock=wall_clock,
-            max_pending=max_pending,
-            run_sql=run_sql,
-            readers=readers,
-            shutdown_grace=shutdown_grace,
-        ) as queue:
-            yield queue
-
-
-@contextlib.asynccontextmanager
-async def _running_actors(
-    writer: Writer,
-    registry: Registry,
-    *,
-    workers: int,
-    clock: Callable[[], float],
-    max_pending: int | None,
-    run_sql: Callable[[Callable[[], Any]], Awaitable[Any]],
-    readers: _Readers,
-    shutdown_grace: float,
-) -> AsyncIterator[Queue]:
-    # Only the store's inbox is bounded (back-pressure on callers). The store never waits to
-    # send, so the channels it sends on are unbounded; what they carry is bounded by the
-    # number of worker slots and claims in flight.
-    store_tx, store_rx = anyio.create_memory_object_stream[StoreCommand](COMMAND_BUFFER)
-    dispatch_tx, dispatch_rx = anyio.create_memory_object_stream[DispatcherMessage](math.inf)
-    timer_tx, timer_rx = anyio.create_memory_object_stream[NextDue](math.inf)
-    assign_tx, assign_rx = anyio.create_memory_object_stream[Assignment](math.inf)
-    waiters = _Waiters()
-    listeners: list[Listener] = [waiters.on_changes]
-    store = Store(
-        writer,
-        run_sql=run_sql,
-        clock=clock,
-        commands=store_rx,
-        dispatcher=dispatch_tx,
-        timer=timer_tx,
-        listeners=listeners,
-        max_pending=max_pending,
-    )
-    queue = Queue(
-        registry=registry,
-        clock=clock,
-        commands=store_tx,
-        readers=readers,
-        waiters=waiters,
-        listeners=listeners,
-    )
-    try:
-        with store_tx, dispatch_tx, timer_tx, assign_tx:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(store.run)
-                tg.start_soon(
-                    Dispatcher(
-                        slots=workers, inbox=dispatch_rx, store=store_tx, workers=assign_tx
-                    ).run
-                )
-                tg.start_soon(Timer(clock=clock, inbox=timer_rx, dispatcher=dispatch_tx).run)
-                for _ in range(workers):
-                    worker = Worker(
-                        registry=registry,
-                        assignments=assign_rx.clone(),
-                        store=store_tx,
-                        dispatcher=dispatch_tx,
-                    )
-                    tg.start_soon(worker.run)
-                assign_rx.close()
-                try:
-                    yield queue
-                except anyio.get_cancelled_exc_class():
-                    # Cancelled from outside (or an actor failed): stop at once, like a crash.
-                    queue._closing = True
-                    raise
-                except BaseException:
-                    await queue._shutdown(dispatch_tx, shutdown_grace)
-                    raise
-                else:
-                    await queue._shutdown(dispatch_tx, shutdown_grace)
-                tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The task group wraps whatever left it; callers should see the error itself.
-        if len(group.exceptions) != 1:
-            raise
-        error = group.exceptions[0]
-        chained = (error.__cause__, error.__context__, error.__suppress_context__)
-        try:
-            raise error
-        finally:
-            error.__cause__, error.__context__, error.__suppress_context__ = chained

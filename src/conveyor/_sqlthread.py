@@ -1,4 +1,4 @@
-"""The SQL thread: one dedicated thread that runs the store's database work, in order.
+"""SQL threads: a dedicated thread runs the store's database work in order; another the reads.
 
 A hop through it costs about half of ``anyio.to_thread.run_sync`` (measured on trio: ~30 µs of
 CPU and ~80 µs of wall time per round trip, against ~68 µs and ~112 µs), and it is on the store's
@@ -23,7 +23,7 @@ T = TypeVar("T")
 CallSoon = Callable[[Callable[[], object]], object]
 
 
-def _call_soon_threadsafe() -> CallSoon:
+def call_soon_threadsafe() -> CallSoon:
     """The running event loop's way to run a callback on it from another thread."""
     if sniffio.current_async_library() == "trio":
         return trio.lowlevel.current_trio_token().run_sync_soon
@@ -51,9 +51,9 @@ class _Call(Generic[T]):
 class SqlThread:
     """Runs functions on one thread, one at a time, in the order they were given."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name="conveyor-sql", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     async def run(self, function: Callable[[], T]) -> T:
@@ -62,7 +62,7 @@ class SqlThread:
         Once started, a call is never abandoned: cancellation waits for it to finish (its
         result is then dropped), so a transaction is never left half done.
         """
-        call = _Call(function, _call_soon_threadsafe())
+        call = _Call(function, call_soon_threadsafe())
         self._calls.put(call)
         with anyio.CancelScope(shield=True):
             await call.done.wait()

@@ -1,21 +1,22 @@
-"""What the actors say to each other over their memory channels.
+"""What the actors say to each other over their memory channels (DESIGN §3).
 
-The store takes :data:`StoreCommand` values; the dispatcher takes :data:`DispatcherMessage`
-values; the timer takes :class:`NextDue`. Commands that a caller awaits carry a :class:`Reply`.
+The store takes :data:`StoreCommand` values; the worker pool takes :data:`PoolMessage` values;
+the timer takes :class:`NextDue`. Between the pool and the store there is one message per batch
+each way: a :class:`Report` from the pool, a :class:`News` from the store. Commands that a
+caller awaits carry a :class:`Reply`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-from typing import Generic, Literal, TypeVar
+from typing import Generic, TypeVar
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .._job import Job
-from .._storage.sqlite import NewJob
+from .._storage.sqlite import NewJob, Outcome
 
 T = TypeVar("T")
 
@@ -62,65 +63,27 @@ class Enqueue:
     reply: Reply[list[Job]]
 
 
-@attrs.frozen
-class Claim:
-    limit: int
-
-
-OutcomeKind = Literal["completed", "failed", "cancelled", "interrupted"]
+ProgressReport = tuple[float, str | None, int, int]
+"""``(fraction, message, job id, attempt)``: a running attempt's latest progress."""
 
 
 @attrs.frozen
-class Outcome:
-    job_id: int
-    attempt: int
-    kind: OutcomeKind
-    result_json: str | None = None
-    error: str | None = None
-    retry_delay: float | None = None  # failed: retry after this delay; None: no retry
-    progress: tuple[float, str | None] | None = None  # the latest report not yet written
+class Report:
+    """The pool's one message per batch: attempts that ended, progress of running ones, and
+    ``more`` free slots to claim jobs for (the store owes them until it has claimed them).
 
-
-class ProgressSlot:
-    """The latest progress a handler reported that the store has not written yet.
-
-    A mailbox of one, shared by the handler (which may run in a thread) and the store (on the
-    SQL thread), hence the lock. ``put`` says whether a :class:`Progress` command must be sent:
-    one waits in the store's channel until ``take``, so a burst of reports costs one write and
-    the latest wins.
+    ``release``: the pool is closing; the store forgets the slots it owes.
     """
 
-    __slots__ = ("_latest", "_lock", "_queued")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._latest: tuple[float, str | None] | None = None
-        self._queued = False
-
-    def put(self, fraction: float, message: str | None) -> bool:
-        """Keep this report; True if no :class:`Progress` command is on its way yet."""
-        with self._lock:
-            self._latest = (fraction, message)
-            first, self._queued = not self._queued, True
-            return first
-
-    def unqueue(self) -> None:
-        """The :class:`Progress` command could not be sent: the next report tries again."""
-        with self._lock:
-            self._queued = False
-
-    def take(self) -> tuple[float, str | None] | None:
-        """The unwritten report, if any, marking it written."""
-        with self._lock:
-            latest, self._latest, self._queued = self._latest, None, False
-            return latest
+    outcomes: list[Outcome]
+    progress: list[ProgressReport]
+    more: int
+    release: bool = False
 
 
 @attrs.frozen
-class Progress:
-    job_id: int
-    attempt: int
-    slot: ProgressSlot
+class Tick:
+    """From the timer: a scheduled job may have come due."""
 
 
 @attrs.frozen
@@ -155,36 +118,33 @@ class Stop:
     reply: Reply[None]
 
 
-StoreCommand = Enqueue | Claim | Outcome | Progress | Cancel | Requeue | Purge | Ping | Stop
+StoreCommand = Enqueue | Report | Tick | Cancel | Requeue | Purge | Ping | Stop
 
 
-# --- to the dispatcher ----------------------------------------------------------------------
+# --- to the worker pool ---------------------------------------------------------------------
 @attrs.frozen
-class WorkReady:
-    """Jobs may be ready to claim (enqueued, requeued, retried now, or come due)."""
+class News:
+    """The store's one message per batch to the pool.
+
+    ``claimed``: jobs claimed for slots the pool asked for, best first. ``answered``: how many
+    of the pool's reports this batch applied (``released`` if one of them was the release).
+    ``cancel``: running jobs whose cancel was committed.
+    """
+
+    claimed: list[Job]
+    answered: int
+    released: bool
+    cancel: list[int]
 
 
 @attrs.frozen
-class Claimed:
-    jobs: list[Job]
-    requested: int
-
-
-@attrs.frozen
-class CancelRunning:
-    job_id: int
-
-
-@attrs.frozen
-class SlotFree:
-    """The worker running this job is done with it (its outcome is on the way to the store)."""
-
-    job_id: int
+class Flush:
+    """From the pool's own workers: outcomes or progress wait to be reported."""
 
 
 @attrs.frozen
 class Close:
-    """Claim nothing more; set ``idle`` once no job is running."""
+    """Start no more jobs; set ``idle`` once none runs and every outcome is stored."""
 
     idle: anyio.Event
 
@@ -194,27 +154,10 @@ class InterruptAll:
     """Shutdown's grace is over: cancel every running handler and return its job to pending."""
 
 
-DispatcherMessage = WorkReady | Claimed | CancelRunning | SlotFree | Close | InterruptAll
+PoolMessage = News | Flush | Close | InterruptAll
 
 
 # --- to the timer ---------------------------------------------------------------------------
 @attrs.frozen
 class NextDue:
     at: float | None  # wall-clock seconds; None: nothing scheduled
-
-
-# --- dispatcher to worker -------------------------------------------------------------------
-StopReason = Literal["cancel", "shutdown"]
-
-
-@attrs.define
-class Assignment:
-    """A claimed job handed to a worker, with the scope the dispatcher cancels it through.
-
-    ``reason`` is written by the dispatcher just before it cancels ``scope`` and read by the
-    worker after the scope exits: the one fact they share, in that order.
-    """
-
-    job: Job
-    scope: anyio.CancelScope
-    reason: StopReason | None = None

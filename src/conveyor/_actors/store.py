@@ -5,12 +5,18 @@ waiting (up to :data:`BATCH_LIMIT`), applies the whole batch in one transaction 
 :func:`apply_batch` (a plain synchronous function, run on the SQL thread), commits, and only then
 replies to each command and announces what changed. That is group commit: under load many
 enqueues, claims and outcomes share one commit, and an acknowledged command is durable.
+
+The store also holds the worker pool's standing claim: how many free slots the pool asked jobs
+for and has not yet been given. Whenever a batch may have made jobs ready (an enqueue, a retry,
+a due time, freed slots), the batch ends by claiming the best ready jobs for those slots, in the
+same transaction, so a job enqueued into an idle queue starts one commit later.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -21,25 +27,22 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._errors import DatabaseError, QueueClosed, QueueFull
 from .._events import Change
-from .._job import Job
-from .._storage.sqlite import CancelResult, NewJob, Writer
+from .._job import Event, Job, JobStatus
+from .._storage.sqlite import CancelResult, NewJob, Outcome, Writer
 from .messages import (
     Cancel,
-    CancelRunning,
-    Claim,
-    Claimed,
-    DispatcherMessage,
     Enqueue,
+    News,
     NextDue,
-    Outcome,
     Ping,
-    Progress,
+    PoolMessage,
     Purge,
     Reply,
+    Report,
     Requeue,
     Stop,
     StoreCommand,
-    WorkReady,
+    Tick,
     tell,
 )
 
@@ -54,54 +57,69 @@ SqlRunner = Callable[[Callable[[], T]], Awaitable[T]]
 
 Listener = Callable[[Sequence[Change]], None]
 
+_DATABASE_FAULTS: Final = (sqlite3.OperationalError, sqlite3.InternalError, MemoryError)
+"""Errors of the database itself (I/O, disk full, locked), not of one command."""
+
+
+@attrs.frozen
+class Claims:
+    """The pool's standing claim: ``wanted`` free slots, and whether jobs ``may_be_ready`` for
+    them (false once a claim came back short, until something makes a job ready)."""
+
+    wanted: int = 0
+    may_be_ready: bool = True
+
 
 @attrs.define
 class Effects:
-    """What one committed batch did, for the store to announce on the event loop."""
+    """What one batch did, for the store to announce on the event loop once it is committed."""
 
+    claims: Claims
     replies: list[tuple[Reply[Any], object]] = attrs.Factory(list)
     failures: list[tuple[Reply[Any], BaseException]] = attrs.Factory(list)
-    claimed: list[Claimed] = attrs.Factory(list)
+    claimed: list[Job] = attrs.Factory(list)
+    reports: int = 0
+    released: bool = False
     cancel_running: list[int] = attrs.Factory(list)
     changes: list[Change] = attrs.Factory(list)
-    work_ready: bool = False
-    next_due: NextDue | None = None
     stopped: bool = False
 
-    def merge(self, other: Effects) -> None:
-        """Add what ``other`` (one command's effects) did to these."""
-        self.replies += other.replies
-        self.failures += other.failures
-        self.claimed += other.claimed
-        self.cancel_running += other.cancel_running
-        self.changes += other.changes
-        self.work_ready = self.work_ready or other.work_ready
-        self.stopped = self.stopped or other.stopped
+    def wake(self) -> None:
+        """Jobs may have become ready: the batch's end claims for the slots the pool wants."""
+        if not self.claims.may_be_ready:
+            self.claims = attrs.evolve(self.claims, may_be_ready=True)
+
+    def want(self, more: int, *, release: bool) -> None:
+        wanted = 0 if release else self.claims.wanted + more
+        self.claims = Claims(wanted, self.claims.may_be_ready or more > 0)
 
 
 def apply_batch(
-    writer: Writer, commands: Sequence[StoreCommand], now: float, max_pending: float
+    writer: Writer,
+    commands: Sequence[StoreCommand],
+    now: float,
+    max_pending: float,
+    claims: Claims,
 ) -> Effects:
-    """Apply ``commands`` in one transaction and commit; on a database error roll back and raise.
+    """Apply ``commands`` in one transaction, claim for the pool's free slots, and commit.
 
-    Each command runs in a savepoint: one that fails (queue full, a value SQLite refuses,
-    commands after :class:`Stop`) fails its own reply only; the others still commit. When the
-    database itself fails (I/O, disk full, locked), the whole batch is rolled back and raised.
+    The batch is applied optimistically, without a savepoint per command. Only when a command
+    fails (queue full, a value SQLite refuses, commands after :class:`Stop`) is the batch
+    rolled back and replayed command by command, each in a savepoint, so that the bad one
+    fails its own reply only and the others still commit. When the database itself fails
+    (I/O, disk full, locked), the batch is rolled back and the error raised.
     """
-    effects = Effects()
-    due_before = writer.next_due
     writer.begin()
     try:
-        for command in commands:
-            if effects.stopped:
-                if (reply := getattr(command, "reply", None)) is not None:
-                    effects.failures.append((reply, QueueClosed("the queue is closed")))
-                continue
-            _apply_alone(writer, command, now, max_pending, effects)
-        # After a claim the timer hears even an unchanged due time: the claim may have come
-        # from its wake-up, which it forgets once fired.
-        if writer.next_due != due_before or effects.claimed:
-            effects.next_due = NextDue(writer.next_due)
+        try:
+            effects = _apply_all(writer, commands, now, max_pending, claims)
+        except _DATABASE_FAULTS:
+            raise
+        except Exception:
+            writer.rollback()
+            writer.begin()
+            effects = _replay_one_by_one(writer, commands, now, max_pending, claims)
+        _claim_for_pool(writer, now, effects)
         writer.commit()
     except BaseException:
         writer.rollback()
@@ -109,36 +127,81 @@ def apply_batch(
     return effects
 
 
-def _apply_alone(
-    writer: Writer, command: StoreCommand, now: float, max_pending: float, effects: Effects
+def _apply_all(
+    writer: Writer,
+    commands: Sequence[StoreCommand],
+    now: float,
+    max_pending: float,
+    claims: Claims,
+) -> Effects:
+    effects = Effects(claims)
+    for command in commands:
+        if effects.stopped:
+            _refuse_after_stop(command, effects)
+        else:
+            _apply(writer, command, now, max_pending, effects)
+    return effects
+
+
+def _replay_one_by_one(
+    writer: Writer,
+    commands: Sequence[StoreCommand],
+    now: float,
+    max_pending: float,
+    claims: Claims,
+) -> Effects:
+    effects = Effects(claims)
+    for command in commands:
+        if effects.stopped:
+            _refuse_after_stop(command, effects)
+            continue
+        own = Effects(effects.claims)
+        with writer.savepoint() as undone:
+            _apply(writer, command, now, max_pending, own)
+        if undone.error is None:
+            _merge(effects, own)
+        else:
+            _answer_failed_command(writer, command, now, max_pending, undone.error, effects)
+    return effects
+
+
+def _merge(effects: Effects, own: Effects) -> None:
+    effects.claims = own.claims
+    effects.replies += own.replies
+    effects.failures += own.failures
+    effects.reports += own.reports
+    effects.released = effects.released or own.released
+    effects.cancel_running += own.cancel_running
+    effects.changes += own.changes
+    effects.stopped = own.stopped
+
+
+def _answer_failed_command(
+    writer: Writer,
+    command: StoreCommand,
+    now: float,
+    max_pending: float,
+    error: Exception,
+    effects: Effects,
 ) -> None:
-    """Apply one command in a savepoint; if it fails, undo it alone and answer for it."""
-    own = Effects()
-    with writer.savepoint() as undone:
-        _apply(writer, command, now, max_pending, own)
-    if undone.error is None:
-        effects.merge(own)
-        return
-    error = undone.error
     logger.error("conveyor could not apply %r: %r", command, error)
-    if isinstance(command, Outcome):
-        # The attempt ended but its outcome cannot be stored as it is: record a plain failure,
-        # so that the job does not stay running.
+    if isinstance(command, Report):
+        # The attempts ended but their outcomes cannot be stored as they are: record plain
+        # failures, so that no job stays running, and keep the report's slots and release.
         stored_as = f"conveyor could not store this attempt's outcome ({error!r})"
+        plain = Report(
+            [Outcome(outcome.job, Event.FAILED, error=stored_as) for outcome in command.outcomes],
+            [],
+            command.more,
+            command.release,
+        )
+        own = Effects(effects.claims)
         with writer.savepoint() as fallback:
-            _apply(
-                writer,
-                attrs.evolve(
-                    command, kind="failed", result_json=None, error=stored_as, progress=None
-                ),
-                now,
-                max_pending,
-                own,
-            )
+            _apply(writer, plain, now, max_pending, own)
         if fallback.error is not None:
             raise fallback.error
-        effects.merge(own)
-    elif isinstance(command, Claim | Stop):
+        _merge(effects, own)
+    elif isinstance(command, Tick | Stop):
         raise error
     elif (reply := getattr(command, "reply", None)) is not None:
         effects.failures.append(
@@ -146,46 +209,25 @@ def _apply_alone(
         )
 
 
+def _refuse_after_stop(command: StoreCommand, effects: Effects) -> None:
+    if (reply := getattr(command, "reply", None)) is not None:
+        effects.failures.append((reply, QueueClosed("the queue is closed")))
+
+
 def _apply(
     writer: Writer, command: StoreCommand, now: float, max_pending: float, effects: Effects
 ) -> None:
-    if isinstance(command, Outcome):
-        change = writer.record_outcome(
-            command.job_id,
-            command.attempt,
-            now,
-            kind=command.kind,
-            result_json=command.result_json,
-            error=command.error,
-            retry_delay=command.retry_delay,
-            progress=command.progress,
-        )
-        if change is None:
-            logger.info(
-                "ignored a stale outcome (%s) of job %d attempt %d: the job is no longer "
-                "running that attempt",
-                command.kind,
-                command.job_id,
-                command.attempt,
-            )
-            return
-        effects.changes.append(change)
-        if change.kind == "interrupted" or (
-            change.kind == "retried"
-            and command.retry_delay is not None
-            and command.retry_delay <= 0
-        ):
-            effects.work_ready = True
-    elif isinstance(command, Claim):
-        jobs = writer.claim(command.limit, now)
-        effects.claimed.append(Claimed(jobs, command.limit))
-        effects.changes.extend(
-            Change("started", job.id, job.name, waited=max(now - job.run_at, 0.0)) for job in jobs
-        )
-    elif isinstance(command, Progress):
-        latest = command.slot.take()
-        if latest is not None:
-            writer.record_progress(command.job_id, command.attempt, *latest)
+    if isinstance(command, Report):
+        changes = writer.end_attempts(command.outcomes, now)
+        if any(change.status is JobStatus.PENDING for change in changes):
+            # A retry without delay, or a job given back by shutdown: ready again at once.
+            effects.wake()
+        effects.changes += changes
+        if command.progress:
+            writer.record_progress(command.progress)
+        effects.want(command.more, release=command.release)
+        effects.reports += 1
+        effects.released = effects.released or command.release
     elif isinstance(command, Enqueue):
         try:
             results, inserted = _enqueue(writer, command.jobs, now, max_pending)
@@ -193,25 +235,26 @@ def _apply(
             effects.failures.append((command.reply, exc))
             return
         effects.replies.append((command.reply, results))
-        effects.changes.extend(Change("enqueued", job.id, job.name) for job in inserted)
-        effects.work_ready = effects.work_ready or any(job.run_at <= now for job in inserted)
+        effects.changes += [
+            Change(Event.ENQUEUED, job.id, job.name, JobStatus.PENDING) for job in inserted
+        ]
+        if any(job.run_at <= now for job in inserted):
+            effects.wake()
+    elif isinstance(command, Tick):
+        effects.wake()
     elif isinstance(command, Cancel):
-        outcome = writer.cancel(command.job_id, now)
-        if outcome == CancelResult.CANCELLED:
-            effects.changes.append(
-                Change("cancelled", command.job_id, writer.name_of(command.job_id))
-            )
+        outcome, change = writer.cancel(command.job_id, now)
+        if change is not None:
+            effects.changes.append(change)
         elif outcome == CancelResult.RUNNING:
             effects.cancel_running.append(command.job_id)
         effects.replies.append((command.reply, outcome != CancelResult.NOT_CANCELLABLE))
     elif isinstance(command, Requeue):
-        requeued = writer.requeue(command.job_id, now)
-        if requeued:
-            effects.changes.append(
-                Change("requeued", command.job_id, writer.name_of(command.job_id))
-            )
-            effects.work_ready = True
-        effects.replies.append((command.reply, requeued))
+        change = writer.requeue(command.job_id, now)
+        if change is not None:
+            effects.changes.append(change)
+            effects.wake()
+        effects.replies.append((command.reply, change is not None))
     elif isinstance(command, Purge):
         effects.replies.append((command.reply, writer.purge(now - command.older_than)))
     elif isinstance(command, Ping):
@@ -220,6 +263,26 @@ def _apply(
     elif isinstance(command, Stop):
         effects.stopped = True
         effects.replies.append((command.reply, None))
+
+
+def _claim_for_pool(writer: Writer, now: float, effects: Effects) -> None:
+    """Claim the best ready jobs for the slots the pool wants, if jobs may be ready."""
+    claims = effects.claims
+    if claims.wanted <= 0 or not claims.may_be_ready:
+        return
+    jobs = writer.claim(claims.wanted, now)
+    effects.claims = Claims(claims.wanted - len(jobs), may_be_ready=len(jobs) == claims.wanted)
+    effects.claimed = jobs
+    effects.changes += [
+        Change(
+            Event.STARTED,
+            job.id,
+            job.name,
+            JobStatus.RUNNING,
+            waited=max(now - job.run_at, 0.0),
+        )
+        for job in jobs
+    ]
 
 
 def _enqueue(
@@ -264,7 +327,7 @@ class Store:
         run_sql: SqlRunner[Effects],
         clock: Callable[[], float],
         commands: MemoryObjectReceiveStream[StoreCommand],
-        dispatcher: MemoryObjectSendStream[DispatcherMessage],
+        pool: MemoryObjectSendStream[PoolMessage],
         timer: MemoryObjectSendStream[NextDue],
         listeners: Sequence[Listener],
         max_pending: int | None,
@@ -273,24 +336,27 @@ class Store:
         self._run_sql = run_sql
         self._clock = clock
         self._commands = commands
-        self._dispatcher = dispatcher
+        self._pool = pool
         self._timer = timer
         self._listeners = listeners
         self._max_pending = math.inf if max_pending is None else max_pending
+        self._claims = Claims()
+        self._told_due: float | None = None
 
     async def run(self) -> None:
         """Apply batches until a :class:`Stop` is committed; refuse what comes after it."""
         try:
+            self._tell_timer(self._clock())
             async for first in self._commands:
-                if not await self._apply(first):
-                    break
+                effects = await self._apply(self._drain([first]))
+                if effects.stopped:
+                    return
         finally:
             # Every command already accepted into the channel gets an answer before it closes.
             self._refuse_remaining()
             self._commands.close()
 
-    def _drain(self, first: StoreCommand) -> list[StoreCommand]:
-        batch = [first]
+    def _drain(self, batch: list[StoreCommand]) -> list[StoreCommand]:
         while len(batch) < BATCH_LIMIT:
             try:
                 batch.append(self._commands.receive_nowait())
@@ -298,19 +364,16 @@ class Store:
                 break
         return batch
 
-    async def _apply(self, first: StoreCommand) -> bool:
-        """Apply and announce the batch that begins with ``first``; False once stopped."""
+    async def _apply(self, batch: list[StoreCommand]) -> Effects:
+        """Apply and announce ``batch``."""
         # A batch in flight is never abandoned: cancellation waits until it is committed and
         # every caller has its answer.
         with anyio.CancelScope(shield=True):
-            # One scheduler turn lets tasks that are already runnable (workers that just
-            # finished, producers) add their commands to this batch.
-            await anyio.lowlevel.checkpoint()
-            batch = self._drain(first)
             now = self._clock()
+            claims = self._claims
             try:
                 effects = await self._run_sql(
-                    lambda: apply_batch(self._writer, batch, now, self._max_pending)
+                    lambda: apply_batch(self._writer, batch, now, self._max_pending, claims)
                 )
             except BaseException as exc:
                 error = DatabaseError(f"writing to {self._writer.path} failed: {exc!r}")
@@ -318,22 +381,21 @@ class Store:
                     if (reply := getattr(command, "reply", None)) is not None:
                         reply.fail(error)
                 raise error from exc
-            self._announce(effects)
-        return not effects.stopped
+            self._claims = effects.claims
+            self._announce(effects, now)
+        return effects
 
-    def _announce(self, effects: Effects) -> None:
+    def _announce(self, effects: Effects, now: float) -> None:
         for reply, value in effects.replies:
             reply.set(value)
         for reply, error in effects.failures:
             reply.fail(error)
-        for claimed in effects.claimed:
-            tell(self._dispatcher, claimed)
-        for job_id in effects.cancel_running:
-            tell(self._dispatcher, CancelRunning(job_id))
-        if effects.work_ready:
-            tell(self._dispatcher, WorkReady())
-        if effects.next_due is not None:
-            tell(self._timer, effects.next_due)
+        if effects.claimed or effects.reports or effects.cancel_running:
+            tell(
+                self._pool,
+                News(effects.claimed, effects.reports, effects.released, effects.cancel_running),
+            )
+        self._tell_timer(now)
         if effects.changes:
             for listener in list(self._listeners):
                 try:
@@ -341,6 +403,17 @@ class Store:
                 except Exception:
                     # A subscriber's bug must not stop the queue; it is logged and skipped.
                     logger.exception("a conveyor listener raised; it stays subscribed")
+
+    def _tell_timer(self, now: float) -> None:
+        """Tell the timer when the next scheduled job comes due, if that is news to it.
+
+        A due time already past is not told: the next claim promotes that job anyway, and the
+        timer firing at once again would only spin while every slot is busy.
+        """
+        due = self._writer.next_due
+        if due != self._told_due and (due is None or due > now):
+            self._told_due = due
+            tell(self._timer, NextDue(due))
 
     def _refuse_remaining(self) -> None:
         while True:

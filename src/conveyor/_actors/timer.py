@@ -1,4 +1,4 @@
-"""The timer: sleeps until the earliest scheduled job is due, then wakes the dispatcher.
+"""The timer: sleeps until the earliest scheduled job is due, then tells the store.
 
 The store tells it, after every batch, when the earliest scheduled job becomes due; the latest
 word replaces the one before. Due times are wall-clock seconds (they outlive the process); the
@@ -14,7 +14,7 @@ from typing import Final
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .messages import DispatcherMessage, NextDue, WorkReady, tell
+from .messages import NextDue, StoreCommand, Tick
 
 MIN_SLEEP: Final = 1e-6
 """The shortest sleep: keeps the wait finite and moving when float rounding leaves a sliver."""
@@ -26,19 +26,22 @@ class Timer:
         *,
         clock: Callable[[], float],
         inbox: MemoryObjectReceiveStream[NextDue],
-        dispatcher: MemoryObjectSendStream[DispatcherMessage],
+        store: MemoryObjectSendStream[StoreCommand],
     ) -> None:
         self._clock = clock
         self._inbox = inbox
-        self._dispatcher = dispatcher
+        self._store = store
 
     async def run(self) -> None:
         due: float | None = None
-        async with self._inbox:
+        async with self._inbox, self._store:
             while True:
                 if due is not None and self._clock() >= due:
-                    tell(self._dispatcher, WorkReady())
                     due = None
+                    try:
+                        await self._store.send(Tick())
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return  # the store has stopped: nothing is due any more
                 wait = math.inf if due is None else max(due - self._clock(), MIN_SLEEP)
                 with anyio.move_on_after(wait):
                     due = (await self._inbox.receive()).at

@@ -5,16 +5,20 @@ Everything here is synchronous and runs on whichever thread the store actor give
 connections (:func:`open_reader`), which WAL lets see a consistent snapshot without blocking
 the writer.
 
-A pending job whose ``run_at`` is still in the future is stored with the status ``scheduled``
-(public :attr:`JobStatus.PENDING`): it stays out of the ready index until a claim promotes it,
-so that the claim query never wades through jobs that are not due yet.
+The SQL only carries out what the life cycle table (:func:`conveyor._job.decide`) answers: the
+statuses a statement matches and sets come from it. A pending job whose ``run_at`` is still in
+the future is stored with ``scheduled = 1`` (its status stays ``pending``): it stays out of the
+ready index until a claim promotes it, so that the claim query never wades through jobs that
+are not due yet.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,23 +28,52 @@ import attrs
 
 from .._errors import DatabaseError, DatabaseInUse, SchemaTooNew
 from .._events import Change
-from .._job import JSON, TERMINAL, Event, Job, JobStatus, sources_of
+from .._job import (
+    JSON,
+    TERMINAL,
+    Event,
+    Job,
+    JobStatus,
+    decide,
+    end_attempt,
+    sources_of,
+)
 
-SCHEMA_VERSION: Final = 1
+logger = logging.getLogger("conveyor")
+
+SCHEMA_VERSION: Final = 2
 APPLICATION_ID: Final = 0x434F4E56  # "CONV": marks the file as a conveyor database
 
 Synchronous = Literal["normal", "full"]
 
-SCHEDULED: Final = "scheduled"
 
-_MIGRATIONS: Final[dict[int, str]] = {
-    1: """
+def _sql_list(statuses: Iterable[JobStatus]) -> str:
+    """Statuses as a SQL list, so statements take them from the transition table (DESIGN §2)."""
+    return ", ".join(f"'{status.value}'" for status in sorted(statuses))
+
+
+def _status_allows(event: Event) -> str:
+    """A condition on ``status``: the statuses ``event`` may happen in, from the table.
+
+    A single status is written ``status = '...'``: SQLite uses a partial index only for the
+    very term of the index's WHERE clause, and ``IN`` with one value is not that term.
+    """
+    sources = sources_of(event)
+    if len(sources) == 1:
+        (status,) = sources
+        return f"status = '{status.value}'"
+    return f"status IN ({_sql_list(sources)})"
+
+
+_JOBS_TABLE: Final = f"""
     CREATE TABLE jobs (
         id               INTEGER PRIMARY KEY AUTOINCREMENT,
         name             TEXT    NOT NULL,
         payload          TEXT    NOT NULL,
-        status           TEXT    NOT NULL CHECK (status IN ('pending', 'scheduled', 'running',
-                                                        'completed', 'failed', 'cancelled')),
+        status           TEXT    NOT NULL CHECK (status IN ({_sql_list(JobStatus)})),
+        -- 1 while pending and not due yet: storage for the claim index, not a status.
+        scheduled        INTEGER NOT NULL DEFAULT 0
+                         CHECK (scheduled = 0 OR (scheduled = 1 AND status = 'pending')),
         priority         INTEGER NOT NULL CHECK (priority BETWEEN 1 AND 10),
         attempts         INTEGER NOT NULL DEFAULT 0,
         max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
@@ -57,117 +90,163 @@ _MIGRATIONS: Final[dict[int, str]] = {
         idempotency_key  TEXT UNIQUE
     );
     -- The priority queue: ready jobs in claim order.
-    CREATE INDEX jobs_ready ON jobs (priority, run_at, id) WHERE status = 'pending';
+    CREATE INDEX jobs_ready ON jobs (priority, run_at, id)
+        WHERE status = 'pending' AND scheduled = 0;
     -- Jobs not due yet, by when they become due.
-    CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE status = 'scheduled';
+    CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE scheduled = 1;
     -- Finished jobs by age: statistics over the last minute, and purge.
     CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
     -- The dead-letter list, newest first.
     CREATE INDEX jobs_failed ON jobs (id) WHERE status = 'failed';
     CREATE INDEX jobs_name ON jobs (name, id);
+"""
+
+_V1_COLUMNS: Final = (
+    "id, name, payload, priority, attempts, max_attempts, timeout, run_at, created_at, "
+    "started_at, finished_at, result, error, progress, progress_message, cancel_requested, "
+    "idempotency_key"
+)
+
+_CREATE: Final = _JOBS_TABLE
+"""A new file gets the latest schema at once."""
+
+_UPGRADES: Final[dict[int, str]] = {
+    # Version 1 kept not-yet-due jobs under a hidden status 'scheduled'; version 2 keeps them
+    # 'pending' with a storage flag, and takes the CHECK's statuses from the enum.
+    2: f"""
+    DROP INDEX jobs_ready;
+    DROP INDEX jobs_scheduled;
+    DROP INDEX jobs_finished;
+    DROP INDEX jobs_failed;
+    DROP INDEX jobs_name;
+    ALTER TABLE jobs RENAME TO jobs_v1;
+    {_JOBS_TABLE};
+    INSERT INTO jobs ({_V1_COLUMNS}, status, scheduled)
+        SELECT {_V1_COLUMNS},
+               CASE status WHEN 'scheduled' THEN 'pending' ELSE status END,
+               status = 'scheduled'
+        FROM jobs_v1;
+    -- Keep the id high-water mark, so that ids of purged jobs are never given again.
+    DELETE FROM sqlite_sequence WHERE name = 'jobs';
+    UPDATE sqlite_sequence SET name = 'jobs' WHERE name = 'jobs_v1';
+    DROP TABLE jobs_v1
     """,
 }
+"""``version -> statements`` that bring a file of ``version - 1`` to ``version``."""
 
 _COLUMNS: Final = (
     "id, name, payload, status, priority, attempts, max_attempts, run_at, created_at, "
     "started_at, finished_at, result, error, progress, progress_message, timeout, idempotency_key"
 )
 
-
-def _sql_list(statuses: frozenset[JobStatus]) -> str:
-    """Statuses as a SQL list, so statements take them from the transition table (DESIGN §2)."""
-    return ", ".join(f"'{status.value}'" for status in sorted(statuses))
-
+_PENDING: Final = JobStatus.PENDING.value
+_RUNNING: Final = JobStatus.RUNNING.value
 
 # --- The statements, by name. -------------------------------------------------------------------
 Q_INSERT: Final = (
-    "INSERT INTO jobs (id, name, payload, status, priority, max_attempts, timeout, run_at, "
-    "created_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO jobs (id, name, payload, status, scheduled, priority, max_attempts, timeout, "
+    "run_at, created_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 Q_BY_KEY: Final = f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?"
 Q_BY_ID: Final = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"
-Q_NAME_BY_ID: Final = "SELECT name FROM jobs WHERE id = ?"
 Q_NEXT_ID: Final = (
     "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0), "
     "coalesce((SELECT max(id) FROM jobs), 0)) + 1"
 )
-Q_COUNT_PENDING: Final = "SELECT count(*) FROM jobs WHERE status IN ('pending', 'scheduled')"
-Q_PROMOTE_DUE: Final = (
-    "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' AND run_at <= ?"
-)
+Q_COUNT_PENDING: Final = f"SELECT count(*) FROM jobs WHERE status = '{_PENDING}'"
+Q_PROMOTE_DUE: Final = "UPDATE jobs SET scheduled = 0 WHERE scheduled = 1 AND run_at <= ?"
+Q_NEXT_DUE: Final = "SELECT min(run_at) FROM jobs WHERE scheduled = 1"
 Q_CLAIM: Final = f"""
-    UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,
-                    progress = NULL, progress_message = NULL
-    WHERE id IN (SELECT id FROM jobs WHERE status = 'pending'
+    UPDATE jobs SET status = '{decide(JobStatus.PENDING, Event.STARTED)}',
+                    attempts = attempts + 1, started_at = ?, progress = NULL,
+                    progress_message = NULL
+    WHERE id IN (SELECT id FROM jobs
+                 WHERE {_status_allows(Event.STARTED)} AND scheduled = 0
                  ORDER BY priority, run_at, id LIMIT ?)
     RETURNING {_COLUMNS}
 """
-Q_NEXT_DUE: Final = "SELECT min(run_at) FROM jobs WHERE status = 'scheduled'"
-Q_OUTCOME_STATE: Final = (
-    "SELECT status, attempts, max_attempts, cancel_requested, name, run_at, started_at "
-    "FROM jobs WHERE id = ?"
-)
-Q_COMPLETE: Final = "UPDATE jobs SET status = 'completed', result = ?, finished_at = ? WHERE id = ?"
-Q_COMPLETE_IF_RUNNING: Final = """
-    UPDATE jobs SET status = 'completed', result = ?, finished_at = ?
-    WHERE id = ? AND status = 'running' AND attempts = ? AND NOT cancel_requested
-    RETURNING name, started_at
+Q_COMPLETE_ALL: Final = f"""
+    UPDATE jobs SET status = '{decide(JobStatus.RUNNING, Event.COMPLETED)}',
+                    result = attempt.value -> 2, finished_at = ?
+    FROM json_each(?) AS attempt
+    WHERE jobs.id = attempt.value ->> 0 AND jobs.attempts = attempt.value ->> 1
+          AND NOT jobs.cancel_requested AND {_status_allows(Event.COMPLETED)}
+    RETURNING jobs.id
 """
-Q_CANCELLED_WHILE_RUNNING: Final = (
-    "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ? WHERE id = ?"
+"""Completes many attempts in one statement: ``?`` is a JSON array of ``[id, attempt, result]``,
+each result the JSON value itself. Returns the ids it completed."""
+Q_ATTEMPT_STATE: Final = (
+    "SELECT status, attempts, max_attempts, cancel_requested FROM jobs WHERE id = ?"
 )
-Q_RETRY: Final = "UPDATE jobs SET status = ?, run_at = ?, error = ?, started_at = NULL WHERE id = ?"
-Q_FAIL: Final = "UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?"
-Q_INTERRUPT: Final = (
-    "UPDATE jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL, "
-    "progress = NULL, progress_message = NULL WHERE id = ?"
+Q_RUNNING: Final = (
+    f"SELECT id, attempts, max_attempts, cancel_requested FROM jobs WHERE status = '{_RUNNING}'"
 )
+Q_END_ATTEMPT: Final[dict[Event, str]] = {
+    Event.COMPLETED: "UPDATE jobs SET status = ?, result = ?, finished_at = ? WHERE id = ?",
+    Event.RETRIED: (
+        "UPDATE jobs SET status = ?, scheduled = ?, run_at = ?, error = ?, started_at = NULL "
+        "WHERE id = ?"
+    ),
+    Event.FAILED: "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+    Event.CANCELLED: "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+    Event.INTERRUPTED: (
+        "UPDATE jobs SET status = ?, attempts = attempts - 1, started_at = NULL, "
+        "progress = NULL, progress_message = NULL WHERE id = ?"
+    ),
+    Event.RECOVERED: "UPDATE jobs SET status = ?, error = ?, started_at = NULL WHERE id = ?",
+}
+"""How each event that ends an attempt is written; the status is :func:`decide`'s answer."""
 Q_PROGRESS: Final = (
     "UPDATE jobs SET progress = ?, progress_message = ? "
-    "WHERE id = ? AND status = 'running' AND attempts = ?"
+    f"WHERE id = ? AND attempts = ? AND status = '{_RUNNING}'"
 )
 Q_CANCEL_STATE: Final = "SELECT status FROM jobs WHERE id = ?"
-Q_CANCEL_PENDING: Final = (
-    "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = 'cancelled before it ran' "
-    "WHERE id = ?"
-)
+Q_CANCEL_PENDING: Final = f"""
+    UPDATE jobs SET status = '{decide(JobStatus.PENDING, Event.CANCELLED)}', scheduled = 0,
+                    finished_at = ?, error = 'cancelled before it ran'
+    WHERE id = ? RETURNING {_COLUMNS}
+"""
 Q_REQUEST_CANCEL: Final = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?"
 Q_REQUEUE: Final = f"""
-    UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, started_at = NULL,
-                    finished_at = NULL, result = NULL, error = NULL, progress = NULL,
-                    progress_message = NULL, cancel_requested = 0
-    WHERE id = ? AND status IN ({_sql_list(sources_of(Event.REQUEUE))})
+    UPDATE jobs SET status = '{decide(JobStatus.FAILED, Event.REQUEUED)}', scheduled = 0,
+                    attempts = 0, run_at = ?, started_at = NULL, finished_at = NULL,
+                    result = NULL, error = NULL, progress = NULL, progress_message = NULL,
+                    cancel_requested = 0
+    WHERE id = ? AND {_status_allows(Event.REQUEUED)}
+    RETURNING name
 """
 Q_PURGE: Final = f"DELETE FROM jobs WHERE status IN ({_sql_list(TERMINAL)}) AND finished_at <= ?"
-Q_RECOVER: Final = """
-    UPDATE jobs SET
-        status = CASE WHEN cancel_requested THEN 'cancelled'
-                      WHEN attempts >= max_attempts THEN 'failed'
-                      ELSE 'pending' END,
-        finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN ?1 END,
-        started_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN started_at END,
-        error = 'attempt ' || attempts || ' of ' || max_attempts
-                || ' was interrupted: the process running it stopped without finishing it'
-    WHERE status = 'running'
-"""
+Q_TOUCH: Final = "UPDATE sqlite_sequence SET seq = seq WHERE 0"
 Q_COUNT_BY_STATUS_NAME: Final = "SELECT status, name, count(*) FROM jobs GROUP BY status, name"
-Q_RECENT_FINISHED: Final = """
+Q_RECENT_FINISHED: Final = f"""
     SELECT status, count(*), avg(finished_at - started_at) FROM jobs
-    WHERE finished_at >= ? AND status IN ('completed', 'failed') GROUP BY status
+    WHERE finished_at >= ? AND status IN ('{JobStatus.COMPLETED}', '{JobStatus.FAILED}')
+    GROUP BY status
 """
-Q_OLDEST_PENDING: Final = (
-    "SELECT min(created_at) FROM jobs WHERE status IN ('pending', 'scheduled')"
+Q_OLDEST_PENDING: Final = f"SELECT min(created_at) FROM jobs WHERE status = '{_PENDING}'"
+
+RECOVERED_ERROR: Final = (
+    "attempt {attempts} of {max_attempts} was interrupted: the process running it stopped "
+    "without finishing it"
 )
+CANCELLED_ERROR: Final = "cancelled while running"
+
+
+_STATUSES: Final = {status.value: status for status in JobStatus}
+
+
+def _json(text: str) -> JSON:
+    return None if text == "null" else json.loads(text)
 
 
 def row_to_job(row: Sequence[Any]) -> Job:
     """A :class:`Job` from a row selected as ``_COLUMNS``."""
-    status = row[3]
+    result = row[11]
     return Job(
         id=row[0],
         name=row[1],
-        payload=json.loads(row[2]),
-        status=JobStatus.PENDING if status == SCHEDULED else JobStatus(status),
+        payload=_json(row[2]),
+        status=_STATUSES[row[3]],
         priority=row[4],
         attempts=row[5],
         max_attempts=row[6],
@@ -175,7 +254,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         created_at=row[8],
         started_at=row[9],
         finished_at=row[10],
-        result=None if row[11] is None else json.loads(row[11]),
+        result=None if result is None else _json(result),
         error=row[12],
         progress=row[13],
         progress_message=row[14],
@@ -198,6 +277,24 @@ class NewJob:
     idempotency_key: str | None
 
 
+@attrs.frozen
+class Outcome:
+    """How an attempt ended, as its runner saw it: what the pool reports to the store.
+
+    ``job`` is the job as claimed (its ``attempts`` is the attempt's number, the fencing
+    token); ``event`` is the runner's proposal, which :func:`end_attempt` settles against the
+    stored state. ``retry_delay`` goes with ``retried``; ``progress`` is the handler's latest
+    report, if it made one.
+    """
+
+    job: Job
+    event: Event
+    result_json: str | None = None
+    error: str | None = None
+    retry_delay: float = 0.0
+    progress: tuple[float, str | None] | None = None
+
+
 @attrs.define
 class Undone:
     """Set by :meth:`Writer.savepoint` when its block failed and was undone."""
@@ -209,6 +306,27 @@ class CancelResult:
     NOT_CANCELLABLE: Final = "not_cancellable"
     CANCELLED: Final = "cancelled"
     RUNNING: Final = "running"
+
+
+def _final_job(
+    job: Job,
+    status: JobStatus,
+    result_json: str | None,
+    error: str | None,
+    finished_at: float,
+    progress: tuple[float, str | None] | None,
+) -> Job:
+    """The claimed ``job`` as the end of its attempt left it in the database."""
+    fraction, message = progress if progress is not None else (job.progress, job.progress_message)
+    return attrs.evolve(
+        job,
+        status=status,
+        finished_at=finished_at,
+        result=None if result_json is None else json.loads(result_json),
+        error=error,
+        progress=fraction,
+        progress_message=message,
+    )
 
 
 def _lock_path(path: str) -> str:
@@ -242,6 +360,12 @@ def read_identity(conn: sqlite3.Connection) -> tuple[int, int]:
     return application_id, version
 
 
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
     try:
         application_id, version = read_identity(conn)
@@ -259,18 +383,21 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
             f"{path} has schema version {version}, newer than this conveyor understands "
             f"({SCHEMA_VERSION}); upgrade conveyor to open it"
         )
-    for target in range(version + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _MIGRATIONS[target].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {target}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version == 0:
+            _run_script(conn, _CREATE)
+        else:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                _run_script(conn, _UPGRADES[target])
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def open_reader(path: str) -> sqlite3.Connection:
@@ -287,7 +414,8 @@ class Writer:
     """The one connection that writes, with the state only the writer may keep.
 
     Methods run inside a transaction the caller opened with :meth:`begin`; they never commit.
-    ``pending_count`` (pending and scheduled jobs) is kept here, in step with every write.
+    ``pending_count`` (pending jobs) and ``next_due`` are kept here, in step with every write,
+    and reloaded from the file by :meth:`rollback`.
     """
 
     def __init__(self, path: str, *, synchronous: Synchronous = "normal") -> None:
@@ -311,7 +439,6 @@ class Writer:
         self._reload_counters()
 
     def _reload_counters(self) -> None:
-        self._next_id: int = self._conn.execute(Q_NEXT_ID).fetchone()[0]
         self.pending_count: int = self._conn.execute(Q_COUNT_PENDING).fetchone()[0]
         self.next_due: float | None = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
         """When the earliest scheduled job becomes due (``None``: none is scheduled).
@@ -348,7 +475,7 @@ class Writer:
         transaction to be rolled back.
         """
         undone = Undone()
-        counters = (self._next_id, self.pending_count, self.next_due)
+        counters = (self.pending_count, self.next_due)
         self._conn.execute("SAVEPOINT command")
         try:
             yield undone
@@ -357,7 +484,7 @@ class Writer:
         except Exception as exc:
             self._conn.execute("ROLLBACK TO command")
             self._conn.execute("RELEASE command")
-            self._next_id, self.pending_count, self.next_due = counters
+            self.pending_count, self.next_due = counters
             undone.error = exc
         else:
             self._conn.execute("RELEASE command")
@@ -370,20 +497,23 @@ class Writer:
 
     # --- writes ----------------------------------------------------------------------------
     def recover_running(self, now: float) -> int:
-        """Return jobs left ``running`` by a process that died; the attempt stays counted.
+        """End the attempts left ``running`` by a process that died; how many there were.
 
-        A job with attempts left goes back to ``pending`` (keeping its place in line); one whose
-        last attempt was interrupted becomes ``failed``; one whose cancel was requested becomes
-        ``cancelled``. Returns how many jobs were recovered.
+        Each is settled by the life cycle table as ``recovered``: back to ``pending`` with the
+        attempt counted (keeping its place in line), ``failed`` when it was the last attempt,
+        ``cancelled`` when a cancel was requested.
         """
-        recovered = self._conn.execute(Q_RECOVER, (now,)).rowcount
-        self.pending_count = self._conn.execute(Q_COUNT_PENDING).fetchone()[0]
-        return recovered
-
-    def name_of(self, job_id: int) -> str:
-        """The handler name of an existing job."""
-        name: str = self._conn.execute(Q_NAME_BY_ID, (job_id,)).fetchone()[0]
-        return name
+        rows = self._conn.execute(Q_RUNNING).fetchall()
+        for job_id, attempts, max_attempts, cancel_requested in rows:
+            event = end_attempt(
+                Event.RECOVERED,
+                attempts=attempts,
+                max_attempts=max_attempts,
+                cancel_requested=bool(cancel_requested),
+            )
+            error = RECOVERED_ERROR.format(attempts=attempts, max_attempts=max_attempts)
+            self._write_end(event, job_id, now, result_json=None, error=error, retry_delay=0.0)
+        return len(rows)
 
     def find_by_key(self, key: str) -> Job | None:
         row = self._conn.execute(Q_BY_KEY, (key,)).fetchone()
@@ -391,20 +521,22 @@ class Writer:
 
     def insert(self, jobs: Iterable[NewJob], now: float) -> list[Job]:
         """Insert ``jobs`` (keys already checked to be free) and return them as stored."""
+        # Read inside the transaction: nobody else can insert until it commits.
+        next_id: int = self._conn.execute(Q_NEXT_ID).fetchone()[0]
+        status = decide(None, Event.ENQUEUED)
         rows = []
         created = []
-        for new in jobs:
-            job_id = self._next_id
-            self._next_id += 1
-            due = new.run_at <= now
-            if not due:
+        for job_id, new in enumerate(jobs, next_id):
+            scheduled = new.run_at > now
+            if scheduled:
                 self._schedule(new.run_at)
             rows.append(
                 (
                     job_id,
                     new.name,
                     new.payload_json,
-                    "pending" if due else SCHEDULED,
+                    status,
+                    scheduled,
                     new.priority,
                     new.max_attempts,
                     new.timeout,
@@ -418,7 +550,7 @@ class Writer:
                     id=job_id,
                     name=new.name,
                     payload=new.payload,
-                    status=JobStatus.PENDING,
+                    status=status,
                     priority=new.priority,
                     attempts=0,
                     max_attempts=new.max_attempts,
@@ -433,7 +565,7 @@ class Writer:
         return created
 
     def claim(self, limit: int, now: float) -> list[Job]:
-        """Mark up to ``limit`` of the best due jobs ``running`` and return them in claim order."""
+        """Start an attempt of up to ``limit`` of the best due jobs; return them in claim order."""
         if self.next_due is not None and self.next_due <= now:
             self._conn.execute(Q_PROMOTE_DUE, (now,))
             self.next_due = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
@@ -443,85 +575,133 @@ class Writer:
         jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
         return jobs
 
-    def record_progress(
-        self, job_id: int, attempt: int, fraction: float, message: str | None
-    ) -> None:
-        self._conn.execute(Q_PROGRESS, (fraction, message, job_id, attempt))
+    def record_progress(self, reports: Sequence[tuple[float, str | None, int, int]]) -> None:
+        """Write ``(fraction, message, job id, attempt)`` reports of attempts still running."""
+        self._conn.executemany(Q_PROGRESS, reports)
 
-    def record_outcome(
+    def end_attempts(self, outcomes: Sequence[Outcome], now: float) -> list[Change]:
+        """Record how each attempt of ``outcomes`` ended; the changes, in order.
+
+        An outcome of an attempt that is no longer running (a stale one: the job was
+        recovered, or it is another attempt now) changes nothing and is logged. Plain
+        completions, the common case, are written by one statement for the whole batch.
+        """
+        plain = [o for o in outcomes if o.event is Event.COMPLETED and o.progress is None]
+        done = self._complete_all(plain, now) if plain else set()
+        changes = [_completed(outcome, now) for outcome in plain if outcome.job.id in done]
+        for outcome in outcomes:
+            if outcome.job.id not in done:
+                change = self._end_attempt(outcome, now)
+                if change is not None:
+                    changes.append(change)
+        return changes
+
+    def _complete_all(self, outcomes: Sequence[Outcome], now: float) -> set[int]:
+        """Complete the attempts of ``outcomes`` that are still running and not asked to
+        cancel, in one statement; their job ids."""
+        attempts = ",".join(f"[{o.job.id},{o.job.attempts},{o.result_json}]" for o in outcomes)
+        rows = self._conn.execute(Q_COMPLETE_ALL, (now, f"[{attempts}]")).fetchall()
+        return {row[0] for row in rows}
+
+    def _end_attempt(self, outcome: Outcome, now: float) -> Change | None:
+        job = outcome.job
+        state = self._conn.execute(Q_ATTEMPT_STATE, (job.id,)).fetchone()
+        if state is None or state[0] != _RUNNING or state[1] != job.attempts:
+            logger.info(
+                "ignored a stale outcome (%s) of job %d attempt %d: the job is no longer "
+                "running that attempt",
+                outcome.event,
+                job.id,
+                job.attempts,
+            )
+            return None
+        _, attempts, max_attempts, cancel_requested = state
+        event = end_attempt(
+            outcome.event,
+            attempts=attempts,
+            max_attempts=max_attempts,
+            cancel_requested=bool(cancel_requested),
+        )
+        if outcome.progress is not None:
+            self.record_progress([(*outcome.progress, job.id, job.attempts)])
+        error = CANCELLED_ERROR if event is Event.CANCELLED else outcome.error
+        result_json = outcome.result_json if event is Event.COMPLETED else None
+        status = self._write_end(
+            event,
+            job.id,
+            now,
+            result_json=result_json,
+            error=error,
+            retry_delay=outcome.retry_delay,
+        )
+        duration = None if job.started_at is None else max(now - job.started_at, 0.0)
+        final = (
+            functools.partial(_final_job, job, status, result_json, error, now, outcome.progress)
+            if status.is_terminal
+            else None
+        )
+        return Change(event, job.id, job.name, status, duration, final=final)
+
+    def _write_end(
         self,
+        event: Event,
         job_id: int,
-        attempt: int,
         now: float,
         *,
-        kind: Literal["completed", "failed", "cancelled", "interrupted"],
-        result_json: str | None = None,
-        error: str | None = None,
-        retry_delay: float | None = None,
-        progress: tuple[float, str | None] | None = None,
-    ) -> Change | None:
-        """Record how attempt ``attempt`` of job ``job_id`` ended.
-
-        ``failed`` with a ``retry_delay`` retries when attempts are left, else fails the job.
-        A cancel requested while the job ran wins over any outcome. Returns ``None`` for a stale
-        outcome (the job is no longer running that attempt), which changes nothing.
-        """
-        if kind == "completed" and progress is None:
-            # The common case in one statement; anything unusual takes the general path below.
-            done = self._conn.execute(
-                Q_COMPLETE_IF_RUNNING, (result_json, now, job_id, attempt)
-            ).fetchone()
-            if done is not None:
-                name, started_at = done
-                return Change("completed", job_id, name, max(now - started_at, 0.0))
-        state = self._conn.execute(Q_OUTCOME_STATE, (job_id,)).fetchone()
-        if state is None or state[0] != "running" or state[1] != attempt:
-            return None
-        _, attempts, max_attempts, cancel_requested, name, _, started_at = state
-        duration = None if started_at is None else max(now - started_at, 0.0)
-        if progress is not None:
-            self.record_progress(job_id, attempt, *progress)
-        if cancel_requested or kind == "cancelled":
-            self._conn.execute(Q_CANCELLED_WHILE_RUNNING, (now, "cancelled while running", job_id))
-            return Change("cancelled", job_id, name, duration)
-        if kind == "completed":
-            self._conn.execute(Q_COMPLETE, (result_json, now, job_id))
-            return Change("completed", job_id, name, duration)
-        if kind == "interrupted":
-            self._conn.execute(Q_INTERRUPT, (job_id,))
-            self.pending_count += 1
-            return Change("interrupted", job_id, name, duration)
-        if retry_delay is not None and attempts < max_attempts:
+        result_json: str | None,
+        error: str | None,
+        retry_delay: float,
+    ) -> JobStatus:
+        """Write the end of a running attempt as ``event``; the job's new status."""
+        status = decide(JobStatus.RUNNING, event)
+        statement = Q_END_ATTEMPT[event]
+        if event is Event.COMPLETED:
+            self._conn.execute(statement, (status, result_json, now, job_id))
+        elif event is Event.RETRIED:
             run_at = now + retry_delay
-            status = "pending" if retry_delay <= 0 else SCHEDULED
-            if status == SCHEDULED:
+            scheduled = retry_delay > 0
+            if scheduled:
                 self._schedule(run_at)
-            self._conn.execute(Q_RETRY, (status, run_at, error, job_id))
+            self._conn.execute(statement, (status, scheduled, run_at, error, job_id))
+        elif event in (Event.FAILED, Event.CANCELLED):
+            self._conn.execute(statement, (status, error, now, job_id))
+        elif event is Event.INTERRUPTED:
+            self._conn.execute(statement, (status, job_id))
+        else:
+            self._conn.execute(statement, (status, error, job_id))
+        if status is JobStatus.PENDING:
             self.pending_count += 1
-            return Change("retried", job_id, name, duration)
-        self._conn.execute(Q_FAIL, (error, now, job_id))
-        return Change("failed", job_id, name, duration)
+        return status
 
-    def cancel(self, job_id: int, now: float) -> str:
-        """Cancel job ``job_id``: one of the :class:`CancelResult` values."""
+    def cancel(self, job_id: int, now: float) -> tuple[str, Change | None]:
+        """Cancel job ``job_id``: a :class:`CancelResult` value, and the change if it ended.
+
+        A pending job is cancelled at once. For a running one the cancel is only requested
+        here: the attempt's end, whatever the handler did, is then settled as ``cancelled``.
+        """
         row = self._conn.execute(Q_CANCEL_STATE, (job_id,)).fetchone()
         if row is None:
-            return CancelResult.NOT_CANCELLABLE
-        status = row[0]
-        if status in ("pending", SCHEDULED):
-            self._conn.execute(Q_CANCEL_PENDING, (now, job_id))
+            return CancelResult.NOT_CANCELLABLE, None
+        status = JobStatus(row[0])
+        if status is JobStatus.PENDING:
+            job = row_to_job(self._conn.execute(Q_CANCEL_PENDING, (now, job_id)).fetchone())
             self.pending_count -= 1
-            return CancelResult.CANCELLED
-        if status == "running":
+            change = Change(
+                Event.CANCELLED, job_id, job.name, job.status, final=functools.partial(_same, job)
+            )
+            return CancelResult.CANCELLED, change
+        if status is JobStatus.RUNNING:
             self._conn.execute(Q_REQUEST_CANCEL, (job_id,))
-            return CancelResult.RUNNING
-        return CancelResult.NOT_CANCELLABLE
+            return CancelResult.RUNNING, None
+        return CancelResult.NOT_CANCELLABLE, None
 
-    def requeue(self, job_id: int, now: float) -> bool:
+    def requeue(self, job_id: int, now: float) -> Change | None:
         """Move a ``failed`` or ``cancelled`` job back to ``pending`` with its attempts reset."""
-        changed = self._conn.execute(Q_REQUEUE, (now, job_id)).rowcount
-        self.pending_count += changed
-        return changed == 1
+        row = self._conn.execute(Q_REQUEUE, (now, job_id)).fetchone()
+        if row is None:
+            return None
+        self.pending_count += 1
+        return Change(Event.REQUEUED, job_id, row[0], JobStatus.PENDING)
 
     def purge(self, finished_before: float) -> int:
         """Delete terminal jobs that finished before ``finished_before``; how many."""
@@ -529,7 +709,25 @@ class Writer:
 
     def touch(self) -> None:
         """A write that changes nothing, to prove the database takes writes."""
-        self._conn.execute("UPDATE sqlite_sequence SET seq = seq WHERE 0")
+        self._conn.execute(Q_TOUCH)
+
+
+def _same(job: Job) -> Job:
+    return job
+
+
+def _completed(outcome: Outcome, now: float) -> Change:
+    job = outcome.job
+    return Change(
+        Event.COMPLETED,
+        job.id,
+        job.name,
+        JobStatus.COMPLETED,
+        None if job.started_at is None else max(now - job.started_at, 0.0),
+        final=functools.partial(
+            _final_job, job, JobStatus.COMPLETED, outcome.result_json, None, now, None
+        ),
+    )
 
 
 # --- reads, on any connection -----------------------------------------------------------------
@@ -549,9 +747,7 @@ def list_jobs(
     """Jobs newest first, filtered by ``status`` and ``name``, with ids below ``before``."""
     clauses = []
     params: list[Any] = []
-    if status is JobStatus.PENDING:
-        clauses.append("status IN ('pending', 'scheduled')")
-    elif status is not None:
+    if status is not None:
         clauses.append("status = ?")
         params.append(status.value)
     if name is not None:
@@ -597,8 +793,7 @@ def read_counts(conn: sqlite3.Connection, since: float) -> Counts:
     try:
         by_status_name: dict[tuple[JobStatus, str], int] = {}
         for status, name, count in conn.execute(Q_COUNT_BY_STATUS_NAME):
-            key = (JobStatus.PENDING if status == SCHEDULED else JobStatus(status), name)
-            by_status_name[key] = by_status_name.get(key, 0) + count
+            by_status_name[JobStatus(status), name] = count
         recent = {
             JobStatus(status): (count, avg)
             for status, count, avg in conn.execute(Q_RECENT_FINISHED, (since,))

@@ -21,7 +21,7 @@ from rich.table import Table
 from .._context import current_job
 from .._errors import QueueClosed
 from .._events import Change
-from .._job import Job, JobSpec, JobStatus
+from .._job import Event, Job, JobSpec, JobStatus
 from .._queue import Queue
 from .._registry import Registry
 from .._retry import Backoff, Fail
@@ -128,9 +128,9 @@ class _Tally:
 
     def on_changes(self, changes: Sequence[Change]) -> None:
         for change in changes:
-            if change.kind == "retried":
+            if change.event is Event.RETRIED:
                 self.retried += 1
-            elif change.kind == "cancelled":
+            elif change.event is Event.CANCELLED:
                 self.cancelled += 1
 
 

@@ -46,6 +46,13 @@ def inspect_file(path: str, *, now: float | None = None) -> dict[str, Any]:
                     f"{path} has schema version {version}, newer than this conveyor "
                     f"understands ({storage.SCHEMA_VERSION}); upgrade conveyor to inspect it"
                 )
+            if version < storage.SCHEMA_VERSION:
+                # inspect only reads; the upgrade is a write, made by the queue's own writer.
+                raise InspectError(
+                    f"{path} has schema version {version}, older than this conveyor's "
+                    f"({storage.SCHEMA_VERSION}); open it once with this conveyor (conveyor "
+                    f"serve, or open_queue) to upgrade it, then inspect it"
+                )
             counts = storage.read_counts(conn, now - 60)
             failed = storage.list_jobs(
                 conn, status=JobStatus.FAILED, name=None, limit=FAILED_SHOWN, before=None

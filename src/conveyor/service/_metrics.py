@@ -8,6 +8,7 @@ from :meth:`conveyor.Queue.stats` when Prometheus scrapes (:meth:`Metrics.render
 from __future__ import annotations
 
 import math
+from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -15,14 +16,21 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .._events import Change
-from .._job import JobStatus
+from .._job import Event, JobStatus
 from .._queue import Stats
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 _BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
-_COUNTED: Final = ("enqueued", "started", "completed", "failed", "retried", "cancelled")
+_COUNTED: Final = (
+    Event.ENQUEUED,
+    Event.STARTED,
+    Event.COMPLETED,
+    Event.FAILED,
+    Event.RETRIED,
+    Event.CANCELLED,
+)
 
 
 class Metrics:
@@ -67,11 +75,15 @@ class Metrics:
         )
 
     def on_changes(self, changes: Sequence[Change]) -> None:
-        """Count one commit's changes (a :meth:`conveyor.Queue.subscribe` listener)."""
-        for change in changes:
-            counter = self._counters.get(change.kind)
+        """Count one commit's changes (a :meth:`conveyor.Queue.subscribe` listener).
+
+        Counters move once per (event, name) of the commit, not once per change.
+        """
+        for (event, name), count in Tally((c.event, c.name) for c in changes).items():
+            counter = self._counters.get(event)
             if counter is not None:
-                counter.labels(change.name).inc()
+                counter.labels(name).inc(count)
+        for change in changes:
             if change.duration is not None:
                 self._duration.labels(change.name).observe(change.duration)
             if change.waited is not None:
@@ -107,8 +119,13 @@ class ThroughputSeries:
 
     def on_changes(self, changes: Sequence[Change]) -> None:
         """Count the completed and failed jobs of one commit."""
-        finished = [c.kind for c in changes if c.kind in ("completed", "failed")]
-        if not finished:
+        completed = failed = 0
+        for change in changes:
+            if change.event is Event.COMPLETED:
+                completed += 1
+            elif change.event is Event.FAILED:
+                failed += 1
+        if not (completed or failed):
             return
         index = self._index(self._clock())
         if not self._buckets or self._buckets[-1][0] != index:
@@ -116,8 +133,8 @@ class ThroughputSeries:
             while len(self._buckets) > self._size:
                 self._buckets.popleft()
         bucket = self._buckets[-1]
-        for kind in finished:
-            bucket[1 if kind == "completed" else 2] += 1
+        bucket[1] += completed
+        bucket[2] += failed
 
     def series(self) -> list[tuple[float, int, int]]:
         """``(bucket start, completed, failed)`` for every bucket of the span, oldest first."""

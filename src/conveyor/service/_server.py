@@ -22,8 +22,9 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from .._queue import Queue, open_queue
+from .._queue import Queue
 from .._registry import Registry
+from .._runtime import open_queue
 from ._app import DEFAULT_MAX_BODY, Service
 from ._guard import check_bind
 

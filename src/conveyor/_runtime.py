@@ -1,0 +1,320 @@
+"""``open_queue()``: the channels, the actors (store, worker pool, timer), their start and their
+shutdown; and the :class:`Runtime` through which the :class:`Queue` facade reaches them."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._actors.messages import Close, InterruptAll, NextDue, PoolMessage, Reply, Stop, StoreCommand
+from ._actors.pool import Pool
+from ._actors.store import Listener, Store
+from ._actors.timer import Timer
+from ._errors import InvalidArgument, QueueClosed
+from ._events import Change
+from ._job import check_seconds
+from ._queue import Queue
+from ._registry import Registry
+from ._sqlthread import SqlThread
+from ._storage import sqlite as storage
+from ._storage.sqlite import Synchronous, Writer
+
+T = TypeVar("T")
+
+COMMAND_BUFFER: Final = 1024
+"""Commands that may wait for the store before senders are made to wait (back-pressure)."""
+
+
+class Waiters:
+    """The events of callers waiting in :meth:`Queue.wait`, set when their job finishes."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, list[Callable[[Change | None], None]]] = {}
+
+    def add(self, job_id: int, wake: Callable[[Change | None], None]) -> None:
+        """Call ``wake`` with the change that finishes job ``job_id`` (``None``: the queue
+        is closing)."""
+        self._waiting.setdefault(job_id, []).append(wake)
+
+    def discard(self, job_id: int, wake: Callable[[Change | None], None]) -> None:
+        wakes = self._waiting.get(job_id)
+        if wakes is not None and wake in wakes:
+            wakes.remove(wake)
+            if not wakes:
+                del self._waiting[job_id]
+
+    def on_changes(self, changes: Sequence[Change]) -> None:
+        if not self._waiting:
+            return
+        for change in changes:
+            if change.is_finish:
+                for wake in self._waiting.pop(change.job_id, ()):
+                    wake(change)
+
+    def wake_all(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for wakes in waiting.values():
+            for wake in wakes:
+                wake(None)
+
+
+class Readers:
+    """The read connection, used by one dedicated read thread (or inline, in tests); WAL gives
+    each read a consistent snapshot without waiting for the writer."""
+
+    def __init__(self, path: str, *, in_thread: bool) -> None:
+        self._path = path
+        self._thread = SqlThread("conveyor-read") if in_thread else None
+        self._conn: sqlite3.Connection | None = None
+
+    async def run(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None:
+            return self._call(read)
+        return await self._thread.run(lambda: self._call(read))
+
+    def _call(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = storage.open_reader(self._path)
+        return read(self._conn)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.close()
+        if self._conn is not None:
+            self._conn.close()
+
+
+class Runtime:
+    """What the facade needs of the running queue: the store's inbox, the readers, the waiters
+    and the listeners; and whether the queue is closing."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        clock: Callable[[], float],
+        commands: MemoryObjectSendStream[StoreCommand],
+        readers: Readers,
+    ) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.waiters = Waiters()
+        self.listeners: list[Listener] = [self.waiters.on_changes]
+        self.closing = False
+        self._commands = commands
+        self._readers = readers
+
+    async def send(self, command: StoreCommand) -> None:
+        """Hand ``command`` to the store; :class:`QueueClosed` once the queue is closing."""
+        if self.closing:
+            raise QueueClosed("the queue is closing or closed and takes no more commands")
+        try:
+            await self._commands.send(command)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise QueueClosed("the queue is closed and takes no more commands") from None
+
+    async def read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        if self.closing:
+            raise QueueClosed("the queue is closing or closed")
+        return await self._readers.run(read)
+
+    async def shutdown(self, pool: MemoryObjectSendStream[PoolMessage], grace: float) -> None:
+        """Start nothing more, give running jobs ``grace`` seconds, interrupt the rest, stop."""
+        self.closing = True
+        self.waiters.wake_all()
+        idle = anyio.Event()
+        pool.send_nowait(Close(idle))
+        with anyio.move_on_after(grace):
+            await idle.wait()
+        if not idle.is_set():
+            pool.send_nowait(InterruptAll())
+            await idle.wait()
+        reply: Reply[None] = Reply()
+        await self._commands.send(Stop(reply))
+        await reply.get()
+
+
+async def _run_inline(function: Callable[[], T]) -> T:
+    return function()
+
+
+async def _shielded(
+    run_sql: Callable[[Callable[[], Any]], Awaitable[Any]], function: Callable[[], object]
+) -> None:
+    with anyio.CancelScope(shield=True):
+        await run_sql(function)
+
+
+def _check_open_arguments(
+    handlers: object,
+    workers: object,
+    shutdown_grace: object,
+    max_pending: object,
+    synchronous: object,
+    clock: object,
+) -> None:
+    if not isinstance(handlers, Registry):
+        raise InvalidArgument(f"handlers must be a conveyor.Registry, not {handlers!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidArgument(f"workers must be an int >= 1, not {workers!r}")
+    check_seconds("shutdown_grace", shutdown_grace)  # type: ignore[arg-type]
+    if max_pending is not None and (
+        isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1
+    ):
+        raise InvalidArgument(f"max_pending must be an int >= 1 or None, not {max_pending!r}")
+    if synchronous not in ("normal", "full"):
+        raise InvalidArgument(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
+    if clock is not None and not callable(clock):
+        raise InvalidArgument(
+            f"clock must be a function returning wall-clock seconds, not {clock!r}"
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_queue(
+    path: str | os.PathLike[str] = "conveyor.db",
+    *,
+    handlers: Registry,
+    workers: int = 4,
+    clock: Callable[[], float] | None = None,
+    shutdown_grace: float = 10.0,
+    max_pending: int | None = None,
+    synchronous: Synchronous = "normal",
+    sql_thread: bool = True,
+) -> AsyncIterator[Queue]:
+    """Open the queue stored in the SQLite file ``path`` (created if missing) and run it.
+
+    ``handlers`` is the :class:`Registry` of the jobs this process runs; ``workers`` is how
+    many jobs run at once. ``clock`` returns wall-clock seconds (default :func:`time.time`);
+    tests pass one driven by a mock clock. ``max_pending`` bounds pending jobs
+    (:class:`QueueFull` beyond it). ``synchronous`` is SQLite's durability level: ``"normal"``
+    (default) loses nothing committed when the process crashes, but a power loss or OS crash
+    may lose the last commits; ``"full"`` syncs every commit to disk, so an acknowledged job
+    survives power loss too, at the cost of one fsync per group commit. ``sql_thread=False``
+    runs SQL on the event loop's thread instead of dedicated ones: it blocks the loop during
+    each write and is meant for deterministic tests under a mock clock.
+
+    On entry, jobs left ``running`` by a process that died go back to ``pending`` (the
+    interrupted attempt counts; a job with no attempts left becomes ``failed``). Leaving the
+    block shuts down gracefully: nothing new is started, running jobs get ``shutdown_grace``
+    seconds to finish, then they are cancelled and return to ``pending`` without losing an
+    attempt. If the block is cancelled from outside, the queue stops at once, like a crash:
+    running jobs are recovered the next time the file is opened.
+
+    Raises :class:`DatabaseInUse` if another queue holds the file, :class:`SchemaTooNew` or
+    :class:`DatabaseError` if the file cannot be used.
+    """
+    _check_open_arguments(handlers, workers, shutdown_grace, max_pending, synchronous, clock)
+    wall_clock = clock or time.time
+    path = os.fspath(path)
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise InvalidArgument(
+            f"path must name a database file, not {path!r}: jobs are kept in a file so that "
+            "they outlive the process"
+        )
+    async with contextlib.AsyncExitStack() as stack:
+        run_sql: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_inline
+        if sql_thread:
+            thread = SqlThread("conveyor-sql")
+            stack.callback(thread.close)
+            run_sql = thread.run
+        # Shielded, so that a writer opened while the caller is being cancelled is still
+        # registered to be closed (and its file lock released).
+        with anyio.CancelScope(shield=True):
+            writer: Writer = await run_sql(lambda: Writer(path, synchronous=synchronous))
+            stack.push_async_callback(_shielded, run_sql, writer.close)
+        readers = Readers(path, in_thread=sql_thread)
+        stack.callback(readers.close)
+        await run_sql(lambda: _recover(writer, wall_clock()))
+        async with _running_actors(
+            writer,
+            handlers,
+            workers=workers,
+            clock=wall_clock,
+            max_pending=max_pending,
+            run_sql=run_sql,
+            readers=readers,
+            shutdown_grace=shutdown_grace,
+        ) as queue:
+            yield queue
+
+
+def _recover(writer: Writer, now: float) -> None:
+    writer.begin()
+    try:
+        writer.recover_running(now)
+        writer.commit()
+    except BaseException:
+        writer.rollback()
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _running_actors(
+    writer: Writer,
+    registry: Registry,
+    *,
+    workers: int,
+    clock: Callable[[], float],
+    max_pending: int | None,
+    run_sql: Callable[[Callable[[], Any]], Awaitable[Any]],
+    readers: Readers,
+    shutdown_grace: float,
+) -> AsyncIterator[Queue]:
+    # Only the store's inbox is bounded (back-pressure on callers). The store never waits to
+    # send, so the channels it sends on are unbounded; what they carry is bounded by the
+    # number of worker slots and reports in flight.
+    store_tx, store_rx = anyio.create_memory_object_stream[StoreCommand](COMMAND_BUFFER)
+    pool_tx, pool_rx = anyio.create_memory_object_stream[PoolMessage](math.inf)
+    timer_tx, timer_rx = anyio.create_memory_object_stream[NextDue](math.inf)
+    runtime = Runtime(registry=registry, clock=clock, commands=store_tx, readers=readers)
+    store = Store(
+        writer,
+        run_sql=run_sql,
+        clock=clock,
+        commands=store_rx,
+        pool=pool_tx,
+        timer=timer_tx,
+        listeners=runtime.listeners,
+        max_pending=max_pending,
+    )
+    pool = Pool(
+        registry=registry, slots=workers, inbox=pool_rx, to_self=pool_tx.clone(), store=store_tx
+    )
+    queue = Queue(runtime)
+    try:
+        with store_tx, pool_tx, timer_tx:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.run)
+                tg.start_soon(pool.run)
+                tg.start_soon(Timer(clock=clock, inbox=timer_rx, store=store_tx.clone()).run)
+                try:
+                    yield queue
+                except anyio.get_cancelled_exc_class():
+                    # Cancelled from outside (or an actor failed): stop at once, like a crash.
+                    runtime.closing = True
+                    raise
+                except BaseException:
+                    await runtime.shutdown(pool_tx, shutdown_grace)
+                    raise
+                else:
+                    await runtime.shutdown(pool_tx, shutdown_grace)
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The task group wraps whatever left it; callers should see the error itself.
+        if len(group.exceptions) != 1:
+            raise
+        error = group.exceptions[0]
+        chained = (error.__cause__, error.__context__, error.__suppress_context__)
+        try:
+            raise error
+        finally:
+            error.__cause__, error.__context__, error.__suppress_context__ = chained
