@@ -1,28 +1,37 @@
-"""conveyor's own speed and memory, embedded on SQLite (issue #2). Run by hand, never in CI.
+"""conveyor's own speed and memory, embedded on SQLite. Run by hand, never in CI.
 
-    .venv/bin/python bench/throughput.py [--quick] [--synchronous normal|full]
+    .venv/bin/python bench/throughput.py [--quick] [--only ROW,ROW]
 
-Prints one table: enqueue_many jobs/s, single enqueue jobs/s from 1 and from 100 concurrent
-producers, drain jobs/s of no-op async jobs with 8 workers, enqueue-to-start latency p50/p99
-at idle and at half the measured drain rate, and peak RSS of a process that runs jobs from a
-file holding 1,000,000 (and, for comparison, 10,000) pending jobs.
+Prints one table: enqueue_many jobs/s, single enqueue jobs/s from 1 and 100 producers, drain of
+no-op jobs with 8 workers (async on trio at synchronous normal and full, async on asyncio, sync
+handlers in threads), enqueue-to-start latency p50/p99 at idle, the cost of one claim in a file
+of 1,000,000 pending jobs half of which are scheduled for later, and the peak RSS of a process
+that runs jobs from that file. Every row also prints the CPU time per job where it means one.
+
+Before and after a change, in one run: ``PYTHONPATH=<old checkout>/src`` runs the same rows on
+the old code (only the public API is used, but for the claim row, which times
+``Writer.claim`` of either version directly).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
-import trio
+import anyio
+import anyio.from_thread
 
 import conveyor
+
+T = TypeVar("T")
 
 WORKERS = 8
 
@@ -41,25 +50,43 @@ def idle_registry() -> conveyor.Registry:
 
     @registry.handler("noop")
     async def noop(payload: object) -> None:
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 
     return registry
 
 
-def noop_registry(on_start: Callable[[float], None] | None = None) -> conveyor.Registry:
+def counting_registry(jobs: int, done: anyio.Event, *, sync: bool) -> conveyor.Registry:
+    """A no-op handler that sets ``done`` once it has run ``jobs`` times."""
     registry = conveyor.Registry()
+    lock = threading.Lock()
+    count = 0
 
-    @registry.handler("noop")
-    async def noop(payload: object) -> None:
-        if on_start is not None:
-            on_start(time.time())
+    def note() -> bool:
+        nonlocal count
+        with lock:
+            count += 1
+            return count == jobs
+
+    if sync:
+
+        @registry.handler("noop")
+        def noop_sync(payload: object) -> None:
+            if note():
+                anyio.from_thread.run_sync(done.set)
+
+    else:
+
+        @registry.handler("noop")
+        async def noop(payload: object) -> None:
+            if note():
+                done.set()
 
     return registry
 
 
 async def bench_enqueue_many(db: Path, jobs: int, sync: str) -> float:
     specs = [conveyor.JobSpec("noop", {"n": n}, delay=3600) for n in range(jobs)]
-    async with conveyor.open_queue(db, handlers=noop_registry(), synchronous=sync) as queue:
+    async with conveyor.open_queue(db, handlers=idle_registry(), synchronous=sync) as queue:
         start = time.perf_counter()
         for chunk in range(0, jobs, 10_000):
             await queue.enqueue_many(specs[chunk : chunk + 10_000])
@@ -67,42 +94,37 @@ async def bench_enqueue_many(db: Path, jobs: int, sync: str) -> float:
 
 
 async def bench_single(db: Path, jobs: int, producers: int, sync: str) -> float:
-    async with conveyor.open_queue(db, handlers=noop_registry(), synchronous=sync) as queue:
+    async with conveyor.open_queue(db, handlers=idle_registry(), synchronous=sync) as queue:
 
         async def produce(count: int) -> None:
             for n in range(count):
                 await queue.enqueue("noop", {"n": n}, delay=3600)
 
         start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             for _ in range(producers):
-                nursery.start_soon(produce, jobs // producers)
+                tg.start_soon(produce, jobs // producers)
         return (jobs // producers * producers) / (time.perf_counter() - start)
 
 
-async def bench_drain(db: Path, jobs: int, sync: str) -> float:
-    async with conveyor.open_queue(
-        db, handlers=idle_registry(), synchronous=sync, shutdown_grace=0
-    ) as queue:
+async def fill_ready(db: Path, jobs: int) -> None:
+    async with conveyor.open_queue(db, handlers=idle_registry(), shutdown_grace=0) as queue:
         for chunk in range(0, jobs, 10_000):
             size = min(10_000, jobs - chunk)
             await queue.enqueue_many([conveyor.JobSpec("noop", run_at=0) for _ in range(size)])
-    all_started = trio.Event()
-    started = 0
 
-    def count(_: float) -> None:
-        nonlocal started
-        started += 1
-        if started == jobs:
-            all_started.set()
 
-    start = time.perf_counter()
-    async with conveyor.open_queue(
-        db, handlers=noop_registry(count), workers=WORKERS, synchronous=sync
-    ):
-        await all_started.wait()
+async def bench_drain(db: Path, jobs: int, sync: str, thread_handlers: bool) -> tuple[float, float]:
+    """Jobs/s and CPU µs per job of a queue that drains ``jobs`` ready no-op jobs."""
+    await fill_ready(db, jobs)
+    done = anyio.Event()
+    registry = counting_registry(jobs, done, sync=thread_handlers)
+    start, cpu = time.perf_counter(), time.process_time()
+    async with conveyor.open_queue(db, handlers=registry, workers=WORKERS, synchronous=sync):
+        await done.wait()
     # Leaving the block waits for the last outcomes to be committed.
-    return jobs / (time.perf_counter() - start)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return jobs / elapsed, cpu / jobs * 1e6
 
 
 async def bench_latency(db: Path, rate: float, seconds: float, sync: str) -> tuple[float, float]:
@@ -110,32 +132,71 @@ async def bench_latency(db: Path, rate: float, seconds: float, sync: str) -> tup
     count = max(int(rate * seconds), 50)
     enqueued: dict[int, float] = {}
     started: dict[int, float] = {}
-    all_started = trio.Event()
+    all_started = anyio.Event()
     registry = conveyor.Registry()
 
     @registry.handler("noop")
     async def noop(payload: int) -> None:
-        started[payload] = time.time()
+        started[payload] = time.perf_counter()
         if len(started) == count:
             all_started.set()
 
     async with conveyor.open_queue(
         db, handlers=registry, workers=WORKERS, synchronous=sync
     ) as queue:
-        begin = trio.current_time()
+        begin = anyio.current_time()
 
         async def offer(n: int) -> None:
-            enqueued[n] = time.time()
+            enqueued[n] = time.perf_counter()
             await queue.enqueue("noop", n)
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             for n in range(count):
-                await trio.sleep_until(begin + n / rate)
-                nursery.start_soon(offer, n)
-        with trio.fail_after(60):
+                await anyio.sleep_until(begin + n / rate)
+                tg.start_soon(offer, n)
+        with anyio.fail_after(60):
             await all_started.wait()
     latencies = sorted((started[n] - enqueued[n]) * 1000 for n in range(count))
     return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
+
+
+async def fill_half_scheduled(db: Path, pending: int) -> None:
+    async with conveyor.open_queue(db, handlers=idle_registry(), shutdown_grace=0) as queue:
+        for chunk in range(0, pending, 50_000):
+            size = min(50_000, pending - chunk)
+            # Half are due now, half scheduled for later: the claim query must cope with both.
+            await queue.enqueue_many(
+                [
+                    conveyor.JobSpec("noop", {"n": chunk + n}, run_at=0 if n % 2 else 4e9)
+                    for n in range(size)
+                ]
+            )
+
+
+def claim_cost_us(db: Path) -> tuple[float, float]:
+    """µs per claim of 8 jobs: the first claims of the file, then after half the due jobs."""
+    from conveyor._storage.sqlite import Writer
+
+    writer = Writer(str(db))
+    try:
+
+        def claims(count: int) -> float:
+            start = time.perf_counter()
+            for _ in range(count):
+                writer.begin()
+                writer.claim(WORKERS, time.time())
+                writer.commit()
+            return (time.perf_counter() - start) / count * 1e6
+
+        first = claims(200)
+        due = writer._conn.execute("SELECT count(*) FROM jobs WHERE run_at <= 1").fetchone()[0]
+        for _ in range(due // 2 // 1000):
+            writer.begin()
+            writer.claim(1000, time.time())
+            writer.commit()
+        return first, claims(200)
+    finally:
+        writer.close()
 
 
 def peak_rss_mb(db: Path, pending: int) -> float:
@@ -165,52 +226,71 @@ print(int(status.split("VmHWM:")[1].split()[0]) / 1024)
     return float(out.strip().splitlines()[-1])
 
 
-async def fill(db: Path, pending: int) -> None:
-    async with conveyor.open_queue(db, handlers=idle_registry(), shutdown_grace=0) as queue:
-        for chunk in range(0, pending, 50_000):
-            size = min(50_000, pending - chunk)
-            # Half are due now, half scheduled for later: the claim query must cope with both.
-            await queue.enqueue_many(
-                [
-                    conveyor.JobSpec("noop", {"n": chunk + n}, run_at=0 if n % 2 else 4e9)
-                    for n in range(size)
-                ]
-            )
+def run(backend: str, function: Callable[..., Awaitable[T]], *args: object) -> T:
+    return anyio.run(function, *args, backend=backend)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
+    parser.add_argument("--only", default="", help="comma-separated row names (default: all)")
     args = parser.parse_args()
-    sync = args.synchronous
     scale = 10 if args.quick else 1
+    only = set(filter(None, args.only.split(",")))
+
+    def wanted(name: str) -> bool:
+        return not only or name in only
 
     def row(label: str, value: str) -> None:
-        print(f"{label:<62} {value}", flush=True)
+        print(f"{label:<66} {value}", flush=True)
 
+    drain_jobs = 50_000 // scale
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
         directory = Path(tmp)
-        bulk = trio.run(bench_enqueue_many, fresh_db(directory, "bulk"), 200_000 // scale, sync)
-        row("enqueue_many, jobs/s", f"{bulk:,.0f}")
-        one = trio.run(bench_single, fresh_db(directory, "one"), 10_000 // scale, 1, sync)
-        row("enqueue, 1 producer, jobs/s", f"{one:,.0f}")
-        many = trio.run(bench_single, fresh_db(directory, "many"), 50_000 // scale, 100, sync)
-        row("enqueue, 100 producers, jobs/s", f"{many:,.0f}")
-        drain = trio.run(bench_drain, fresh_db(directory, "drain"), 50_000 // scale, sync)
-        row(f"drain, {WORKERS} workers, no-op async jobs, jobs/s", f"{drain:,.0f}")
-        seconds = 5 / scale**0.5
-        for label, rate in (("100 jobs/s (idle)", 100.0), ("half the drain rate", drain / 2)):
+        if wanted("bulk"):
+            db = fresh_db(directory, "bulk")
+            bulk = run("trio", bench_enqueue_many, db, 50_000 // scale, "normal")
+            row("enqueue_many of 50,000 prepared specs, jobs/s", f"{bulk:,.0f}")
+        if wanted("single"):
+            db = fresh_db(directory, "one")
+            one = run("trio", bench_single, db, 10_000 // scale, 1, "normal")
+            row("enqueue, 1 producer, jobs/s", f"{one:,.0f}")
+            many = run(
+                "trio", bench_single, fresh_db(directory, "many"), 50_000 // scale, 100, "normal"
+            )
+            row("enqueue, 100 producers, jobs/s", f"{many:,.0f}")
+        drains = [
+            ("drain", "trio", "normal", False, "async on trio"),
+            ("drain-full", "trio", "full", False, "async on trio, synchronous=full"),
+            ("drain-asyncio", "asyncio", "normal", False, "async on asyncio"),
+            ("drain-threads", "trio", "normal", True, "sync handlers in threads, trio"),
+        ]
+        for name, backend, sync, threads, label in drains:
+            if wanted(name):
+                db = fresh_db(directory, name)
+                rate, cpu = run(backend, bench_drain, db, drain_jobs, sync, threads)
+                row(f"drain, {WORKERS} workers, no-op, {label}, jobs/s", f"{rate:,.0f}")
+                row("    CPU time per job, µs (both threads)", f"{cpu:.0f}")
+        if wanted("latency"):
             db = fresh_db(directory, "latency")
-            p50, p99 = trio.run(bench_latency, db, rate, seconds, sync)
-            row(f"latency enqueue->start at {label}, p50 / p99 ms", f"{p50:.2f} / {p99:.2f}")
-        for pending in (10_000, 1_000_000 // scale):
-            db = fresh_db(directory, f"rss{pending}")
-            trio.run(fill, db, pending)
+            p50, p99 = run("trio", bench_latency, db, 100.0, 5 / scale**0.5, "normal")
+            row(
+                "latency enqueue->start at 100 jobs/s (idle), p50 / p99 ms",
+                f"{p50:.2f} / {p99:.2f}",
+            )
+        if wanted("million"):
+            pending = 1_000_000 // scale
+            db = fresh_db(directory, "million")
+            run("trio", fill_half_scheduled, db, pending)
+            first, later = claim_cost_us(db)
+            row(
+                f"claim of {WORKERS} in {pending:,} pending (half scheduled), µs: first / later",
+                f"{first:.0f} / {later:.0f}",
+            )
+            db = fresh_db(directory, "rss")
+            run("trio", fill_half_scheduled, db, pending)
             rss = peak_rss_mb(db, pending)
             row(f"peak RSS running jobs with {pending:,} pending, MB", f"{rss:.0f}")
-    own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\nsynchronous={sync}; this process's peak RSS {own_rss:.0f} MB")
 
 
 if __name__ == "__main__":

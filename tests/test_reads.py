@@ -164,3 +164,38 @@ async def test_subscribers_see_each_change_once_committed(open_test_queue: Queue
     expected = [("enqueued", "ok"), ("started", "ok"), ("completed", "ok")]
     expected += [("enqueued", "bad"), ("started", "bad"), ("failed", "bad")]
     assert sorted(seen) == sorted(expected)
+
+
+async def test_wait_reads_the_job_once_and_takes_its_end_from_the_commit(
+    open_test_queue: QueueOpener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor._storage import sqlite as storage
+
+    reads: list[int] = []
+    get_job = storage.get_job
+
+    def counting(conn: object, job_id: int) -> object:
+        reads.append(job_id)
+        return get_job(conn, job_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage, "get_job", counting)
+    registry = conveyor.Registry()
+    gate = anyio.Event()
+
+    @registry.handler("slow")
+    async def slow(payload: None) -> str:
+        await gate.wait()
+        return "done"
+
+    async with open_test_queue(registry) as queue:
+        job = await queue.enqueue("slow")
+        async with anyio.create_task_group() as tg:
+
+            async def finish() -> None:
+                await anyio.sleep(0.01)
+                gate.set()
+
+            tg.start_soon(finish)
+            done = await queue.wait(job.id, timeout=10)
+    assert (done.status, done.result) == (conveyor.JobStatus.COMPLETED, "done")
+    assert reads == [job.id]

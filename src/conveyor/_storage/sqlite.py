@@ -87,8 +87,10 @@ _JOBS_TABLE: Final = f"""
         progress         REAL,
         progress_message TEXT,
         cancel_requested INTEGER NOT NULL DEFAULT 0,
-        idempotency_key  TEXT UNIQUE
+        idempotency_key  TEXT
     );
+    -- Keys are unique, and the many jobs without one cost no index entry.
+    CREATE UNIQUE INDEX jobs_key ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
     -- The priority queue: ready jobs in claim order.
     CREATE INDEX jobs_ready ON jobs (priority, run_at, id)
         WHERE status = 'pending' AND scheduled = 0;
