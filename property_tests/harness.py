@@ -32,6 +32,32 @@ EPOCH: Final = 1_800_000_000.0
 HANDLER_NAMES: Final = ("alpha", "beta")
 
 
+STEP_BUDGET: Final = 200_000
+"""Task steps one rule may take to settle: far more than any real step needs."""
+
+
+class StepBudget(trio.abc.Instrument):
+    """Counts task steps while armed, and calls ``exceeded`` once past the limit."""
+
+    def __init__(self) -> None:
+        self._left: int | None = None
+        self._exceeded: Callable[[], None] | None = None
+
+    def arm(self, limit: int, exceeded: Callable[[], None]) -> None:
+        self._left, self._exceeded = limit, exceeded
+
+    def disarm(self) -> None:
+        self._left = self._exceeded = None
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._left is None:
+            return
+        self._left -= 1
+        if self._left < 0 and self._exceeded is not None:
+            exceeded, self._exceeded = self._exceeded, None
+            exceeded()
+
+
 @attrs.define
 class Cancelled:
     """``cancel(job_id)`` returned True; the job had started ``attempts`` attempts then, the
@@ -69,6 +95,7 @@ class RealQueue:
         self._running = threading.Event()
         self._stop: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
+        self._budget = StepBudget()
         self._thread = threading.Thread(target=self._thread_main, daemon=True)
         self.registry = self._registry()
 
@@ -86,12 +113,20 @@ class RealQueue:
         self._thread.join()
 
     def run(self, step: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run ``step(*args)`` on the event loop, wait until the queue settles, return its value."""
+        """Run ``step(*args)`` on the event loop, wait until the queue settles, return its value.
+
+        A queue that never settles (actors that keep messaging each other) fails the step after
+        :data:`STEP_BUDGET` task steps, instead of hanging until the test's timeout.
+        """
         assert self._token is not None
 
         async def settled() -> T:
-            value = await step(*args)
-            await trio.testing.wait_all_tasks_blocked()
+            self._budget.arm(STEP_BUDGET, self._livelock)
+            try:
+                value = await step(*args)
+                await trio.testing.wait_all_tasks_blocked()
+            finally:
+                self._budget.disarm()
             return value
 
         value = trio.from_thread.run(settled, trio_token=self._token)
@@ -100,7 +135,14 @@ class RealQueue:
         return value
 
     def _thread_main(self) -> None:
-        trio.run(self._main, clock=self.clock)
+        trio.run(self._main, clock=self.clock, instruments=[self._budget])
+
+    def _livelock(self) -> None:
+        self.failure = AssertionError(
+            f"the queue did not settle within {STEP_BUDGET} task steps: a livelock"
+        )
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
