@@ -233,6 +233,6 @@ async def test_progress_from_a_thread_does_not_wait_for_the_event_loop(
         # The event loop is blocked here on purpose: a report that needed it would hang.
         loop_blocked.set()
         returned_while_blocked = reported.wait(10)
-        done = await queue.wait(job.id, timeout=10)
+        done = await queue.wait(job.id)  # no timeout: see the sync handler test above
     assert returned_while_blocked
     assert (done.progress, done.progress_message) == (0.5, "half way")

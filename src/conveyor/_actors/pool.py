@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import math
 import threading
 import traceback
 from collections.abc import Callable
@@ -25,13 +26,14 @@ from typing import Final, Literal
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._context import JobContext, enter_context, leave_context, run_with_context
 from .._errors import NotJSONSerializable, UnknownHandler
 from .._fastpath import Scope, Signal, primitives
 from .._job import Event, Job, encode_json
-from .._registry import Handler, Registry
+from .._registry import Registry
 from .._retry import Backoff, Fail, Retry
 from .._sqlthread import call_soon_threadsafe
 from .._storage.sqlite import Outcome
@@ -201,23 +203,69 @@ class Pool:
 
     # --- workers -----------------------------------------------------------------------------
     async def _work(self) -> None:
-        new_scope, checkpoint = self._fast.cancel_scope, self._fast.checkpoint
-        while True:
-            while not self._ready:
-                await self._job_arrived.wait()
-            job = self._ready.popleft()
-            attempt = Attempt(job, new_scope())
-            self._running[job.id] = attempt
-            outcome = await self._run(attempt)
-            del self._running[job.id]
-            self._outcomes.append(outcome)
-            self._ask_flush()
-            if self._ready:
-                # An async handler that never yields must not keep the other tasks from
-                # running. (With nothing ready, waiting for a job yields anyway.)
-                await checkpoint()
+        """Run jobs from the ready buffer, one at a time, for as long as the pool runs.
 
-    async def _run(self, attempt: Attempt) -> Outcome:
+        Attempts share one cancel scope until one of them is cancelled or times out (a scope
+        cannot be used again once cancelled): a scope per attempt costs more than a no-op
+        handler does.
+        """
+        checkpoint = self._fast.checkpoint
+        while True:
+            scope = self._fast.cancel_scope()
+            attempt: Attempt | None = None
+            with scope:
+                while not scope.cancel_called:
+                    attempt = await self._next_attempt(scope)
+                    finished = await self._attempt(attempt)
+                    self._end(attempt, finished)
+                    attempt = None
+                    if self._ready and not scope.cancel_called:
+                        # An async handler that never yields must not keep the other tasks
+                        # from running. (With nothing ready, waiting for a job yields anyway.)
+                        await checkpoint()
+            if attempt is not None:
+                # Cancelled (a cancel, its timeout, or shutdown) before the handler returned.
+                self._end(attempt, None)
+
+    async def _next_attempt(self, scope: Scope) -> Attempt:
+        while not self._ready:
+            await self._job_arrived.wait()
+        job = self._ready.popleft()
+        attempt = Attempt(job, scope)
+        self._running[job.id] = attempt
+        if job.timeout is not None:
+            scope.deadline = anyio.current_time() + job.timeout
+        logger.debug("job %d (%s) attempt %d starts", job.id, job.name, job.attempts)
+        return attempt
+
+    def _end(self, attempt: Attempt, finished: Outcome | None) -> None:
+        """Settle how ``attempt`` ended (``finished``: what the handler did, if it returned)."""
+        job, scope = attempt.job, attempt.scope
+        del self._running[job.id]
+        # A sync handler cannot be interrupted, so a cancel or timeout can arrive while it runs
+        # and find it finished: the cancel and the timeout still win. Shutdown does not discard
+        # finished work.
+        if attempt.reason == "cancel":
+            outcome = Outcome(job, Event.CANCELLED)
+        elif attempt.reason is None and scope.cancel_called:
+            timeout = f"timed out after {job.timeout:g} s (attempt cancelled)"
+            outcome = _failure(job, timeout, self._backoff_of(job))
+        elif finished is not None:
+            outcome = finished
+        else:
+            outcome = Outcome(job, Event.INTERRUPTED)
+        if job.timeout is not None and not scope.cancel_called:
+            scope.deadline = math.inf
+        if attempt.progress is not None:
+            outcome = attrs.evolve(outcome, progress=attempt.progress)
+        self._outcomes.append(outcome)
+        self._ask_flush()
+
+    def _backoff_of(self, job: Job) -> Backoff:
+        return self._registry[job.name].backoff if job.name in self._registry else Backoff()
+
+    async def _attempt(self, attempt: Attempt) -> Outcome:
+        """Run the handler once; the outcome of a return or a raise (cancellation propagates)."""
         job = attempt.job
         try:
             handler = self._registry[job.name]
@@ -226,38 +274,6 @@ class Pool:
         context = JobContext(
             job.id, job.name, job.attempts, job.payload, functools.partial(self._note, attempt)
         )
-        logger.debug("job %d (%s) attempt %d starts", job.id, job.name, job.attempts)
-        scope = attempt.scope
-        if job.timeout is not None:
-            scope.deadline = anyio.current_time() + job.timeout
-        finished: Outcome | None = None
-        with scope:
-            finished = await self._attempt(job, handler, context)
-        # A sync handler cannot be interrupted, so a cancel or timeout can arrive while it runs
-        # and find it finished: the cancel and the timeout still win. Shutdown does not discard
-        # finished work.
-        if attempt.reason == "cancel":
-            outcome = Outcome(job, Event.CANCELLED)
-        elif attempt.reason is None and scope.cancel_called:
-            timeout = f"timed out after {job.timeout:g} s (attempt cancelled)"
-            outcome = _failure(job, timeout, handler.backoff)
-        elif finished is not None:
-            outcome = finished
-        else:
-            outcome = Outcome(job, Event.INTERRUPTED)
-        if attempt.progress is None:
-            return outcome
-        return Outcome(
-            job,
-            outcome.event,
-            outcome.result_json,
-            outcome.error,
-            outcome.retry_delay,
-            attempt.progress,
-        )
-
-    async def _attempt(self, job: Job, handler: Handler, context: JobContext) -> Outcome:
-        """Run the handler once; the outcome of a return or a raise (cancellation propagates)."""
         try:
             if handler.is_async:
                 token = enter_context(context)
