@@ -137,6 +137,8 @@ def encode_json(value: JSON, what: str) -> str:
     """``value`` as compact JSON text; :class:`NotJSONSerializable` naming ``what`` if it is not."""
     if value is None:
         return "null"
+    if type(value) is int:
+        return str(value)
     try:
         text = _ENCODER.encode(value)
         # SQLite stores UTF-8: a lone surrogate would fail there, inside the store's batch.
