@@ -181,7 +181,12 @@ class Pool:
         self._owed += max(more, 0)
         self._in_flight += 1
         self._released = self._released or release
-        await self._store.send(Report(outcomes, progress, max(more, 0), release))
+        report = Report(outcomes, progress, max(more, 0), release)
+        try:
+            # Without a scheduler turn when the store's inbox has room: the common case.
+            self._store.send_nowait(report)
+        except anyio.WouldBlock:
+            await self._store.send(report)
 
     def _take_progress(self) -> list[ProgressReport]:
         reports = []
