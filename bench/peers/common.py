@@ -8,9 +8,14 @@ one measure and prints ONE JSON object on the last stdout line.
 Protocol (also what ``conveyor_peer.py`` / ``conveyor_http_peer.py`` must follow):
 
     python <system>_peer.py --measure {bulk,single,concurrent,drain,latency,crash}
-                            --n N [--quick]
+                            --n N [--quick] [--tuned]
     -> last stdout line: {"system": ..., "measure": ..., <figures>} or
                          {"system": ..., "measure": ..., "error": "why"}
+
+``--tuned`` runs the system's second row, ``<system>_tuned``: the best settings its own
+documentation gives for this workload (``Peer.tuning`` says what and why), durability
+unchanged.  It sets ``$PEERS_TUNED`` before the peer module is imported, so the module,
+and every worker process it starts, reads the variant with :func:`tuned`.
 
 Figures by measure: bulk/single/concurrent -> ``jobs_per_s``; drain ->
 ``jobs_per_s``, ``peak_rss_mb``, ``lost``, ``twice``; latency -> ``p50_ms``,
@@ -60,6 +65,14 @@ CRASH_JOBS = 5000
 CRASH_JOB_S = 0.005
 CRASH_KILL_FRACTION = 0.4
 BULK_CHUNK = 1000  # jobs per batch-API call
+TUNED_ENV = "PEERS_TUNED"
+TUNED_SUFFIX = "_tuned"
+
+
+def tuned() -> bool:
+    """Whether this process runs the system's tuned row (``--tuned``)."""
+    return os.environ.get(TUNED_ENV) == "1"
+
 
 # --------------------------------------------------------------------------
 # Records written by handlers
@@ -346,8 +359,11 @@ class Peer:
     name = "?"
     is_async = False
     async_backend = "asyncio"
-    #: settings shown in results.md: concurrency, durability, recovery, batch API
+    #: settings shown in results.md: concurrency, durability, recovery, batch API (of the
+    #: row being run: a peer module builds them from :func:`tuned`)
     settings: ClassVar[dict[str, str]] = {}
+    #: what the tuned row changes from the default one, each with the documented reason
+    tuning: ClassVar[str] = ""
     #: distributions whose versions the results report (pip names)
     dists: tuple[str, ...] = ()
     #: seconds a crashed job may take to be recovered (after the worker restarts)
@@ -704,15 +720,22 @@ def main(script: str) -> None:
     ap.add_argument("--worker", action="store_true", help="internal: run the worker loop")
     ap.add_argument("--describe", action="store_true", help="print settings and versions")
     ap.add_argument("--timeout", type=float, default=None, help="per-phase wait bound, s")
+    ap.add_argument("--tuned", action="store_true", help="the system's tuned row")
     args = ap.parse_args()
+    if args.tuned:  # before the peer module is imported; inherited by its workers
+        os.environ[TUNED_ENV] = "1"
     name = Path(script).stem
-    out: dict[str, Any] = {"system": name.removesuffix("_peer"), "measure": args.measure}
+    system = name.removesuffix("_peer")
+    out: dict[str, Any] = {
+        "system": system + (TUNED_SUFFIX if tuned() else ""),
+        "measure": args.measure,
+    }
     try:
         if args.measure == "crash":
             os.environ["PEERS_CRASH"] = "1"  # producer and worker use the crash settings
         if not args.worker:
             # wipe file state before the module (and any import-time object) opens it
-            shutil.rmtree(STATE_ROOT / out["system"], ignore_errors=True)
+            shutil.rmtree(STATE_ROOT / system, ignore_errors=True)
         sys.path.insert(0, str(PEERS_DIR))
         mod = importlib.import_module(name)
         peer: Peer = mod.PEER
@@ -720,9 +743,8 @@ def main(script: str) -> None:
         if args.worker:
             peer.run_worker(os.environ.get("PEERS_CRASH") == "1")
             return
-        out["system"] = peer.name
         if args.describe:
-            out["settings"] = peer.settings
+            out["settings"] = peer.settings | ({"tuning": peer.tuning} if tuned() else {})
             out["versions"] = {d: _version(d) for d in peer.dists}
             print(json.dumps(out), flush=True)
             return

@@ -8,7 +8,10 @@ never in the project's own environment).  By hand only, never in CI.
 
 Each system x measure x run is one subprocess ``python <system>_peer.py --measure M``
 with a hard timeout; its last stdout line is one JSON object (see common.py).  Every
-figure is the median over the runs that succeeded.
+figure is the median over the runs that succeeded.  Every peer has two rows: ``<peer>``
+at its defaults and ``<peer>_tuned`` (the same script with ``--tuned``) at the best
+settings its documentation gives for this workload; conveyor's ratios are taken against
+the better of the two.
 """
 
 from __future__ import annotations
@@ -28,11 +31,9 @@ from typing import Any
 
 import common
 
-# The one list of systems, in table order.  conveyor's two rows are included when
-# their scripts exist (they follow the same protocol as every other peer).
-SYSTEMS: list[str] = [
-    "conveyor",
-    "conveyor_http",
+OURS = ["conveyor", "conveyor_http"]
+# The peers in table order; each runs twice, at its defaults and tuned.
+PEERS = [
     "huey",
     "persistqueue",
     "litequeue",
@@ -44,6 +45,9 @@ SYSTEMS: list[str] = [
     "streaq",
     "dramatiq",
 ]
+# The one list of systems, in table order.  conveyor's two rows are included when
+# their scripts exist (they follow the same protocol as every other peer).
+SYSTEMS: list[str] = OURS + [row for p in PEERS for row in (p, p + common.TUNED_SUFFIX)]
 # Why a system has no script here; its row says so instead of being left out.
 MISSING = {
     "conveyor_http": "conveyor over HTTP needs `conveyor serve` (the service of issue #4), "
@@ -54,12 +58,21 @@ REDIS_SYSTEMS = {"arq", "saq", "rq", "streaq", "dramatiq"}
 HERE = Path(__file__).resolve().parent
 
 
+def is_tuned(system: str) -> bool:
+    return system.endswith(common.TUNED_SUFFIX)
+
+
+def base(system: str) -> str:
+    """The system a row belongs to: ``huey`` for ``huey`` and ``huey_tuned``."""
+    return system.removesuffix(common.TUNED_SUFFIX)
+
+
 def script(system: str) -> Path:
-    return HERE / f"{system}_peer.py"
+    return HERE / f"{base(system)}_peer.py"
 
 
 def run_one(python: str, system: str, args: list[str], timeout_s: float) -> dict[str, Any]:
-    argv = [python, str(script(system)), *args]
+    argv = [python, str(script(system)), *args, *(["--tuned"] if is_tuned(system) else [])]
     t0 = time.monotonic()
     rc, out, err = common.run_with_timeout(argv, timeout_s, cwd=HERE)
     lines = [ln for ln in out.strip().splitlines() if ln.strip()]
@@ -203,6 +216,11 @@ def write_markdown(
         "bench/peers/run_all.py"
         + (" --quick" if args.quick else "")
         + f" --runs {args.runs}"
+        + (
+            f" --measures {','.join(args.measures)}"
+            if args.measures != list(common.MEASURES)
+            else ""
+        )
         + (f" --timeout {bound:g}" if bound else "")
     )
     lines = [
@@ -264,7 +282,6 @@ def write_markdown(
     if notes:
         lines += ["", "Failures and partial figures:", ""]
         lines += [f"{i}. {t}" for i, t in enumerate(notes, 1)]
-    lines += ratio_table(results)
     lines += [
         "",
         "Reading the table: drain jobs/s counts from the worker's spawn to the last "
@@ -273,26 +290,35 @@ def write_markdown(
         "a system's drain rate measures its backlog, not its dispatch.  In the crash column, "
         "'re-run' counts jobs started more than once (in flight at the kill, then run again), "
         "'twice' jobs completed more than once, 'lost' jobs never completed.",
-        "",
-        "## Crash test details",
-        "",
-        "| system | done at kill | in flight at kill | lost of those "
-        "| last completion after kill, s |",
-        "|---|---|---|---|---|",
     ]
-    for system, per in results.items():
-        crash = per.get("crash") if "error" not in per else None
-        if crash and "error" not in crash:
-            lines.append(
-                f"| {system} | {fmt_num(crash.get('done_at_kill'))} | "
-                f"{fmt_num(crash.get('in_flight_at_kill'))} | "
-                f"{fmt_num(crash.get('lost_in_flight'))} | {fmt_num(crash.get('recovery_s'))} |"
-            )
+    lines += ratio_table(results)
+    lines += target_table(results)
+    crash_rows = [
+        f"| {system} | {fmt_num(crash.get('done_at_kill'))} | "
+        f"{fmt_num(crash.get('in_flight_at_kill'))} | "
+        f"{fmt_num(crash.get('lost_in_flight'))} | {fmt_num(crash.get('recovery_s'))} |"
+        for system, per in results.items()
+        if "error" not in per and (crash := per.get("crash")) and "error" not in crash
+    ]
+    if crash_rows:  # a run without the crash measure has none
+        lines += [
+            "",
+            "## Crash test details",
+            "",
+            "| system | done at kill | in flight at kill | lost of those "
+            "| last completion after kill, s |",
+            "|---|---|---|---|---|",
+            *crash_rows,
+        ]
     lines += ["", "## Settings (same durability where the system has a setting)", ""]
     lines += [
+        "A `_tuned` row is the same system, storage and durability at the best settings its "
+        "own documentation gives for this workload; the last column says what changed from "
+        "the default row and why.",
+        "",
         "| system | versions | storage / durability | batch API | worker, concurrency "
-        "| crash recovery |",
-        "|---|---|---|---|---|---|",
+        "| crash recovery | tuned: what and why |",
+        "|---|---|---|---|---|---|---|",
     ]
     for system in results:
         d = info.get(system, {})
@@ -301,7 +327,7 @@ def write_markdown(
         lines.append(
             f"| {system} | {vers or '—'} | {s.get('storage', '—')} | "
             f"{s.get('batch', '—')} | {s.get('worker', '—')} | "
-            f"{s.get('recovery', '—')} |"
+            f"{s.get('recovery', '—')} | {s.get('tuning', '—')} |"
         )
     lines += ["", "## Environment", ""] + [f"- {t}" for t in env_notes] + [""]
     path.write_text("\n".join(lines))
@@ -318,34 +344,98 @@ RATIOS = [  # (column, measure, key, True when higher is better)
 ]
 
 
+def figure(per: dict[str, Any], measure: str, key: str) -> float | None:
+    """A system's positive figure for ``measure``/``key``, None when it has none."""
+    v = (per.get(measure) or {}).get(key) if "error" not in per else None
+    return float(v) if isinstance(v, int | float) and v > 0 else None
+
+
+def best_row(
+    results: dict[str, dict[str, Any]],
+    systems: list[str],
+    measure: str,
+    key: str,
+    higher_better: bool,
+) -> tuple[str, float] | None:
+    """The row among ``systems`` with the better figure, and that figure."""
+    found = [(s, v) for s in systems if (v := figure(results[s], measure, key)) is not None]
+    if not found:
+        return None
+    pick = max if higher_better else min
+    return pick(found, key=lambda sv: sv[1])
+
+
+def fmt_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
+
+
 def ratio_table(results: dict[str, dict[str, Any]]) -> list[str]:
-    """conveyor's figure against each peer's: above 1 means conveyor is better."""
+    """conveyor's figure against each peer's better row: above 1 means conveyor is better."""
     ours = results.get("conveyor", {})
     if "error" in ours or not ours:
         return []
+    rows: dict[str, list[str]] = {}  # conveyor_http, and each peer with its one or two rows
+    for system in results:
+        if system != "conveyor":
+            rows.setdefault(base(system), []).append(system)
     lines = [
         "",
         "## conveyor's ratio to each peer",
         "",
         "conveyor's figure divided by the peer's for rates, the peer's divided by conveyor's "
-        "for RSS and latency: above 1 means conveyor is better, below 1 that it is behind.",
+        "for RSS and latency: above 1 means conveyor is better, below 1 that it is behind.  "
+        "Each column takes the better of the peer's two rows (default and tuned); † marks a "
+        "ratio against the tuned row.",
         "",
         "| peer | " + " | ".join(col for col, *_ in RATIOS) + " |",
         "|---|" + "---|" * len(RATIOS),
     ]
-    for system, per in results.items():
-        if system == "conveyor" or "error" in per:
-            continue
+    for name, systems in rows.items():
         cells = []
         for _, measure, key, higher_better in RATIOS:
-            a = (ours.get(measure) or {}).get(key)
-            b = (per.get(measure) or {}).get(key)
-            if not isinstance(a, int | float) or not isinstance(b, int | float) or not a or not b:
+            a = figure(ours, measure, key)
+            best = best_row(results, systems, measure, key, higher_better)
+            if a is None or best is None:
                 cells.append("—")
                 continue
+            system, b = best
             ratio = a / b if higher_better else b / a
-            cells.append(f"{ratio:.2f}x" if ratio < 10 else f"{ratio:,.0f}x")
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+            cells.append(fmt_ratio(ratio) + (" †" if is_tuned(system) else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# The drain targets of issue #9: (what, the peers whose best row counts, the ratio wanted)
+DRAIN_TARGETS = [
+    ("huey's SQLite drain", ["huey"], 10.0),
+    ("the best Redis peer", sorted(REDIS_SYSTEMS), 5.0),
+]
+
+
+def target_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """conveyor's drain against the targets, each peer at the better of its two rows."""
+    ours = figure(results.get("conveyor", {}), "drain", "jobs_per_s")
+    if ours is None:
+        return []
+    lines = [
+        "",
+        "## Drain targets (issue #9)",
+        "",
+        "| target | best peer row, jobs/s | conveyor, jobs/s | ratio | met |",
+        "|---|---|---|---|---|",
+    ]
+    for what, peers, wanted in DRAIN_TARGETS:
+        rows = [s for s in results if base(s) in peers]
+        best = best_row(results, rows, "drain", "jobs_per_s", True)
+        if best is None:
+            lines.append(f"| ≥ {wanted:g}x {what} | — | {fmt_num(ours)} | — | — |")
+            continue
+        system, theirs = best
+        ratio = ours / theirs
+        lines.append(
+            f"| ≥ {wanted:g}x {what} | {system} {fmt_num(theirs)} | {fmt_num(ours)} | "
+            f"{fmt_ratio(ratio)} | {'yes' if ratio >= wanted else 'no'} |"
+        )
     return lines
 
 
@@ -356,16 +446,17 @@ def write_chart(path: Path, results: dict[str, dict[str, Any]], quick: bool) -> 
     import matplotlib.pyplot as plt
 
     systems = [s for s, per in results.items() if "error" not in per]
-    series = [("bulk enqueue", "bulk"), ("drain", "drain")]
+    # the series that were measured (a drain-only run has no bulk enqueue figures)
+    series = [
+        (label, measure)
+        for label, measure in (("bulk enqueue", "bulk"), ("drain", "drain"))
+        if any(figure(results[s], measure, "jobs_per_s") for s in systems)
+    ]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(systems) + 2), 4.5))
-    width = 0.38
+    width = 0.76 / max(1, len(series))
     for k, (label, measure) in enumerate(series):
-        vals = []
-        for s in systems:
-            r = results[s].get(measure) or {}
-            v = r.get("jobs_per_s")
-            vals.append(v if isinstance(v, int | float) and v > 0 else float("nan"))
-        xs = [i + (k - 0.5) * width for i in range(len(systems))]
+        vals = [figure(results[s], measure, "jobs_per_s") or float("nan") for s in systems]
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(systems))]
         bars = ax.bar(xs, vals, width, label=label)
         for b, v in zip(bars, vals, strict=True):
             if not math.isnan(v):
@@ -379,9 +470,8 @@ def write_chart(path: Path, results: dict[str, dict[str, Any]], quick: bool) -> 
     ax.set_yscale("log")
     ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right")
     ax.set_ylabel("jobs/s (log scale)")
-    ax.set_title(
-        f"Bulk enqueue and drain, {'2,000' if quick else '50,000'} no-op jobs, one worker, 2 cores"
-    )
+    what = " and ".join(label for label, _ in series).capitalize()
+    ax.set_title(f"{what}, {'2,000' if quick else '50,000'} no-op jobs, one worker, 2 cores")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -389,6 +479,17 @@ def write_chart(path: Path, results: dict[str, dict[str, Any]], quick: bool) -> 
 
 
 # --------------------------------------------------------------------------
+
+
+def measure_list(text: str) -> list[str]:
+    """``--measures``: known measure names, comma-separated."""
+    measures = [m for m in text.split(",") if m]
+    unknown = [m for m in measures if m not in common.MEASURES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown measures {unknown}; known: {','.join(common.MEASURES)}"
+        )
+    return measures
 
 
 def main() -> None:
@@ -399,7 +500,12 @@ def main() -> None:
         default="",
         help="comma-separated subset, run in this order, of " + ",".join(SYSTEMS),
     )
-    ap.add_argument("--measures", default=",".join(common.MEASURES))
+    ap.add_argument(
+        "--measures",
+        type=measure_list,
+        default=list(common.MEASURES),
+        help="comma-separated subset, run in this order, of " + ",".join(common.MEASURES),
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument(
         "--python", default=sys.executable, help="interpreter that has the peers installed"
@@ -427,21 +533,20 @@ def main() -> None:
     unknown = [s for s in wanted if s not in SYSTEMS]
     if unknown:
         ap.error(f"unknown systems {unknown}; known: {SYSTEMS}")
-    measures = [m for m in args.measures.split(",") if m]
     out = Path(args.out)
     if args.render:
         render([Path(f) for f in args.render.split(",")], out)
         return
     systems = wanted  # in the order given: the runs that matter most first
     sub_timeout = 900.0 if args.quick else 2400.0
-    base = ["--quick"] if args.quick else []
+    quick = ["--quick"] if args.quick else []
     # the bound on a slow system's drain and on waiting for its latency backlog; never the
     # crash test, whose "lost" must not count jobs merely not run yet
     bounded = ["--timeout", str(args.timeout)] if args.timeout else []
 
     results: dict[str, dict[str, Any]] = {}
     info: dict[str, Any] = {}
-    use_aof = not args.no_redis_aof and any(s in REDIS_SYSTEMS for s in systems)
+    use_aof = not args.no_redis_aof and any(base(s) in REDIS_SYSTEMS for s in systems)
     with redis_aof(use_aof) as redis_desc:
         env_notes = environment_notes(redis_desc)
         for system in systems:
@@ -456,11 +561,11 @@ def main() -> None:
                 print(f"{system}: cannot run: {d['error']}", flush=True)
                 continue
             per: dict[str, Any] = {}
-            for measure in measures:
+            for measure in args.measures:
                 runs = []
                 extra = bounded if measure in ("drain", "latency") else []
                 for k in range(args.runs):
-                    argv = ["--measure", measure, *base, *extra]
+                    argv = ["--measure", measure, *quick, *extra]
                     r = run_one(args.python, system, argv, sub_timeout)
                     runs.append(r)
                     print(
@@ -487,6 +592,7 @@ def save(
         "quick": args.quick,
         "runs": args.runs,
         "timeout": args.timeout,
+        "measures": args.measures,
         "results": results,
         "info": info,
         "environment": env_notes,
@@ -513,7 +619,10 @@ def render(saved_files: list[Path], out: Path) -> None:
     results = {s: results[s] for s in SYSTEMS if s in results}  # table order
     env_notes = list(dict.fromkeys(note for data in saved for note in data["environment"]))
     args = argparse.Namespace(
-        quick=first["quick"], runs=first["runs"], timeout=first.get("timeout")
+        quick=first["quick"],
+        runs=first["runs"],
+        timeout=first.get("timeout"),
+        measures=first.get("measures", list(common.MEASURES)),
     )
     save(out, results, info, args, env_notes)
     write_markdown(out.with_suffix(".md"), results, info, args, env_notes)
