@@ -184,3 +184,22 @@ def test_backoff_jitter_spreads_the_delay_within_its_fraction() -> None:
     delays = [backoff.delay(2) for _ in range(200)]
     assert all(180 <= delay <= 220 for delay in delays)
     assert len(set(delays)) > 1
+
+
+async def test_wait_and_get_agree_on_a_job_that_failed_then_completed(
+    open_test_queue: QueueOpener,
+) -> None:
+    registry = conveyor.Registry()
+
+    @registry.handler("flaky", backoff=conveyor.Backoff(initial=0, jitter=0))
+    async def flaky(payload: None) -> str:
+        if conveyor.current_job().attempt == 1:
+            raise RuntimeError("first try fails")
+        return "ok"
+
+    async with open_test_queue(registry) as queue:
+        job = await queue.enqueue("flaky")
+        waited = await queue.wait(job.id, timeout=10)
+        read = await queue.get(job.id)
+    assert waited == read
+    assert "first try fails" in (waited.error or "")

@@ -178,3 +178,24 @@ def test_an_object_with_an_async_call_is_an_async_handler() -> None:
     registry = conveyor.Registry()
     registry.handler("resize")(Resize())
     assert registry["resize"].is_async
+
+
+async def test_a_result_too_large_to_write_as_json_fails_its_job_only(
+    open_test_queue: QueueOpener,
+) -> None:
+    registry = conveyor.Registry()
+
+    @registry.handler("huge")
+    async def huge(payload: None) -> int:
+        return 10**5000  # Python refuses to write an int of more than 4300 digits
+
+    @registry.handler("small")
+    async def small(payload: None) -> int:
+        return 1
+
+    async with open_test_queue(registry) as queue:
+        failed = await queue.wait((await queue.enqueue("huge")).id, timeout=10)
+        done = await queue.wait((await queue.enqueue("small")).id, timeout=10)
+    assert failed.status is conveyor.JobStatus.FAILED
+    assert "not JSON-serializable" in (failed.error or "")
+    assert done.result == 1

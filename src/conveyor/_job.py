@@ -137,9 +137,9 @@ def encode_json(value: JSON, what: str) -> str:
     """``value`` as compact JSON text; :class:`NotJSONSerializable` naming ``what`` if it is not."""
     if value is None:
         return "null"
-    if type(value) is int:
-        return str(value)
     try:
+        if type(value) is int:
+            return str(value)
         text = _ENCODER.encode(value)
         # SQLite stores UTF-8: a lone surrogate would fail there, inside the store's batch.
         # ASCII text (the common case, checked in C without a copy) cannot hold one.

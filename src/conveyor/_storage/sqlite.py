@@ -169,14 +169,17 @@ Q_CLAIM: Final = f"""
 """
 Q_COMPLETE_ALL: Final = f"""
     UPDATE jobs SET status = '{decide(JobStatus.RUNNING, Event.COMPLETED)}',
-                    result = attempt.value -> 2, finished_at = ?
-    FROM json_each(?) AS attempt
-    WHERE jobs.id = attempt.value ->> 0 AND jobs.attempts = attempt.value ->> 1
+                    result = done.column3, finished_at = ?
+    FROM (VALUES {{attempts}}) AS done
+    WHERE jobs.id = done.column1 AND jobs.attempts = done.column2
           AND NOT jobs.cancel_requested AND {_status_allows(Event.COMPLETED)}
     RETURNING jobs.id
 """
-"""Completes many attempts in one statement: ``?`` is a JSON array of ``[id, attempt, result]``,
-each result the JSON value itself. Returns the ids it completed."""
+"""Completes many attempts in one statement: ``{attempts}`` is one ``(?, ?, ?)`` per attempt
+(job id, attempt, result JSON). Returns the ids of the jobs it completed: those still running
+that attempt and not asked to cancel."""
+COMPLETE_CHUNK: Final = 1000
+"""Attempts completed per statement at most: 3,000 parameters, far below SQLite's limit."""
 Q_ATTEMPT_STATE: Final = (
     "SELECT status, attempts, max_attempts, cancel_requested FROM jobs WHERE id = ?"
 )
@@ -600,10 +603,16 @@ class Writer:
 
     def _complete_all(self, outcomes: Sequence[Outcome], now: float) -> set[int]:
         """Complete the attempts of ``outcomes`` that are still running and not asked to
-        cancel, in one statement; their job ids."""
-        attempts = ",".join(f"[{o.job.id},{o.job.attempts},{o.result_json}]" for o in outcomes)
-        rows = self._conn.execute(Q_COMPLETE_ALL, (now, f"[{attempts}]")).fetchall()
-        return {row[0] for row in rows}
+        cancel; their job ids."""
+        done: set[int] = set()
+        for start in range(0, len(outcomes), COMPLETE_CHUNK):
+            chunk = outcomes[start : start + COMPLETE_CHUNK]
+            params: list[object] = [now]
+            for outcome in chunk:
+                params += (outcome.job.id, outcome.job.attempts, outcome.result_json)
+            statement = Q_COMPLETE_ALL.format(attempts=", ".join(["(?, ?, ?)"] * len(chunk)))
+            done.update(row[0] for row in self._conn.execute(statement, params))
+        return done
 
     def _end_attempt(self, outcome: Outcome, now: float) -> Change | None:
         job = outcome.job
@@ -637,8 +646,12 @@ class Writer:
             retry_delay=outcome.retry_delay,
         )
         duration = None if job.started_at is None else max(now - job.started_at, 0.0)
+        # A completion keeps the error of the failure before it, as the row does.
+        stored_error = job.error if event is Event.COMPLETED else error
         final = (
-            functools.partial(_final_job, job, status, result_json, error, now, outcome.progress)
+            functools.partial(
+                _final_job, job, status, result_json, stored_error, now, outcome.progress
+            )
             if status.is_terminal
             else None
         )
@@ -727,7 +740,7 @@ def _completed(outcome: Outcome, now: float) -> Change:
         JobStatus.COMPLETED,
         None if job.started_at is None else max(now - job.started_at, 0.0),
         final=functools.partial(
-            _final_job, job, JobStatus.COMPLETED, outcome.result_json, None, now, None
+            _final_job, job, JobStatus.COMPLETED, outcome.result_json, job.error, now, None
         ),
     )
 
