@@ -701,9 +701,7 @@ class Writer:
         if status is JobStatus.PENDING:
             job = row_to_job(self._conn.execute(Q_CANCEL_PENDING, (now, job_id)).fetchone())
             self.pending_count -= 1
-            change = Change(
-                Event.CANCELLED, job_id, job.name, job.status, final=functools.partial(_same, job)
-            )
+            change = Change(Event.CANCELLED, job_id, job.name, job.status, final=lambda: job)
             return CancelResult.CANCELLED, change
         if status is JobStatus.RUNNING:
             self._conn.execute(Q_REQUEST_CANCEL, (job_id,))
@@ -725,10 +723,6 @@ class Writer:
     def touch(self) -> None:
         """A write that changes nothing, to prove the database takes writes."""
         self._conn.execute(Q_TOUCH)
-
-
-def _same(job: Job) -> Job:
-    return job
 
 
 def _completed(outcome: Outcome, now: float) -> Change:
