@@ -187,6 +187,11 @@ class Pool:
             self._store.send_nowait(report)
         except anyio.WouldBlock:
             await self._store.send(report)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The store has ended: the queue is being torn down, this task too, and the
+            # cancellation on its way must be what ends it, not the closed channel.
+            await anyio.lowlevel.checkpoint()
+            raise
 
     def _take_progress(self) -> list[ProgressReport]:
         reports = []
