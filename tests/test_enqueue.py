@@ -185,9 +185,9 @@ async def test_concurrent_enqueues_share_transactions(
     batches: list[int] = []
     apply_batch = store.apply_batch
 
-    def counting(writer, commands, *args):  # type: ignore[no-untyped-def]
+    def counting(writer, commands, *args, **options):  # type: ignore[no-untyped-def]
         batches.append(len(commands))
-        return apply_batch(writer, commands, *args)
+        return apply_batch(writer, commands, *args, **options)
 
     monkeypatch.setattr(store, "apply_batch", counting)
     async with open_test_queue(make_registry()) as queue:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import trio
 
 import conveyor
 from conveyor import JobStatus
@@ -199,3 +201,35 @@ async def test_a_result_too_large_to_write_as_json_fails_its_job_only(
     assert failed.status is conveyor.JobStatus.FAILED
     assert "not JSON-serializable" in (failed.error or "")
     assert done.result == 1
+
+
+def test_a_write_lock_held_outside_makes_the_store_wait_without_blocking_the_loop(
+    db_path: Path,
+) -> None:
+    """Small batches run on the loop's thread, but never wait there for a lock."""
+
+    async def main() -> None:
+        async with conveyor.open_queue(db_path, handlers=noop_registry()) as queue:
+            other = sqlite3.connect(db_path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            ticks = 0
+            enqueued = trio.Event()
+
+            async def enqueue() -> None:
+                await queue.enqueue("noop", 1)
+                enqueued.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(enqueue)
+                for _ in range(10):
+                    await trio.sleep(0.02)
+                    ticks += 1
+                assert not enqueued.is_set()
+                other.rollback()
+                other.close()
+                with trio.fail_after(5):
+                    await enqueued.wait()
+            assert ticks == 10
+            assert [job.status for job in await queue.list()] == [JobStatus.COMPLETED]
+
+    trio.run(main)

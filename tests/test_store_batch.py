@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ import pytest
 
 from conveyor import Event, Job, JobStatus, QueueFull
 from conveyor._actors.messages import Cancel, Enqueue, Purge, Reply, Report
-from conveyor._actors.store import Claims, Effects, apply_batch
-from conveyor._storage.sqlite import NewJob, Outcome, Writer
+from conveyor._actors.store import INLINE_ROWS, Claims, Effects, apply_batch, rows_written
+from conveyor._storage.sqlite import NewJob, Outcome, Writer, WriterBusy
 
 NOW = 1_800_000_000.0
 
@@ -179,3 +180,53 @@ def test_a_row_inserted_from_outside_does_not_break_the_next_enqueue(writer: Wri
     outside.commit()
     outside.close()
     assert [job.id for job in enqueue(writer, new_job())] == [3]
+
+
+def outside_lock(writer: Writer) -> sqlite3.Connection:
+    """Another connection to the writer's file holding the write lock (an admin's session)."""
+    other = sqlite3.connect(writer.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_a_batch_not_to_wait_raises_writer_busy_when_another_connection_writes(
+    writer: Writer,
+) -> None:
+    other = outside_lock(writer)
+    try:
+        with pytest.raises(WriterBusy):
+            apply_batch(
+                writer, [Report([], [], 1)], NOW, float("inf"), Claims(), wait_for_lock=False
+            )
+        assert not writer._conn.in_transaction
+    finally:
+        other.close()
+
+
+def test_a_batch_that_may_wait_goes_on_once_the_lock_is_free(writer: Writer) -> None:
+    other = outside_lock(writer)
+    threading.Timer(0.2, other.rollback).start()
+    try:
+        (job,) = enqueue(writer, new_job())
+    finally:
+        other.close()
+    assert status_of(writer, job.id) == ("pending", 0)
+
+
+def test_the_writer_leaves_wal_checkpoints_to_its_driver(writer: Writer) -> None:
+    assert writer._conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    enqueue(writer, *[new_job() for _ in range(100)])
+    writer.checkpoint()
+    busy, frames, copied = writer._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert (busy, frames) == (0, copied)
+
+
+def test_rows_written_counts_what_a_batch_touches() -> None:
+    reply: Reply[Any] = Reply()
+    commands = [
+        Enqueue([new_job(), new_job()], reply),
+        Report([], [], 3),
+        Cancel(1, reply),
+    ]
+    assert rows_written(commands, Claims(wanted=4)) == 2 + 3 + 1 + 4
+    assert rows_written([Purge(0.0, reply)], Claims()) > INLINE_ROWS

@@ -241,6 +241,7 @@ async def open_queue(
             clock=wall_clock,
             max_pending=max_pending,
             run_sql=run_sql,
+            inline_small=sql_thread and synchronous == "normal",
             readers=readers,
             shutdown_grace=shutdown_grace,
         ) as queue:
@@ -266,6 +267,7 @@ async def _running_actors(
     clock: Callable[[], float],
     max_pending: int | None,
     run_sql: Callable[[Callable[[], Any]], Awaitable[Any]],
+    inline_small: bool,
     readers: Readers,
     shutdown_grace: float,
 ) -> AsyncIterator[Queue]:
@@ -285,6 +287,7 @@ async def _running_actors(
         timer=timer_tx,
         listeners=runtime.listeners,
         max_pending=max_pending,
+        inline_small=inline_small,
     )
     pool = Pool(
         registry=registry, slots=workers, inbox=pool_rx, to_self=pool_tx.clone(), store=store_tx

@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Final, Literal
@@ -53,6 +54,10 @@ logger = logging.getLogger("conveyor")
 
 REPORTS_IN_FLIGHT: Final = 2
 """Reports sent to the store and not yet answered: one being applied, one filling up."""
+
+HOG_LIMIT: Final = 0.001
+"""Seconds a worker runs handlers back to back, without yielding, before it lets the other
+tasks run. A yield per job would cost more than a no-op handler does."""
 
 StopReason = Literal["cancel", "shutdown"]
 
@@ -220,19 +225,23 @@ class Pool:
         handler does.
         """
         checkpoint = self._fast.checkpoint
+        clock = time.perf_counter
         while True:
             scope = self._fast.cancel_scope()
             attempt: Attempt | None = None
             with scope:
-                while not scope.cancel_called:
+                yielded_at = clock()
+                while True:
                     attempt = await self._next_attempt(scope)
                     finished = await self._attempt(attempt)
-                    self._end(attempt, finished)
-                    attempt = None
-                    if self._ready and not scope.cancel_called:
-                        # An async handler that never yields must not keep the other tasks
-                        # from running. (With nothing ready, waiting for a job yields anyway.)
+                    ended, attempt = attempt, None
+                    if self._end(ended, finished):
+                        break
+                    if self._ready and clock() - yielded_at > HOG_LIMIT:
+                        # Handlers that never yield must not keep the other tasks from
+                        # running for long. (With nothing ready, waiting for a job yields.)
                         await checkpoint()
+                        yielded_at = clock()
             if attempt is not None:
                 # Cancelled (a cancel, its timeout, or shutdown) before the handler returned.
                 self._end(attempt, None)
@@ -248,28 +257,31 @@ class Pool:
         logger.debug("job %d (%s) attempt %d starts", job.id, job.name, job.attempts)
         return attempt
 
-    def _end(self, attempt: Attempt, finished: Outcome | None) -> None:
-        """Settle how ``attempt`` ended (``finished``: what the handler did, if it returned)."""
+    def _end(self, attempt: Attempt, finished: Outcome | None) -> bool:
+        """Settle how ``attempt`` ended (``finished``: what the handler did, if it returned);
+        whether its scope was cancelled (and so cannot be used again)."""
         job, scope = attempt.job, attempt.scope
+        cancelled = scope.cancel_called
         del self._running[job.id]
         # A sync handler cannot be interrupted, so a cancel or timeout can arrive while it runs
         # and find it finished: the cancel and the timeout still win. Shutdown does not discard
         # finished work.
         if attempt.reason == "cancel":
             outcome = Outcome(job, Event.CANCELLED)
-        elif attempt.reason is None and scope.cancel_called:
+        elif attempt.reason is None and cancelled:
             timeout = f"timed out after {job.timeout:g} s (attempt cancelled)"
             outcome = _failure(job, timeout, self._backoff_of(job))
         elif finished is not None:
             outcome = finished
         else:
             outcome = Outcome(job, Event.INTERRUPTED)
-        if job.timeout is not None and not scope.cancel_called:
+        if job.timeout is not None and not cancelled:
             scope.deadline = math.inf
         if attempt.progress is not None:
             outcome = attrs.evolve(outcome, progress=attempt.progress)
         self._outcomes.append(outcome)
         self._ask_flush()
+        return cancelled
 
     def _backoff_of(self, job: Job) -> Backoff:
         return self._registry[job.name].backoff if job.name in self._registry else Backoff()

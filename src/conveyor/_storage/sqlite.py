@@ -352,10 +352,18 @@ def _acquire_lock(path: str) -> int:
     return fd
 
 
+BUSY_TIMEOUT_MS: Final = 5000
+"""How long a connection that may wait waits for another one's lock before it gives up."""
+
+
 def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=uri)
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     return conn
+
+
+class WriterBusy(Exception):
+    """Another connection holds the write lock, and this transaction was not to wait for it."""
 
 
 def read_identity(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -421,10 +429,15 @@ class Writer:
     Methods run inside a transaction the caller opened with :meth:`begin`; they never commit.
     ``pending_count`` (pending jobs) and ``next_due`` are kept here, in step with every write,
     and reloaded from the file by :meth:`rollback`.
+
+    The writer never checkpoints the WAL on its own (a checkpoint writes the database file and
+    syncs it, which may take milliseconds): whoever drives it calls :meth:`checkpoint` where a
+    pause is harmless.
     """
 
     def __init__(self, path: str, *, synchronous: Synchronous = "normal") -> None:
         self.path = path
+        self.synchronous = synchronous
         self._lock_fd = _acquire_lock(path)
         try:
             try:
@@ -435,6 +448,8 @@ class Writer:
                 _migrate(self._conn, path)
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+                self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+                self._conn.execute("PRAGMA busy_timeout = 0")
             except BaseException:
                 self._conn.close()
                 raise
@@ -459,14 +474,34 @@ class Writer:
     def close(self) -> None:
         """Close the connection and release the file lock."""
         try:
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA optimize")
             self._conn.close()
         finally:
             os.close(self._lock_fd)
 
     # --- transactions ----------------------------------------------------------------------
-    def begin(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
+    def begin(self, *, wait: bool = True) -> None:
+        """Open a write transaction. If another connection holds the write lock, wait up to
+        :data:`BUSY_TIMEOUT_MS` for it, or, with ``wait=False``, raise :class:`WriterBusy` at
+        once (nothing was done)."""
+        if not wait:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                    raise WriterBusy(str(exc)) from None
+                raise
+            return
+        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        finally:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file, as far as readers allow."""
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def commit(self) -> None:
         self._conn.execute("COMMIT")
