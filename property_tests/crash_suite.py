@@ -1,6 +1,6 @@
 """The kill -9 suite: a loaded queue killed at random moments, restarted, then drained.
 
-    python property_tests/crash_suite.py --cycles 200 [--seed N]
+    python property_tests/crash_suite.py --cycles 200 [--seed N] [--disk-full]
 
 runs it by hand (CI runs ten cycles through ``test_crash_suite.py``). Each cycle starts a child
 process in which producers enqueue jobs and print each acknowledged id, and handlers log their
@@ -8,6 +8,11 @@ side effects to a file with fsync; the parent kills the child with SIGKILL at a 
 notes which jobs the database says were running then. At the end a last child drains the queue,
 and the parent checks: no acknowledged job lost, none left ``running``, every job completed at
 least once, and only jobs that were running at a kill ran more than once.
+
+With ``--disk-full`` (root only) the database lives on a small tmpfs, and in a third of the
+cycles the parent fills that disk while the child runs, then frees it (before or after the
+kill): the child must live through the full disk (its calls fail, and producers try again)
+and lose nothing it acknowledged.
 
 The same file is the child: ``crash_suite.py load DB LOG`` and ``crash_suite.py drain DB LOG``.
 """
@@ -68,7 +73,11 @@ async def load(db: str) -> None:
 
         async def produce(producer: int) -> None:
             for n in range(1_000_000):
-                job = await queue.enqueue("work", {"n": n, "producer": producer})
+                try:
+                    job = await queue.enqueue("work", {"n": n, "producer": producer})
+                except conveyor.DatabaseUnavailable:
+                    await trio.sleep(0.01)  # the disk is full: not acknowledged, try again
+                    continue
                 sys.stdout.write(f"ack {job.id}\n")
                 sys.stdout.flush()
                 await trio.sleep(random.uniform(0, 0.004))
@@ -96,6 +105,7 @@ class Report:
     problems: list[str] = attrs.Factory(list)
     jobs: int = 0
     reruns: int = 0
+    squeezes: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -103,7 +113,8 @@ class Report:
         return (
             f"{verdict}: {self.cycles} kill cycles in {self.seconds:.0f} s, {self.jobs} jobs, "
             f"{len(self.acknowledged)} acknowledged, {len(self.running_at_a_kill)} running at a "
-            f"kill, {self.reruns} re-run" + "".join(f"\n  {p}" for p in self.problems)
+            f"kill, {self.reruns} re-run, {self.squeezes} disk-full phases"
+            + "".join(f"\n  {p}" for p in self.problems)
         )
 
 
@@ -116,8 +127,14 @@ def _spawn(mode: str, db: Path, log: Path) -> subprocess.Popen[str]:
     )
 
 
-def _kill_at_random(child: subprocess.Popen[str], rng: random.Random) -> set[int]:
-    """Let ``child`` run a random while, SIGKILL it, and return the ids it acknowledged."""
+def _kill_at_random(
+    child: subprocess.Popen[str], rng: random.Random, squeeze: Path | None, report: Report
+) -> set[int]:
+    """Let ``child`` run a random while, SIGKILL it, and return the ids it acknowledged.
+
+    With ``squeeze``, a disk to fill: fill it for a random while during the run, and free it
+    before or after the kill.
+    """
     acked: set[int] = set()
     assert child.stdout is not None
     stdout = child.stdout
@@ -130,11 +147,46 @@ def _kill_at_random(child: subprocess.Popen[str], rng: random.Random) -> set[int
     reader = threading.Thread(target=read)
     reader.start()
     time.sleep(rng.uniform(0.05, 0.8))
+    ballast = None
+    if squeeze is not None:
+        # Only once the child has the file open: opening on a full disk fails, as it should.
+        deadline = time.monotonic() + 10
+        while not acked and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ballast = _fill(squeeze)
+        time.sleep(rng.uniform(0.1, 0.5))
+        if rng.random() < 0.5:
+            ballast.unlink(missing_ok=True)
+            ballast = None
+            time.sleep(rng.uniform(0.05, 0.4))
+        report.squeezes += 1
+    if child.poll() is not None:
+        report.problems.append(f"a child exited on its own with {child.returncode}")
     child.send_signal(signal.SIGKILL)
     child.wait()
     reader.join()
     stdout.close()
+    if ballast is not None:
+        ballast.unlink(missing_ok=True)
     return acked
+
+
+def _fill(disk: Path) -> Path:
+    """Take every free byte of ``disk`` with one file."""
+    ballast = disk / "ballast"
+    try:
+        with open(ballast, "ab") as file:
+            while True:
+                file.write(b"\0" * 65536)
+                file.flush()
+    except OSError:
+        pass  # full (or already full: then the file may not even exist)
+    return ballast
+
+
+def _mount_small_disk(folder: Path) -> None:
+    folder.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], check=True)
 
 
 def _rows(db: Path, query: str) -> list[tuple[int, str]]:
@@ -145,13 +197,25 @@ def _rows(db: Path, query: str) -> list[tuple[int, str]]:
         conn.close()
 
 
-def run(cycles: int, directory: Path, seed: int) -> Report:
+def run(cycles: int, directory: Path, seed: int, *, disk_full: bool = False) -> Report:
     rng = random.Random(seed)
-    db, log = directory / "jobs.db", directory / "side-effects.log"
+    disk = directory / "disk" if disk_full else None
+    if disk is not None:
+        _mount_small_disk(disk)
+    try:
+        return _run(cycles, rng, directory, disk)
+    finally:
+        if disk is not None:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _run(cycles: int, rng: random.Random, directory: Path, disk: Path | None) -> Report:
+    db, log = (disk or directory) / "jobs.db", directory / "side-effects.log"
     report = Report()
     began = time.monotonic()
     for _ in range(cycles):
-        report.acknowledged |= _kill_at_random(_spawn("load", db, log), rng)
+        squeeze = disk if disk is not None and rng.random() < 1 / 3 else None
+        report.acknowledged |= _kill_at_random(_spawn("load", db, log), rng, squeeze, report)
         report.cycles += 1
         if db.exists():
             running = _rows(db, "SELECT id, status FROM jobs WHERE status = 'running'")
@@ -200,12 +264,15 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=200, help="kill cycles (default 200)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     parser.add_argument("--dir", type=Path, default=None, help="keep the files here")
+    parser.add_argument(
+        "--disk-full", action="store_true", help="fill the database's disk in some cycles (root)"
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="conveyor-crash-"))
     directory.mkdir(parents=True, exist_ok=True)
     print(f"seed {seed}, files in {directory}")
-    report = run(args.cycles, directory, seed)
+    report = run(args.cycles, directory, seed, disk_full=args.disk_full)
     print(report.summary())
     sys.exit(1 if report.problems else 0)
 

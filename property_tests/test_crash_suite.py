@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,5 +16,16 @@ def test_ten_kill_cycles_under_load_lose_nothing_and_rerun_only_running_jobs(
     tmp_path: Path,
 ) -> None:
     report = crash_suite.run(cycles=10, directory=tmp_path, seed=10)
+    assert report.acknowledged, "the producers never got an enqueue acknowledged"
+    assert not report.problems, report.summary()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_kill_cycles_with_a_disk_that_fills_up_lose_nothing(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the disk-full phase mounts a tmpfs, which needs root")
+    report = crash_suite.run(cycles=9, directory=tmp_path, seed=11, disk_full=True)
+    assert report.squeezes, "no cycle filled the disk"
     assert report.acknowledged, "the producers never got an enqueue acknowledged"
     assert not report.problems, report.summary()

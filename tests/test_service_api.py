@@ -55,7 +55,9 @@ def serve_app(
         async with open_test_queue(make_registry(gate)) as queue:
             service = Service(queue, clock=wall_clock, **options)
             transport = httpx.ASGITransport(app=service.asgi)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://127.0.0.1"
+            ) as client:
                 yield client
             service.close()
             gate.open()

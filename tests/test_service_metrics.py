@@ -54,7 +54,7 @@ async def scrape(
         await queue.cancel(cancelled.id)
         assert later.id
         transport = httpx.ASGITransport(app=service.asgi)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             response = await client.get("/metrics")
         service.close()
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")

@@ -48,6 +48,11 @@ class DatabaseError(ConveyorError):
     """The database file cannot be used: not a conveyor database, corrupt, or unwritable."""
 
 
+class DatabaseUnavailable(DatabaseError):
+    """A write failed for a reason that may pass (disk full, locked, I/O error): nothing of the
+    call was written, and the queue keeps running; the message says what to do. Retry later."""
+
+
 class SchemaTooNew(DatabaseError):
     """The database was written by a newer conveyor whose schema this version does not know."""
 

@@ -24,6 +24,12 @@ DEFAULT_PRIORITY: Final = 5
 MAX_KEY_LENGTH: Final = 255
 MAX_INT: Final = 2**63 - 1
 """The largest integer SQLite stores: the bound on ids and attempt counts."""
+MIN_RUN_AT: Final = 946_684_800.0
+"""2000-01-01 00:00 UTC as epoch seconds: the earliest ``run_at`` but 0."""
+MAX_RUN_AT: Final = 32_503_680_000.0
+"""3000-01-01 00:00 UTC as epoch seconds: the latest ``run_at``."""
+MAX_DELAY: Final = 100 * 365.25 * 86400
+"""A hundred years in seconds: the longest ``delay``."""
 
 
 class JobStatus(enum.StrEnum):
@@ -178,8 +184,11 @@ def _check_priority(_: object, __: object, value: int) -> None:
         )
 
 
-def check_seconds(name: str, value: float | None, *, positive: bool = False) -> None:
-    """Refuse a time argument that is not a finite number >= 0 (> 0 when ``positive``)."""
+def check_seconds(
+    name: str, value: float | None, *, positive: bool = False, maximum: float | None = None
+) -> None:
+    """Refuse a time argument that is not a finite number >= 0 (> 0 when ``positive``), or
+    that exceeds ``maximum`` when one is given."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -187,6 +196,36 @@ def check_seconds(name: str, value: float | None, *, positive: bool = False) -> 
     if value < 0 or (positive and value == 0):
         bound = "> 0" if positive else ">= 0"
         raise InvalidArgument(f"{name} must be {bound}, not {value!r}")
+    if maximum is not None and value > maximum:
+        years = maximum / (365.25 * 86400)
+        raise InvalidArgument(
+            f"{name} must be at most {maximum:.0f} seconds (about {years:.0f} years), not {value!r}"
+        )
+
+
+def check_run_at(value: float | None) -> None:
+    """Refuse a ``run_at`` that is not 0 (due at once) or wall-clock epoch seconds within
+    years 2000..3000.
+
+    Outside it a time is a mistake (a delay given as ``run_at``, milliseconds for seconds) or
+    hostile: ``-1e300`` would put a job ahead of every job of its priority ever to come, and
+    make the ages and latencies the queue reports absurd.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidArgument(f"run_at must be finite wall-clock seconds, not {value!r}")
+    if value == 0 or MIN_RUN_AT <= value <= MAX_RUN_AT:
+        return
+    hint = ""
+    if 0 < value < MIN_RUN_AT:
+        hint = "; to run it some seconds from now, give delay instead"
+    elif MIN_RUN_AT <= value / 1000 <= MAX_RUN_AT:
+        hint = "; it looks like milliseconds, and run_at is in seconds"
+    raise InvalidArgument(
+        f"run_at must be epoch seconds between {MIN_RUN_AT:.0f} (year 2000) and "
+        f"{MAX_RUN_AT:.0f} (year 3000), or 0 for at once, not {value!r}{hint}"
+    )
 
 
 def check_max_attempts(value: int | None) -> None:
@@ -198,14 +237,11 @@ def check_max_attempts(value: int | None) -> None:
 
 
 def _check_spec_delay(_: object, __: object, value: float | None) -> None:
-    check_seconds("delay", value)
+    check_seconds("delay", value, maximum=MAX_DELAY)
 
 
 def _check_spec_run_at(_: object, __: object, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidArgument(f"run_at must be finite wall-clock seconds, not {value!r}")
+    check_run_at(value)
 
 
 def _check_spec_timeout(_: object, __: object, value: float | None) -> None:
@@ -237,8 +273,9 @@ def _check_key(_: object, __: object, value: str | None) -> None:
 class JobSpec:
     """A job to enqueue: what :meth:`Queue.enqueue_many` takes. Validated when constructed.
 
-    ``delay`` (seconds from now) and ``run_at`` (wall-clock seconds) are exclusive; with neither,
-    the job is ready at once.
+    ``delay`` (seconds from now, at most :data:`MAX_DELAY`, a hundred years) and ``run_at``
+    (wall-clock epoch seconds within years 2000..3000, or 0 for at once) are exclusive; with
+    neither, the job is ready at once.
     """
 
     name: str = attrs.field(validator=_check_name)

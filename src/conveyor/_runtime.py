@@ -18,7 +18,7 @@ from ._actors.messages import Close, InterruptAll, NextDue, PoolMessage, Reply, 
 from ._actors.pool import Pool
 from ._actors.store import Listener, Store
 from ._actors.timer import Timer
-from ._errors import InvalidArgument, QueueClosed
+from ._errors import DatabaseError, InvalidArgument, QueueClosed
 from ._events import Change
 from ._job import check_seconds
 from ._queue import Queue
@@ -126,8 +126,15 @@ class Runtime:
             raise QueueClosed("the queue is closing or closed")
         return await self._readers.run(read)
 
-    async def shutdown(self, pool: MemoryObjectSendStream[PoolMessage], grace: float) -> None:
-        """Start nothing more, give running jobs ``grace`` seconds, interrupt the rest, stop."""
+    async def shutdown(
+        self, pool: MemoryObjectSendStream[PoolMessage], store: Store, grace: float
+    ) -> None:
+        """Start nothing more, give running jobs ``grace`` seconds, interrupt the rest, stop.
+
+        If writes keep failing, the outcomes of the last attempts are given up after
+        :data:`FAULT_PATIENCE` seconds: those jobs stay ``running`` in the file and are
+        recovered when it is next opened.
+        """
         self.closing = True
         self.waiters.wake_all()
         idle = anyio.Event()
@@ -136,10 +143,34 @@ class Runtime:
             await idle.wait()
         if not idle.is_set():
             pool.send_nowait(InterruptAll())
-            await idle.wait()
+            await _until_idle_or_stuck(idle, store)
         reply: Reply[None] = Reply()
         await self._commands.send(Stop(reply))
         await reply.get()
+
+
+FAULT_PATIENCE: Final = 10.0
+"""Seconds shutdown waits for outcomes to be written while every write fails."""
+
+
+async def _until_idle_or_stuck(idle: anyio.Event, store: Store) -> None:
+    """Wait until ``idle`` is set, or until writes have failed for :data:`FAULT_PATIENCE`."""
+    while not idle.is_set():
+        episode = store.fault
+        if episode is None:
+            async with anyio.create_task_group() as tg:
+
+                async def wake_on(event: anyio.Event) -> None:
+                    await event.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(wake_on, idle)
+                tg.start_soon(wake_on, store.faulted)
+            continue
+        with anyio.move_on_at(episode.started + FAULT_PATIENCE):
+            await idle.wait()
+        if not idle.is_set() and store.fault is episode:
+            return
 
 
 async def _run_inline(function: Callable[[], T]) -> T:
@@ -249,13 +280,17 @@ async def open_queue(
 
 
 def _recover(writer: Writer, now: float) -> None:
-    writer.begin()
     try:
-        writer.recover_running(now)
-        writer.commit()
-    except BaseException:
-        writer.rollback()
-        raise
+        writer.begin()
+        try:
+            writer.recover_running(now)
+            writer.commit()
+        except BaseException:
+            writer.rollback()
+            raise
+    except (sqlite3.Error, storage.FileGone) as exc:
+        fault = storage.classify_fault(exc, writer.path)
+        raise DatabaseError(f"{writer.path}: {exc}" if fault is None else fault.what) from None
 
 
 @contextlib.asynccontextmanager
@@ -306,10 +341,10 @@ async def _running_actors(
                     runtime.closing = True
                     raise
                 except BaseException:
-                    await runtime.shutdown(pool_tx, shutdown_grace)
+                    await runtime.shutdown(pool_tx, store, shutdown_grace)
                     raise
                 else:
-                    await runtime.shutdown(pool_tx, shutdown_grace)
+                    await runtime.shutdown(pool_tx, store, shutdown_grace)
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The task group wraps whatever left it; callers should see the error itself.

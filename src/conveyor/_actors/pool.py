@@ -10,30 +10,41 @@ so a slot that frees while the store works on a report is asked for in the next 
 
 It keeps no copy of pending jobs and asks only for slots that are free, so what it runs is
 always the best ready jobs (DESIGN §4, invariant 4).
+
+Whatever a handler raises, ``BaseException`` included, fails only its attempt: the only
+exceptions that leave a worker are the cancellations conveyor itself delivered (a cancel, a
+timeout, shutdown, the queue's teardown) and a real Ctrl-C. A :class:`Watchdog` thread warns when
+an async handler blocks the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import logging
 import math
+import signal
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Final, Literal
+from types import FrameType
+from typing import Final, Literal, NoReturn
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import attrs
+import sniffio
+import trio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._context import JobContext, enter_context, leave_context, run_with_context
 from .._errors import NotJSONSerializable, UnknownHandler
 from .._fastpath import Scope, Signal, primitives
-from .._job import Event, Job, encode_json
+from .._job import JSON, Event, Job, encode_json
 from .._registry import Registry
 from .._retry import Backoff, Fail, Retry
 from .._sqlthread import call_soon_threadsafe
@@ -59,22 +70,30 @@ HOG_LIMIT: Final = 0.001
 """Seconds a worker runs handlers back to back, without yielding, before it lets the other
 tasks run. A yield per job would cost more than a no-op handler does."""
 
+STALL_THRESHOLD: Final = 1.0
+"""Seconds the event loop may go without running a callback before the watchdog warns."""
+
+STALL_CHECK_INTERVAL: Final = 0.2
+"""Seconds the watchdog sleeps between two looks at the event loop."""
+
 StopReason = Literal["cancel", "shutdown"]
 
 
 class Attempt:
-    """One running attempt: its job, its cancel scope, why it was stopped, and its progress.
+    """One running attempt: its job, its cancel scope, when it started (on the event loop's
+    clock), why it was stopped, and its progress.
 
     ``reason`` is written by the pool just before it cancels ``scope`` and read by the worker
     after the scope exits. ``progress`` may be written from a handler's thread: a single
     attribute store, which the GIL makes atomic.
     """
 
-    __slots__ = ("job", "progress", "progress_told", "reason", "scope")
+    __slots__ = ("job", "progress", "progress_told", "reason", "scope", "started")
 
-    def __init__(self, job: Job, scope: Scope) -> None:
+    def __init__(self, job: Job, scope: Scope, started: float) -> None:
         self.job = job
         self.scope = scope
+        self.started = started
         self.reason: StopReason | None = None
         self.progress: tuple[float, str | None] | None = None
         self.progress_told = False
@@ -109,11 +128,30 @@ class Pool:
         self._job_arrived: Signal = self._fast.event()
         self._closing: anyio.Event | None = None
         self._released = False
+        # A thread for every slot: anyio's default limiter (40 threads) would leave sync
+        # handlers of the other slots claimed, counted running, and waiting for a thread.
         self._threads = anyio.CapacityLimiter(slots)
         self._loop_thread = threading.get_ident()
         self._call_soon: Callable[[Callable[[], object]], object] = call_soon_threadsafe()
+        self._now = _loop_clock()
+        self._watchdog = Watchdog(self._call_soon, self._describe_stall)
 
     async def run(self) -> None:
+        """Run the workers and the conversation with the store until cancelled; the watchdog
+        thread runs as long as this does."""
+        self._watchdog.start()
+        try:
+            await self._run_workers()
+        except BaseExceptionGroup as group:
+            # What stops a worker (a real Ctrl-C in a handler) leaves as itself, not wrapped
+            # in the workers' group: a caller's ``except KeyboardInterrupt`` must see it.
+            if len(group.exceptions) != 1:
+                raise
+            _raise_alone(group.exceptions[0])
+        finally:
+            self._watchdog.stop()
+
+    async def _run_workers(self) -> None:
         async with self._inbox, self._to_self, anyio.create_task_group() as workers:
             for _ in range(self._slots):
                 workers.start_soon(self._work)
@@ -250,10 +288,12 @@ class Pool:
         while not self._ready:
             await self._job_arrived.wait()
         job = self._ready.popleft()
-        attempt = Attempt(job, scope)
+        attempt = Attempt(job, scope, self._now())
         self._running[job.id] = attempt
         if job.timeout is not None:
-            scope.deadline = anyio.current_time() + job.timeout
+            # Nothing waits between here and the handler's start (every slot has its thread):
+            # the timeout counts the handler's own time.
+            scope.deadline = attempt.started + job.timeout
         logger.debug("job %d (%s) attempt %d starts", job.id, job.name, job.attempts)
         return attempt
 
@@ -263,18 +303,22 @@ class Pool:
         job, scope = attempt.job, attempt.scope
         cancelled = scope.cancel_called
         del self._running[job.id]
+        # An async handler that blocks the loop past its deadline returns before the timeout
+        # can fire (trio's scope notices, asyncio's does not): the clock decides.
+        late = job.timeout is not None and self._now() >= scope.deadline
         # A sync handler cannot be interrupted, so a cancel or timeout can arrive while it runs
         # and find it finished: the cancel and the timeout still win. Shutdown does not discard
         # finished work.
         if attempt.reason == "cancel":
-            outcome = Outcome(job, Event.CANCELLED)
-        elif attempt.reason is None and cancelled:
-            timeout = f"timed out after {job.timeout:g} s (attempt cancelled)"
-            outcome = _failure(job, timeout, self._backoff_of(job))
+            outcome = Outcome(job, Event.CANCELLED, duration=self._now() - attempt.started)
+        elif attempt.reason is None and (cancelled or late):
+            duration = self._now() - attempt.started
+            error = _timed_out(job, None if finished is None else finished.duration)
+            outcome = _failure(job, error, self._backoff_of(job), duration)
         elif finished is not None:
             outcome = finished
         else:
-            outcome = Outcome(job, Event.INTERRUPTED)
+            outcome = Outcome(job, Event.INTERRUPTED, duration=self._now() - attempt.started)
         if job.timeout is not None and not cancelled:
             scope.deadline = math.inf
         if attempt.progress is not None:
@@ -287,12 +331,19 @@ class Pool:
         return self._registry[job.name].backoff if job.name in self._registry else Backoff()
 
     async def _attempt(self, attempt: Attempt) -> Outcome:
-        """Run the handler once; the outcome of a return or a raise (cancellation propagates)."""
+        """Run the handler once; the outcome of its return or of whatever it raised.
+
+        A cancellation that conveyor delivered (this attempt's scope or an enclosing one was
+        cancelled: a cancel, the timeout, shutdown, the queue's teardown) propagates, and so
+        does a real Ctrl-C; any other exception, ``BaseException`` included (``SystemExit``,
+        ``KeyboardInterrupt`` raised by the handler, a cancellation from someone else's
+        scope), is a failed attempt.
+        """
         job = attempt.job
         try:
             handler = self._registry[job.name]
         except UnknownHandler as exc:
-            return _failure(job, f"{exc}\n(in the process that claimed it)", Backoff())
+            return _failure(job, f"{exc}\n(in the process that claimed it)", Backoff(), 0.0)
         context = JobContext(
             job.id, job.name, job.attempts, job.payload, functools.partial(self._note, attempt)
         )
@@ -306,22 +357,21 @@ class Pool:
             else:
                 call = functools.partial(handler.function, job.payload)
                 result = await anyio.to_thread.run_sync(
-                    run_with_context, context, call, limiter=self._threads
+                    _run_in_thread, context, call, limiter=self._threads
                 )
-        except Fail as exc:
-            return Outcome(job, Event.FAILED, error=_describe(exc))
-        except Retry as exc:
-            delay = exc.delay if exc.delay is not None else handler.backoff.delay(job.attempts)
-            return Outcome(job, Event.RETRIED, error=_describe(exc), retry_delay=delay)
-        except Exception as exc:
-            return _failure(job, _describe(exc), handler.backoff)
+        except BaseException as exc:
+            if _is_own_cancellation(exc, attempt.scope) or _is_ctrl_c(exc):
+                raise
+            raised = exc.exception if isinstance(exc, RaisedInThread) else exc
+            return _raised(job, raised, handler.backoff, self._now() - attempt.started)
+        duration = self._now() - attempt.started
         try:
             result_json = encode_json(result, f"the result of job {job.id} ({job.name!r})")
         except NotJSONSerializable as exc:
             # Not retried: the handler did its work, and running it again would repeat its
             # side effects only to return the same value.
-            return Outcome(job, Event.FAILED, error=str(exc))
-        return Outcome(job, Event.COMPLETED, result_json)
+            return Outcome(job, Event.FAILED, error=str(exc), duration=duration)
+        return Outcome(job, Event.COMPLETED, result_json, duration=duration)
 
     def _note(self, attempt: Attempt, fraction: float, message: str | None) -> None:
         """A handler reported progress: keep the latest; the next report carries it.
@@ -341,10 +391,215 @@ class Pool:
             self._progress.append(attempt)
             self._ask_flush()
 
+    def _describe_stall(self) -> str:
+        """The async jobs running while the loop is blocked, and where the loop's thread is.
 
-def _failure(job: Job, error: str, backoff: Backoff) -> Outcome:
+        Called from the watchdog's thread while the loop's thread is stuck (so the running
+        attempts do not change under it); reads only.
+        """
+        running = [
+            f"job {attempt.job.id} ({attempt.job.name!r})"
+            for attempt in tuple(self._running.values())
+            if attempt.job.name in self._registry and self._registry[attempt.job.name].is_async
+        ]
+        jobs = f"async jobs running: {', '.join(running)}" if running else "no async job runs"
+        frame = sys._current_frames().get(self._loop_thread)
+        return jobs if frame is None else f"{jobs}; the loop's thread is at {_where(frame)}"
+
+
+class Watchdog:
+    """A thread that warns when the event loop stops running, as when an async handler blocks
+    it (``time.sleep``, CPU-bound work, blocking I/O): every job then stalls, and no timeout
+    can fire.
+
+    Every ``interval`` seconds the thread asks the loop, through its thread-safe "call soon",
+    to answer; an ask left unanswered for ``threshold`` seconds is a stall. It logs one
+    WARNING per stall (how long so far, and what ``describe`` says runs), and one INFO when
+    the loop answers again. It sleeps between looks; an idle loop is woken once per look.
+    """
+
+    def __init__(
+        self,
+        call_soon: Callable[[Callable[[], object]], object],
+        describe: Callable[[], str],
+        *,
+        threshold: float | None = None,
+        interval: float | None = None,
+    ) -> None:
+        self._call_soon = call_soon
+        self._describe = describe
+        self._threshold = STALL_THRESHOLD if threshold is None else threshold
+        self._interval = STALL_CHECK_INTERVAL if interval is None else interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="conveyor-watchdog", daemon=True)
+        self._asked_at: float | None = None
+        """When the unanswered ask was made; ``None`` once answered, at ``_answered_at``."""
+        self._answered_at = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread; returns once it has ended (it wakes at once)."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _answer(self) -> None:
+        # Runs on the event loop. Single stores (atomic under the GIL), in this order: the
+        # thread that sees no ask pending sees when it was answered.
+        self._answered_at = time.monotonic()
+        self._asked_at = None
+
+    def _watch(self) -> None:
+        stalled_since: float | None = None
+        while not self._stopping.wait(self._interval):
+            asked_at = self._asked_at
+            if asked_at is not None:
+                blocked = time.monotonic() - asked_at
+                if stalled_since is None and blocked >= self._threshold:
+                    stalled_since = asked_at
+                    logger.warning(
+                        "the event loop has been blocked for %.1f s so far: every job waits, "
+                        "and no timeout can fire (%s). An async handler must not block: "
+                        "await, or make it a sync handler (it runs in a thread)",
+                        blocked,
+                        self._describe(),
+                    )
+                continue
+            if stalled_since is not None:
+                _log_stall_end(self._answered_at - stalled_since)
+                stalled_since = None
+            if not self._ask():
+                return
+        if stalled_since is not None:
+            # Stopped by the loop, which therefore runs again (perhaps not yet answered).
+            answered_at = time.monotonic() if self._asked_at is not None else self._answered_at
+            _log_stall_end(answered_at - stalled_since)
+
+    def _ask(self) -> bool:
+        """Ask the loop to answer; whether it can still be asked."""
+        self._asked_at = time.monotonic()
+        try:
+            self._call_soon(self._answer)
+        except (RuntimeError, trio.RunFinishedError):
+            return False  # the loop has ended (the pool was torn down without stopping us)
+        return True
+
+
+def _log_stall_end(stalled_for: float) -> None:
+    logger.info("the event loop runs again, after a stall of %.1f s", stalled_for)
+
+
+class RaisedInThread(Exception):
+    """Carries a ``BaseException`` that a sync handler raised in its thread back to the event
+    loop as an ``Exception``.
+
+    asyncio throws a thread's exception into the waiting task, and a thrown ``GeneratorExit``
+    closes every coroutine on its way instead of reaching the pool.
+    """
+
+    def __init__(self, exception: BaseException) -> None:
+        super().__init__(exception)
+        self.exception = exception
+
+
+def _run_in_thread(context: JobContext, call: Callable[[], JSON]) -> JSON:
+    """Run a sync handler's ``call`` in its thread with ``context`` as the current job."""
+    try:
+        return run_with_context(context, call)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise RaisedInThread(exc) from None
+
+
+def _raise_alone(error: BaseException) -> NoReturn:
+    """Raise ``error`` from inside an ``except`` block, keeping its own cause and context."""
+    chained = (error.__cause__, error.__context__, error.__suppress_context__)
+    try:
+        raise error
+    finally:
+        error.__cause__, error.__context__, error.__suppress_context__ = chained
+
+
+def _loop_clock() -> Callable[[], float]:
+    """The running event loop's clock: monotonic (a mock clock's in tests), and cheap enough
+    to read on every attempt."""
+    if sniffio.current_async_library() == "trio":
+        return trio.current_time
+    return asyncio.get_running_loop().time
+
+
+def _is_own_cancellation(exc: BaseException, scope: Scope) -> bool:
+    """Whether ``exc`` is the cancellation of ``scope`` (or of a scope around it), which must
+    reach the scope that was cancelled, not one that a handler brought from elsewhere (a task
+    someone else cancelled, a scope of its own)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.split(cancelled)[1] is not None:
+            return False  # not only cancellations: the handler's own error is in it
+    elif not isinstance(exc, cancelled):
+        return False
+    return scope.cancel_called or anyio.current_effective_deadline() == -math.inf
+
+
+def _is_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or holds, a ``KeyboardInterrupt`` raised by the SIGINT handler: a
+    real Ctrl-C that landed while a handler's code ran on the loop's thread, not one the
+    handler raised itself.
+
+    Such an interrupt comes out of the Python function installed for SIGINT (trio's, asyncio's
+    runner's), whose frame is the innermost of its traceback.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_is_ctrl_c(inner) for inner in exc.exceptions)
+    if not isinstance(exc, KeyboardInterrupt) or exc.__traceback__ is None:
+        return False
+    innermost = exc.__traceback__
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    return innermost.tb_frame.f_code is _code_of(signal.getsignal(signal.SIGINT))
+
+
+def _code_of(function: object) -> object:
+    """The code object that runs when ``function`` (a function, a bound method, or a partial
+    of one) is called; ``None`` for a builtin."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    function = getattr(function, "__func__", function)
+    return getattr(function, "__code__", None)
+
+
+def _raised(job: Job, exc: BaseException, backoff: Backoff, duration: float) -> Outcome:
+    """The outcome of an attempt whose handler raised ``exc``."""
+    if isinstance(exc, Fail):
+        return Outcome(job, Event.FAILED, error=_describe(exc), duration=duration)
+    if isinstance(exc, Retry):
+        delay = exc.delay if exc.delay is not None else backoff.delay(job.attempts)
+        return Outcome(
+            job, Event.RETRIED, error=_describe(exc), retry_delay=delay, duration=duration
+        )
+    return _failure(job, _describe(exc), backoff, duration)
+
+
+def _failure(job: Job, error: str, backoff: Backoff, duration: float) -> Outcome:
     """A failed attempt, retried after the backoff if attempts are left."""
-    return Outcome(job, Event.RETRIED, error=error, retry_delay=backoff.delay(job.attempts))
+    delay = backoff.delay(job.attempts)
+    return Outcome(job, Event.RETRIED, error=error, retry_delay=delay, duration=duration)
+
+
+def _timed_out(job: Job, ran_for: float | None) -> str:
+    """The error of an attempt that ran past its timeout; ``ran_for``: how long its handler
+    ran, if it ended by itself (a sync handler, or an async one that blocked the loop)."""
+    if ran_for is None:
+        return f"timed out after {job.timeout:g} s (attempt cancelled)"
+    return f"timed out after {job.timeout:g} s (the handler ran for {ran_for:.3g} s)"
+
+
+def _where(frame: FrameType) -> str:
+    code = frame.f_code
+    return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
 
 
 def _describe(exc: BaseException) -> str:

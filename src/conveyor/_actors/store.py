@@ -6,8 +6,9 @@ waiting (up to :data:`BATCH_LIMIT`), applies the whole batch in one transaction 
 command and announces what changed. A small batch runs on the event loop's thread, where it
 costs less than the hop to the SQL thread would; a large one, a batch that would wait for
 another connection's lock, the WAL checkpoints, and every commit that syncs to disk
-(``synchronous="full"``) run on the SQL thread, so the loop never waits on the disk or a lock. That is group commit: under load many
-enqueues, claims and outcomes share one commit, and an acknowledged command is durable.
+(``synchronous="full"``) run on the SQL thread, so the loop never waits on the disk or a lock.
+That is group commit: under load many enqueues, claims and outcomes share one commit, and an
+acknowledged command is durable.
 
 The store also holds the worker pool's standing claim: how many free slots the pool asked jobs
 for and has not yet been given. Whenever a batch may have made jobs ready (an enqueue, a retry,
@@ -28,10 +29,18 @@ import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._errors import DatabaseError, QueueClosed, QueueFull
+from .._errors import DatabaseError, DatabaseUnavailable, QueueClosed, QueueFull
 from .._events import Change
 from .._job import Event, Job, JobStatus
-from .._storage.sqlite import CancelResult, NewJob, Outcome, Writer, WriterBusy
+from .._storage.sqlite import (
+    CancelResult,
+    Fault,
+    NewJob,
+    Outcome,
+    Writer,
+    WriterBusy,
+    classify_fault,
+)
 from .messages import (
     Cancel,
     Enqueue,
@@ -60,6 +69,10 @@ allows it: a hop to the SQL thread and back costs more than such a batch (about 
 about 150 µs for eight completions and eight claims), and the loop is held for well under a
 millisecond. Larger batches, and any that would wait for another connection's lock, go to the
 SQL thread."""
+
+RETRY_FIRST: Final = 0.05
+RETRY_MAX: Final = 2.0
+"""Held reports are tried again after 50 ms, doubling up to 2 s, while writes fail."""
 
 CHECKPOINT_ROWS: Final = 4000
 """Rows written between WAL checkpoints (roughly SQLite's own default of 1,000 pages for
@@ -213,7 +226,10 @@ def _answer_failed_command(
         # failures, so that no job stays running, and keep the report's slots and release.
         stored_as = f"conveyor could not store this attempt's outcome ({error!r})"
         plain = Report(
-            [Outcome(outcome.job, Event.FAILED, error=stored_as) for outcome in command.outcomes],
+            [
+                Outcome(outcome.job, Event.FAILED, error=stored_as, duration=outcome.duration)
+                for outcome in command.outcomes
+            ],
             [],
             command.more,
             command.release,
@@ -355,6 +371,19 @@ def _enqueue(
     return [inserted[item] if isinstance(item, int) else item for item in results], inserted
 
 
+@attrs.define
+class Episode:
+    """Writes failing since ``started`` (the event loop's clock), first because of ``what``."""
+
+    what: str
+    started: float = attrs.Factory(anyio.current_time)
+    failures: int = 0
+
+    def retry_delay(self) -> float:
+        """How long held work waits for new commands before it is tried again alone."""
+        return float(min(RETRY_FIRST * 2.0 ** max(self.failures - 1, 0), RETRY_MAX))
+
+
 class Store:
     """The persistence actor."""
 
@@ -385,19 +414,54 @@ class Store:
         self._max_pending = math.inf if max_pending is None else max_pending
         self._claims = Claims()
         self._told_due: float | None = None
+        self._held: list[StoreCommand] = []
+        self._episode: Episode | None = None
+        self.faulted = anyio.Event()
+        """Set when writes begin to fail (a fresh one once they succeed again)."""
 
     async def run(self) -> None:
-        """Apply batches until a :class:`Stop` is committed; refuse what comes after it."""
+        """Apply batches until a :class:`Stop` is committed; refuse what comes after it.
+
+        A batch that fails for a reason that may pass (disk full, locked, I/O) fails the
+        commands that wait for an answer, keeps the pool's reports and the timer's ticks to
+        apply again (every later batch carries them, and without new commands they are
+        retried with a growing delay), and the store goes on. A fault that cannot pass (the
+        file deleted, replaced or corrupt) raises :class:`DatabaseError` and ends the queue.
+        """
         try:
             self._tell_timer(self._clock())
-            async for first in self._commands:
-                effects = await self._apply(self._drain([first]))
-                if effects.stopped:
+            while (batch := await self._next_batch()) is not None:
+                if (await self._apply(batch)).stopped:
                     return
         finally:
             # Every command already accepted into the channel gets an answer before it closes.
             self._refuse_remaining()
             self._commands.close()
+
+    @property
+    def fault(self) -> Episode | None:
+        """The fault episode in progress: writes have failed since then; ``None`` when the
+        last write succeeded."""
+        return self._episode
+
+    async def _next_batch(self) -> list[StoreCommand] | None:
+        """The next commands to apply, the held ones first; ``None`` once no more can come."""
+        if not self._held:
+            try:
+                return self._drain([await self._commands.receive()])
+            except anyio.EndOfStream:
+                return None
+        retry = self._held
+        assert self._episode is not None
+        with anyio.move_on_after(self._episode.retry_delay()):
+            try:
+                first = await self._commands.receive()
+            except anyio.EndOfStream:
+                first = None
+            if first is not None:
+                retry.append(first)
+        self._held = []
+        return self._drain(retry)
 
     def _drain(self, batch: list[StoreCommand]) -> list[StoreCommand]:
         while len(batch) < BATCH_LIMIT:
@@ -408,22 +472,76 @@ class Store:
         return batch
 
     async def _apply(self, batch: list[StoreCommand]) -> Effects:
-        """Apply and announce ``batch``."""
+        """Apply and announce ``batch``, or answer its fault."""
         # A batch in flight is never abandoned: cancellation waits until it is committed and
         # every caller has its answer.
         with anyio.CancelScope(shield=True):
             now = self._clock()
             try:
                 effects = await self._write(batch, now)
-            except BaseException as exc:
-                error = DatabaseError(f"writing to {self._writer.path} failed: {exc!r}")
-                for command in batch:
-                    if (reply := getattr(command, "reply", None)) is not None:
-                        reply.fail(error)
-                raise error from exc
+            except Exception as exc:
+                fault = classify_fault(exc, self._writer.path)
+                if fault is None or not fault.passes:
+                    raise self._fail_for_good(batch, exc, fault) from exc
+                return self._hold(batch, fault)
+            if self._episode is not None:
+                logger.info(
+                    "conveyor writes to %s again, after %d failed batches in %.1f s",
+                    self._writer.path,
+                    self._episode.failures,
+                    anyio.current_time() - self._episode.started,
+                )
+                self._episode = None
+                self.faulted = anyio.Event()
             self._claims = effects.claims
             self._announce(effects, now)
         return effects
+
+    def _hold(self, batch: list[StoreCommand], fault: Fault) -> Effects:
+        """Answer a batch that failed with a fault that may pass: fail the commands waiting
+        for an answer; keep the reports and ticks, which are the store's own to retry."""
+        if self._episode is None:
+            self._episode = Episode(fault.what)
+            self.faulted.set()
+            logger.error(
+                "conveyor cannot write to the database: %s. Calls fail with "
+                "DatabaseUnavailable until it can; outcomes of running jobs are kept and "
+                "written then",
+                fault.what,
+            )
+        self._episode.failures += 1
+        error = DatabaseUnavailable(f"{fault.what}. Nothing of this call was written; retry.")
+        effects = Effects(self._claims)
+        for command in batch:
+            if isinstance(command, Report | Tick):
+                self._held.append(command)
+            elif isinstance(command, Stop):
+                # Shutting down: what cannot be written now is recovered at the next open.
+                effects.stopped = True
+                command.reply.set(None)
+            elif (reply := getattr(command, "reply", None)) is not None:
+                reply.fail(error)
+        if effects.stopped and self._held:
+            unsaved = sum(len(c.outcomes) for c in self._held if isinstance(c, Report))
+            logger.warning(
+                "conveyor stops without writing the outcomes of %d attempts (%s); those jobs "
+                "stay running in the file and are recovered when it is next opened",
+                unsaved,
+                fault.what,
+            )
+        return effects
+
+    def _fail_for_good(
+        self, batch: list[StoreCommand], error: Exception, fault: Fault | None
+    ) -> DatabaseError:
+        """The error that ends the queue; the batch's callers get it too."""
+        what = f"writing to {self._writer.path} failed: {error!r}" if fault is None else fault.what
+        stopped = DatabaseError(f"{what}. The queue has stopped.")
+        logger.critical("conveyor stops: %s", what)
+        for command in batch:
+            if (reply := getattr(command, "reply", None)) is not None:
+                reply.fail(stopped)
+        return stopped
 
     async def _write(self, batch: list[StoreCommand], now: float) -> Effects:
         """Apply ``batch`` on the loop if it is small and the lock is free, else on the SQL
@@ -442,16 +560,25 @@ class Store:
                 pass  # another connection writes: wait for it off the loop
             else:
                 if checkpoint:
-                    await self._run_sql(writer.checkpoint)
+                    await self._run_sql(self._checkpoint)
                 return effects
 
         def apply_and_checkpoint() -> Effects:
             effects = apply_batch(writer, batch, now, max_pending, claims)
             if checkpoint:
-                writer.checkpoint()
+                self._checkpoint()
             return effects
 
         return await self._run_sql(apply_and_checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Checkpoint the WAL; a failure is logged and the checkpoint tried again later (the
+        batch before it is committed and must still be announced)."""
+        try:
+            self._writer.checkpoint()
+        except (sqlite3.Error, MemoryError) as exc:
+            self._unchecked_rows = CHECKPOINT_ROWS
+            logger.warning("conveyor could not checkpoint %s: %r", self._writer.path, exc)
 
     def _announce(self, effects: Effects, now: float) -> None:
         for reply, value in effects.replies:

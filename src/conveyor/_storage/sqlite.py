@@ -15,6 +15,7 @@ are not due yet.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -224,10 +225,12 @@ Q_PURGE: Final = f"DELETE FROM jobs WHERE status IN ({_sql_list(TERMINAL)}) AND 
 Q_TOUCH: Final = "UPDATE sqlite_sequence SET seq = seq WHERE 0"
 Q_COUNT_BY_STATUS_NAME: Final = "SELECT status, name, count(*) FROM jobs GROUP BY status, name"
 Q_RECENT_FINISHED: Final = f"""
-    SELECT status, count(*), avg(finished_at - started_at) FROM jobs
+    SELECT status, count(*), avg(max(finished_at - started_at, 0)) FROM jobs
     WHERE finished_at >= ? AND status IN ('{JobStatus.COMPLETED}', '{JobStatus.FAILED}')
     GROUP BY status
 """
+"""Jobs finished since ``?``: how many, and their mean run time by the wall clock, each run
+counted as 0 when the clock was stepped back during it."""
 Q_OLDEST_PENDING: Final = f"SELECT min(created_at) FROM jobs WHERE status = '{_PENDING}'"
 
 RECOVERED_ERROR: Final = (
@@ -289,7 +292,8 @@ class Outcome:
     ``job`` is the job as claimed (its ``attempts`` is the attempt's number, the fencing
     token); ``event`` is the runner's proposal, which :func:`end_attempt` settles against the
     stored state. ``retry_delay`` goes with ``retried``; ``progress`` is the handler's latest
-    report, if it made one.
+    report, if it made one. ``duration`` is how long the attempt ran, measured by the runner on
+    a monotonic clock (``None``: not measured; the wall clock's difference is used, clamped).
     """
 
     job: Job
@@ -298,6 +302,7 @@ class Outcome:
     error: str | None = None
     retry_delay: float = 0.0
     progress: tuple[float, str | None] | None = None
+    duration: float | None = None
 
 
 @attrs.define
@@ -338,8 +343,38 @@ def _lock_path(path: str) -> str:
     return f"{path}.lock"
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _open_error(path: str, error: sqlite3.Error) -> DatabaseError:
+    fault = classify_fault(error, path)
+    return DatabaseError(f"cannot open {path}: {error}" if fault is None else fault.what)
+
+
+_OPEN_ADVICE: Final = {
+    errno.ENOENT: "its folder does not exist: create it first",
+    errno.ENOTDIR: "a part of its path is not a folder",
+    errno.EACCES: "permission denied: check the folder's permissions",
+    errno.EPERM: "permission denied: check the folder's permissions",
+    errno.EROFS: "its file system is read-only: conveyor needs to write beside the file",
+    errno.ENOSPC: "the disk is full: free some space",
+}
+
+
 def _acquire_lock(path: str) -> int:
-    fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    lock = _lock_path(path)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        advice = _OPEN_ADVICE.get(exc.errno or 0, "check the path and its folder")
+        raise DatabaseError(
+            f"cannot open {path}: {exc.strerror} (creating its lock file {lock}); {advice}"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -366,6 +401,52 @@ class WriterBusy(Exception):
     """Another connection holds the write lock, and this transaction was not to wait for it."""
 
 
+class FileGone(Exception):
+    """The path no longer names the file the writer opened (deleted, moved or replaced)."""
+
+
+@attrs.frozen
+class Fault:
+    """Why a write failed: ``what`` happened and what to do, and whether it ``passes``
+    (retrying later may succeed) or the file cannot be used any more."""
+
+    passes: bool
+    what: str
+
+
+def classify_fault(error: BaseException, path: str) -> Fault | None:
+    """The fault of the database behind ``error``; ``None`` if ``error`` is not one (a bug)."""
+    if isinstance(error, FileGone):
+        return Fault(False, f"{path} was deleted, moved or replaced while the queue had it open")
+    if isinstance(error, MemoryError):
+        return Fault(True, "SQLite ran out of memory")
+    if not isinstance(error, sqlite3.Error):
+        return None
+    code = getattr(error, "sqlite_errorcode", None)
+    primary = -1 if code is None else code & 0xFF
+    if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return Fault(False, f"{path} is corrupt ({error}): restore it from a backup")
+    if code == sqlite3.SQLITE_READONLY_DBMOVED:
+        return Fault(False, f"{path} was moved or replaced while the queue had it open")
+    locked = (
+        f"another connection held its write lock for more than {BUSY_TIMEOUT_MS / 1000:g} s "
+        "(a backup tool, an open sqlite3 shell?): end that transaction"
+    )
+    advice = {
+        sqlite3.SQLITE_FULL: "the disk holding it is full: free some space",
+        sqlite3.SQLITE_BUSY: locked,
+        sqlite3.SQLITE_LOCKED: locked,
+        sqlite3.SQLITE_IOERR: "an I/O error: check the disk and the file system",
+        sqlite3.SQLITE_READONLY: (
+            "the file cannot be written: check its permissions and that its file system is "
+            "mounted read-write"
+        ),
+        sqlite3.SQLITE_CANTOPEN: "a file beside it (-wal, -shm) cannot be opened: check the folder",
+        sqlite3.SQLITE_NOMEM: "SQLite ran out of memory",
+    }.get(primary, "check the file and its disk")
+    return Fault(True, f"writing to {path} failed ({error}); {advice}")
+
+
 def read_identity(conn: sqlite3.Connection) -> tuple[int, int]:
     """The file's SQLite application id and schema version (0 and 0 for a new file)."""
     application_id: int = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -386,6 +467,8 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
             0
         ]
     except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_NOTADB:
+            raise _open_error(path, exc) from None
         raise DatabaseError(f"{path} is not a usable SQLite database: {exc}") from None
     if application_id not in (0, APPLICATION_ID) or (version == 0 and tables > 0):
         raise DatabaseError(
@@ -436,6 +519,11 @@ class Writer:
     """
 
     def __init__(self, path: str, *, synchronous: Synchronous = "normal") -> None:
+        """Open (creating or upgrading) the database at ``path`` and take its file lock.
+
+        Raises :class:`DatabaseInUse` if another writer holds the lock, and
+        :class:`DatabaseError` naming the file and what to do when it cannot be used.
+        """
         self.path = path
         self.synchronous = synchronous
         self._lock_fd = _acquire_lock(path)
@@ -443,29 +531,31 @@ class Writer:
             try:
                 self._conn = _connect(path)
             except sqlite3.Error as exc:
-                raise DatabaseError(f"cannot open {path}: {exc}") from None
+                raise _open_error(path, exc) from None
             try:
                 _migrate(self._conn, path)
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
                 self._conn.execute("PRAGMA wal_autocheckpoint = 0")
                 self._conn.execute("PRAGMA busy_timeout = 0")
+                self._identity = _file_identity(path)
+                self.pending_count = 0
+                self.next_due: float | None = None
+                """When the earliest scheduled job becomes due (``None``: none is scheduled).
+
+                Kept in step with every write, so claims look for due jobs only when some may
+                be due. It may be early (a scheduled job was cancelled), never late.
+                """
+                self._reload_counters()
+            except sqlite3.Error as exc:
+                self._conn.close()
+                raise _open_error(path, exc) from None
             except BaseException:
                 self._conn.close()
                 raise
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._reload_counters()
-
-    def _reload_counters(self) -> None:
-        self.pending_count: int = self._conn.execute(Q_COUNT_PENDING).fetchone()[0]
-        self.next_due: float | None = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
-        """When the earliest scheduled job becomes due (``None``: none is scheduled).
-
-        Kept in step with every write, so claims look for due jobs only when some may be due.
-        It may be early (a scheduled job was cancelled), never late.
-        """
 
     def _schedule(self, run_at: float) -> None:
         if self.next_due is None or run_at < self.next_due:
@@ -474,8 +564,10 @@ class Writer:
     def close(self) -> None:
         """Close the connection and release the file lock."""
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._conn.execute("PRAGMA optimize")
+            with contextlib.suppress(sqlite3.Error):
+                # Only a hint for the query planner: not worth failing a close over.
+                self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                self._conn.execute("PRAGMA optimize")
             self._conn.close()
         finally:
             os.close(self._lock_fd)
@@ -484,7 +576,15 @@ class Writer:
     def begin(self, *, wait: bool = True) -> None:
         """Open a write transaction. If another connection holds the write lock, wait up to
         :data:`BUSY_TIMEOUT_MS` for it, or, with ``wait=False``, raise :class:`WriterBusy` at
-        once (nothing was done)."""
+        once (nothing was done).
+
+        Raises :class:`FileGone` if the path no longer names the file opened: in WAL mode
+        SQLite would go on committing to the unlinked file, and every write would be lost.
+        """
+        if _file_identity(self.path) != self._identity:
+            raise FileGone(self.path)
+        if self._counters_stale:
+            self._reload_counters()
         if not wait:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -530,10 +630,18 @@ class Writer:
             self._conn.execute("RELEASE command")
 
     def rollback(self) -> None:
-        """Undo the open transaction, and the counters with it."""
+        """Undo the open transaction, and the counters with it (reloaded now, or by the next
+        :meth:`begin` if the database cannot be read at the moment)."""
+        self._counters_stale = True
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
-        self._reload_counters()
+        with contextlib.suppress(sqlite3.Error):
+            self._reload_counters()
+
+    def _reload_counters(self) -> None:
+        self.pending_count = self._conn.execute(Q_COUNT_PENDING).fetchone()[0]
+        self.next_due = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
+        self._counters_stale = False
 
     # --- writes ----------------------------------------------------------------------------
     def recover_running(self, now: float) -> int:
@@ -680,7 +788,7 @@ class Writer:
             error=error,
             retry_delay=outcome.retry_delay,
         )
-        duration = None if job.started_at is None else max(now - job.started_at, 0.0)
+        duration = _attempt_duration(outcome, now)
         # A completion keeps the error of the failure before it, as the row does.
         stored_error = job.error if event is Event.COMPLETED else error
         final = (
@@ -767,11 +875,20 @@ def _completed(outcome: Outcome, now: float) -> Change:
         job.id,
         job.name,
         JobStatus.COMPLETED,
-        None if job.started_at is None else max(now - job.started_at, 0.0),
+        _attempt_duration(outcome, now),
         final=functools.partial(
             _final_job, job, JobStatus.COMPLETED, outcome.result_json, job.error, now, None
         ),
     )
+
+
+def _attempt_duration(outcome: Outcome, now: float) -> float | None:
+    """How long the attempt of ``outcome`` ran: as its runner measured it, else by the wall
+    clock (never negative: the clock may have been stepped back during the run)."""
+    if outcome.duration is not None:
+        return outcome.duration
+    started_at = outcome.job.started_at
+    return None if started_at is None else max(now - started_at, 0.0)
 
 
 # --- reads, on any connection -----------------------------------------------------------------

@@ -2,14 +2,15 @@
 
 :class:`Service` owns the app and what it adds to the queue (metrics, the throughput series,
 long polls in flight). Routes translate HTTP to queue calls and queue errors to RFC 9457
-problems (:mod:`._problems`); they keep no state of their own.
+problems (:mod:`._problems`); they keep no state of their own. The app is served behind
+:class:`._guard.Guard`, which checks hosts, auth and origins first.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Annotated, Any, Final
 
@@ -20,12 +21,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp
 
 from .._errors import ConveyorError, JobNotFound, WaitTimeout
 from .._job import Job, JobSpec, JobStatus
 from .._queue import Queue
-from ._guard import Guard
+from ._guard import DEFAULT_BODY_TIMEOUT, Guard, Hosts
 from ._metrics import CONTENT_TYPE, Metrics, ThroughputSeries
 from ._models import (
     MAX_ID,
@@ -40,6 +42,7 @@ from ._models import (
     PurgeIn,
     StatsOut,
     Throughput,
+    job_summary_dict,
     job_to_dict,
     stats_to_dict,
 )
@@ -53,13 +56,30 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")]
 
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     401: {"model": ProblemOut, "description": "Missing or wrong bearer token."},
+    421: {"model": ProblemOut, "description": "The Host header names another server."},
     422: {"model": ProblemOut, "description": "A parameter or field is invalid."},
+    503: {
+        "model": ProblemOut,
+        "description": "The database cannot serve the request now (full, locked, failing); "
+        "Retry-After says when to try again.",
+    },
 }
 _NOT_FOUND: Final[dict[int | str, dict[str, Any]]] = {
     404: {"model": ProblemOut, "description": "No job has this id."}
 }
 _WRITE: Final[dict[int | str, dict[str, Any]]] = {
-    503: {"model": ProblemOut, "description": "The queue is full or shutting down."}
+    403: {
+        "model": ProblemOut,
+        "description": "A browser request from a page of another origin, or authenticated by "
+        "the dashboard's cookie without proof of its origin.",
+    },
+    408: {"model": ProblemOut, "description": "The body did not arrive in time."},
+    415: {"model": ProblemOut, "description": "A form's content type: the body must be JSON."},
+    503: {
+        "model": ProblemOut,
+        "description": "The queue is full or shutting down, or its database cannot take the "
+        "write now; Retry-After says when to try again.",
+    },
 }
 _BODY: Final[dict[int | str, dict[str, Any]]] = {
     400: {"model": ProblemOut, "description": "The body is not valid JSON."},
@@ -74,7 +94,11 @@ class Service:
     """The HTTP service for ``queue``: :attr:`asgi` is the application to serve.
 
     ``token`` (if given) is required on every route but ``/healthz``; ``max_body`` bounds request
-    bodies in bytes. Building it subscribes its metrics to the queue; :meth:`close` undoes that.
+    bodies in bytes and ``body_timeout`` the seconds they may take to arrive. Requests are
+    answered only for a ``Host`` naming ``host`` (the address the server listens on; see
+    :class:`._guard.Hosts`) or one of ``allowed_hosts``. ``clock`` gives wall-clock seconds
+    (throughput buckets, dashboard sessions). Building it subscribes its metrics to the queue;
+    :meth:`close` undoes that. Raises ``ValueError`` naming a bad token, host or timeout.
     """
 
     def __init__(
@@ -83,8 +107,12 @@ class Service:
         *,
         token: str | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        host: str = "127.0.0.1",
+        allowed_hosts: Iterable[str] = (),
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        hosts = Hosts.of(host, allowed_hosts)
         self.queue = queue
         self.metrics = Metrics()
         self.throughput = ThroughputSeries(clock)
@@ -93,7 +121,14 @@ class Service:
         queue.subscribe(self.metrics.on_changes)
         queue.subscribe(self.throughput.on_changes)
         self.app = _build_app(self)
-        self.asgi: ASGIApp = Guard(self.app, token=token, max_body=max_body)
+        self.asgi: ASGIApp = Guard(
+            self.app,
+            token=token,
+            max_body=max_body,
+            hosts=hosts,
+            body_timeout=body_timeout,
+            clock=clock,
+        )
 
     def stop_waits(self) -> None:
         """End every long poll now (they answer with the job as it is), and any later at once.
@@ -244,7 +279,14 @@ def _build_app(service: Service) -> FastAPI:
     async def purge(body: Annotated[PurgeIn, Body()]) -> Purged:
         return Purged(deleted=await queue.purge(body.older_than))
 
-    @app.get("/jobs", response_model=JobList, responses=_ERRORS, summary="List jobs, newest first")
+    @app.get(
+        "/jobs",
+        response_model=JobList,
+        responses=_ERRORS,
+        summary="List jobs, newest first",
+        description="Payloads, results and errors come as bounded previews; get a job for "
+        "the whole of it.",
+    )
     async def list_jobs(
         status: JobStatus | None = None,
         name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
@@ -256,11 +298,11 @@ def _build_app(service: Service) -> FastAPI:
         jobs = await queue.list(status=status, name=name, limit=limit, before=cursor)
         next_cursor = jobs[-1].id if len(jobs) == limit else None
         return JSONResponse(
-            {"jobs": [job_to_dict(job) for job in jobs], "next_cursor": next_cursor}
+            {"jobs": [job_summary_dict(job) for job in jobs], "next_cursor": next_cursor}
         )
 
     @app.get(
-        "/jobs/{job_id}",
+        "/jobs/{job_id:int}",
         response_model=JobOut,
         responses={**_ERRORS, **_NOT_FOUND},
         summary="Get a job",
@@ -272,7 +314,7 @@ def _build_app(service: Service) -> FastAPI:
         return _job_response(job)
 
     @app.get(
-        "/jobs/{job_id}/wait",
+        "/jobs/{job_id:int}/wait",
         response_model=JobOut,
         responses={**_ERRORS, **_NOT_FOUND},
         summary="Wait for a job to finish (long poll)",
@@ -286,7 +328,7 @@ def _build_app(service: Service) -> FastAPI:
         return _job_response(await service.wait(job_id, timeout))
 
     @app.post(
-        "/jobs/{job_id}/cancel",
+        "/jobs/{job_id:int}/cancel",
         response_model=JobOut,
         responses={**_ERRORS, **_NOT_FOUND, **_CONFLICT, **_WRITE},
         summary="Cancel a pending or running job",
@@ -298,7 +340,7 @@ def _build_app(service: Service) -> FastAPI:
         return await _job_after(queue, changed, job_id, "cancelled", "pending or running")
 
     @app.post(
-        "/jobs/{job_id}/requeue",
+        "/jobs/{job_id:int}/requeue",
         response_model=JobOut,
         responses={**_ERRORS, **_NOT_FOUND, **_CONFLICT, **_WRITE},
         summary="Requeue a failed or cancelled job (attempts reset)",
@@ -336,7 +378,7 @@ def _build_app(service: Service) -> FastAPI:
     @app.get(
         "/readyz",
         response_model=Health,
-        responses={**_ERRORS, **_WRITE},
+        responses=_ERRORS,
         summary="The queue is open and its database takes writes",
     )
     async def readyz() -> Health:
@@ -395,7 +437,27 @@ def _problems_as_problem_json(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _problem_response(problem: Problem) -> Response:
-    return Response(problem.encode(), status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE)
+    return Response(
+        problem.encode(),
+        status_code=problem.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=problem.headers(),
+    )
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> str:
+    """Every method some route of this path takes, for a 405's ``Allow``.
+
+    Starlette names only the methods of the first route that matched the path, though a path
+    such as ``/jobs`` has one route per method.
+    """
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches({**request.scope, "method": ""})
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -429,9 +491,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             problem = Problem(404, "no-route", f"no route {request.url.path}")
         elif exc.status_code == 405:
-            problem = Problem(
-                405, "method-not-allowed", f"{request.method} is not allowed on {request.url.path}"
+            allow = _allowed_methods(app, request)
+            response = _problem_response(
+                Problem(
+                    405,
+                    "method-not-allowed",
+                    f"{request.method} is not allowed on {request.url.path} (only {allow})",
+                )
             )
+            response.headers["allow"] = allow
+            return response
         else:
             problem = Problem(exc.status_code, "bad-request", str(exc.detail))
         response = _problem_response(problem)

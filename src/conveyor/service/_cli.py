@@ -26,7 +26,7 @@ from ._client import DEFAULT_URL, Answer, Client, Exit, ServiceError
 from ._demo import DEMO_DB, run_workload
 from ._demo import registry as demo_registry
 from ._format import job_table, jobs_table, parse_duration, stats_tables
-from ._guard import check_bind
+from ._guard import DEFAULT_BODY_TIMEOUT, Hosts, check_bind
 from ._inspect import InspectError, inspect_file
 from ._server import DEFAULT_PORT, LoadError, Running, ServeOptions, load_registry, serve
 
@@ -63,6 +63,21 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
                 show_default=True,
                 help="Seconds running jobs get to finish on shutdown.",
             ),
+            click.option(
+                "--allowed-host",
+                "allowed_hosts",
+                multiple=True,
+                metavar="NAME",
+                help="A name clients reach the server by, besides --host (repeatable; "
+                "*.example.com for subdomains). Other Host headers are refused.",
+            ),
+            click.option(
+                "--body-timeout",
+                default=DEFAULT_BODY_TIMEOUT,
+                show_default=True,
+                type=click.FloatRange(min=0, min_open=True),
+                help="Seconds a request body may take to arrive.",
+            ),
         ]
     ):
         function = option(function)
@@ -81,6 +96,7 @@ def _run_server(
 
     try:
         check_bind(options.host, options.token)
+        Hosts.of(options.host, options.allowed_hosts)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:

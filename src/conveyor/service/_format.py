@@ -88,7 +88,10 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
             str(job["priority"]),
             f"{job['attempts']}/{job['max_attempts']}",
             format_time(job["created_at"]),
-            _first_line(job.get("error")),
+            # The API's lists carry a preview; `inspect` reads whole jobs.
+            (job["error_preview"] or "")
+            if "error_preview" in job
+            else _first_line(job.get("error")),
         )
     return table
 

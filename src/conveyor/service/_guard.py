@@ -1,24 +1,73 @@
-"""The ASGI layer in front of the app: bearer-token auth and the request-body size limit.
+"""The ASGI layer in front of the app: Host check, auth, CSRF defence, body limits, headers.
 
 Pure ASGI (no per-request objects beyond what is needed) because every request passes here.
-The token is compared in constant time. Browsers cannot send a bearer header when they load a
-page, so ``/?token=...`` with the right token sets an HttpOnly, SameSite=Strict cookie that
-authenticates the dashboard's own requests from then on.
+What it enforces, in order, and why:
+
+1. **Host.** A request whose ``Host`` header names neither the address the server listens on nor
+   an allowed name is refused (421): a page on ``attacker.example``, a name the attacker later
+   points at 127.0.0.1 (DNS rebinding), would otherwise read and change jobs as same-origin.
+2. **Auth.** With a token, every route but ``/healthz`` needs ``Authorization: Bearer <token>``
+   (compared in constant time) or the dashboard's session cookie. Browsers cannot send a bearer
+   header when they load a page, so ``/?token=...`` with the right token sets an HttpOnly,
+   SameSite=Strict cookie holding a session value derived from the token (an HMAC with an
+   expiry), never the token: cookies ignore ports, so any server on the same host receives it.
+3. **CSRF.** A state-changing request not authenticated by a bearer header (so by the cookie, or
+   on a server without a token) is refused (403) if its ``Origin`` is not this server's; with the
+   cookie and no ``Origin`` it must carry :data:`CSRF_HEADER`, which the dashboard sends and
+   which a foreign page cannot add without a CORS preflight this server never grants. Bodies of
+   the types an HTML form or a no-CORS ``fetch`` can send are refused (415): the API takes JSON.
+4. **Body.** A body must fit in ``max_body`` bytes (413) and arrive within ``body_timeout``
+   seconds (408), so a client trickling bytes cannot hold a request open.
+5. **Headers.** Every answer carries a Content-Security-Policy that allows only this server's own
+   scripts, styles and requests and no framing, ``X-Frame-Options: DENY``,
+   ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+import re
+import time
 import urllib.parse
+from collections.abc import Callable, Iterable
 from typing import Final
 
+import anyio
+import attrs
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._problems import PROBLEM_MEDIA_TYPE, Problem
 
 OPEN_PATHS: Final = frozenset({"/healthz"})
-COOKIE: Final = "conveyor_token"
+"""Answered to anyone, whatever the ``Host``: they reveal nothing (health checkers)."""
+COOKIE: Final = "conveyor_session"
+OLD_COOKIE: Final = "conveyor_token"
+"""The cookie earlier versions set, which held the raw token: logging in again clears it."""
+SESSION_SECONDS: Final = 24 * 3600
+"""How long a dashboard login lasts."""
+CSRF_HEADER: Final = "X-Conveyor-Request"
+"""Sent by the dashboard with every request; a foreign page cannot add it."""
+DEFAULT_BODY_TIMEOUT: Final = 30.0
+
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+FORM_TYPES: Final = frozenset(
+    {b"application/x-www-form-urlencoded", b"multipart/form-data", b"text/plain"}
+)
+"""The body types a cross-site form or no-CORS fetch can send without a preflight."""
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS: Final = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+_DEFAULT_PORTS: Final = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+_HOST_NAME: Final = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
 
 
 def is_loopback(host: str) -> bool:
@@ -51,61 +100,279 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
-class Guard:
-    """Wraps ``app``: requires the ``token`` (when one is set) and bounds request bodies."""
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
 
-    def __init__(self, app: ASGIApp, *, token: str | None, max_body: int) -> None:
+
+def _normal_name(name: str) -> str:
+    return name.strip().strip("[]").rstrip(".").lower()
+
+
+def host_name(header: str) -> str | None:
+    """The host of a ``Host`` header value (port and IPv6 brackets dropped, lower case).
+
+    ``None`` when it is not of the form ``name``, ``name:port``, ``[v6]`` or ``[v6]:port``.
+    """
+    if header.startswith("["):
+        address, bracket, rest = header[1:].partition("]")
+        if not bracket or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
+            return None
+        return address.lower() if isinstance(_ip(address), ipaddress.IPv6Address) else None
+    name, colon, port = header.partition(":")
+    if colon and not port.isdigit():
+        return None
+    name = name.rstrip(".").lower()
+    return name if _HOST_NAME.fullmatch(name) else None
+
+
+@attrs.frozen
+class Hosts:
+    """Which ``Host`` header values this server answers.
+
+    The address it listens on; on a loopback address also ``localhost`` and every loopback
+    address; on a wildcard address (``0.0.0.0``, ``::``) every IP address, since a browser that
+    addressed the server by IP is on the server's own origin (only a name can be rebound); and
+    the ``allowed`` names, where ``*.example.com`` allows every subdomain and ``*`` any host
+    (which turns the check off).
+    """
+
+    names: frozenset[str]
+    suffixes: tuple[str, ...] = ()
+    any_host: bool = False
+    any_address: bool = False
+    loopback: bool = False
+
+    @classmethod
+    def of(cls, bound: str, allowed: Iterable[str] = ()) -> Hosts:
+        """The hosts of a server listening on ``bound`` with these ``allowed`` names.
+
+        Raises ``ValueError`` naming an allowed name that is not a bare host name or address.
+        """
+        names = set()
+        suffixes = []
+        any_host = False
+        for given in allowed:
+            name = _normal_name(given)
+            if name == "*":
+                any_host = True
+            elif name.startswith("*.") and _plain(name[2:]):
+                suffixes.append(name[1:])
+            elif _plain(name):
+                names.add(name)
+            else:
+                raise ValueError(
+                    f"an allowed host is a host name or address without scheme, port or path "
+                    f"(queue.internal, *.example.com, or * for any), not {given!r}"
+                )
+        bound_name = _normal_name(bound)
+        address = _ip(bound_name)
+        any_address = bound_name == "" or (address is not None and address.is_unspecified)
+        if not any_address:
+            names.add(bound_name)
+        return cls(
+            frozenset(names),
+            tuple(suffixes),
+            any_host,
+            any_address,
+            is_loopback(bound_name),
+        )
+
+    def allows(self, header: str) -> bool:
+        """Whether a request with this ``Host`` header value is for this server."""
+        name = host_name(header)
+        if name is None:
+            return False
+        if self.any_host or name in self.names or name.endswith(self.suffixes):
+            return True
+        address = _ip(name)
+        if address is None:
+            return self.loopback and name == "localhost"
+        return self.any_address or (self.loopback and address.is_loopback)
+
+
+def _plain(name: str) -> bool:
+    """Whether ``name`` is a bare host name or IP address (no scheme, port, path or wildcard)."""
+    if _ip(name) is not None:
+        return True
+    return bool(name) and not any(c in name for c in "/:@?#* ")
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers, first value of each; cookies of split headers joined."""
+    found: dict[bytes, bytes] = {}
+    for key, value in scope["headers"]:
+        if key == b"cookie" and key in found:
+            found[key] += b"; " + value
+        else:
+            found.setdefault(key, value)
+    return found
+
+
+def _authority(netloc: str, scheme: str) -> str:
+    """``host[:port]`` in lower case, the scheme's default port dropped."""
+    netloc = netloc.lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    if default is not None and netloc.endswith(":" + default):
+        return netloc[: -len(default) - 1]
+    return netloc
+
+
+def same_origin(origin: str, host: str, scheme: str) -> bool:
+    """Whether an ``Origin`` header names the server that the ``Host`` header addresses.
+
+    Compares host and port (a proxy in front may terminate TLS, so the schemes may differ);
+    ``null`` and anything that is not an http(s) origin is foreign.
+    """
+    parts = urllib.parse.urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    return _authority(parts.netloc, parts.scheme) == _authority(host, scheme)
+
+
+def session_value(token: bytes, expires: int) -> str:
+    """The dashboard's cookie value for a login that lasts until ``expires`` (epoch s).
+
+    An HMAC of the expiry keyed by the token: it proves a login without revealing the token,
+    and a new token ends every session.
+    """
+    mac = hmac.new(token, b"conveyor dashboard session %d" % expires, hashlib.sha256)
+    return f"{expires}.{mac.hexdigest()}"
+
+
+def session_valid(token: bytes, value: bytes, now: float) -> bool:
+    """Whether a cookie value is a session of ``token`` that has not expired at ``now``."""
+    expires_text, _, _ = value.partition(b".")
+    if not (0 < len(expires_text) <= 12 and expires_text.isdigit()):
+        return False
+    expires = int(expires_text)
+    if not now < expires <= now + SESSION_SECONDS:
+        return False
+    return hmac.compare_digest(session_value(token, expires).encode(), value)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """Wraps ``app``: checks the Host, requires the ``token`` (when one is set), refuses
+    cross-site writes, bounds request bodies in size and time, and adds security headers.
+
+    ``hosts`` says which ``Host`` values are answered; ``clock`` (wall-clock seconds) dates
+    dashboard sessions.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        max_body: int,
+        hosts: Hosts,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         check_token(token)
+        if not body_timeout > 0:
+            raise ValueError(f"the body timeout must be > 0 seconds, not {body_timeout!r}")
         self._app = app
         self._token = None if token is None else token.encode()
         self._max_body = max_body
+        self._hosts = hosts
+        self._body_timeout = body_timeout
+        self._clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        if self._token is not None and scope["path"] not in OPEN_PATHS:
-            if scope["path"] == "/" and self._login(scope):
-                await _redirect_with_cookie(send, self._token)
+        send = _with_security_headers(send)
+        problem, extra = self._refusal(scope)
+        if problem is not None:
+            await _answer(send, problem, extra)
+            return
+        if self._token is not None and scope["path"] == "/" and self._login(scope):
+            await _redirect_with_session(send, self._new_session(), scope["scheme"] == "https")
+            return
+        if scope["method"] not in SAFE_METHODS:
+            read = await self._read_body(scope, receive)
+            if isinstance(read, Problem):
+                await _answer(send, read, [(b"connection", b"close")])
                 return
-            if not self._authorized(scope):
-                await _answer(
-                    send,
-                    Problem(
-                        401,
-                        "unauthorized",
-                        "this server requires 'Authorization: Bearer <token>' (the token given "
-                        "to conveyor serve with --token or CONVEYOR_TOKEN)",
-                    ),
-                    [(b"www-authenticate", b'Bearer realm="conveyor"')],
-                )
-                return
-        if scope["method"] in ("POST", "PUT", "PATCH"):
-            body = await self._read_body(scope, receive)
-            if body is None:
-                await _answer(
-                    send,
-                    Problem(
-                        413,
-                        "too-large",
-                        f"the request body exceeds {self._max_body} bytes (the server's "
-                        f"--max-body limit)",
-                    ),
-                )
-                return
-            receive = _replay(body, receive)
+            receive = _replay(read, receive)
         await self._app(scope, receive, send)
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _refusal(self, scope: Scope) -> tuple[Problem | None, list[tuple[bytes, bytes]]]:
+        """Why the request is refused before it reaches the app (and the answer's headers)."""
+        if scope["path"] in OPEN_PATHS:
+            return None, []
+        headers = _headers(scope)
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not self._hosts.allows(host):
+            return Problem(
+                421,
+                "wrong-host",
+                f"this server does not answer for host {host!r}: give the address it listens "
+                f"on, or start it with --allowed-host NAME for each name clients use",
+            ), []
+        by_bearer = False
+        if self._token is not None:
+            authorization = headers.get(b"authorization")
+            if authorization is not None and authorization[:7].lower() == b"bearer ":
+                by_bearer = hmac.compare_digest(authorization[7:].strip(), self._token)
+                authenticated = by_bearer
+            else:
+                authenticated = self._has_session(headers.get(b"cookie", b""))
+            if not authenticated and not (scope["path"] == "/" and self._login(scope)):
+                return Problem(
+                    401,
+                    "unauthorized",
+                    "this server requires 'Authorization: Bearer <token>' (the token given to "
+                    "conveyor serve with --token or CONVEYOR_TOKEN); in a browser, open "
+                    "/?token=<token> to log the dashboard in",
+                ), [(b"www-authenticate", b'Bearer realm="conveyor"')]
+        if scope["method"] in SAFE_METHODS:
+            return None, []
+        if not by_bearer:
+            origin = headers.get(b"origin")
+            if origin is not None:
+                origin_text = origin.decode("latin-1")
+                if not same_origin(origin_text, host, scope["scheme"]):
+                    return Problem(
+                        403,
+                        "cross-origin",
+                        f"a {scope['method']} from a page of {origin_text!r} is refused: only "
+                        f"this server's own pages may change jobs (API clients send no Origin, "
+                        f"or authenticate with 'Authorization: Bearer <token>')",
+                    ), []
+            elif self._token is not None and CSRF_HEADER.lower().encode() not in headers:
+                return Problem(
+                    403,
+                    "cross-origin",
+                    f"a {scope['method']} authenticated by the dashboard's cookie needs a "
+                    f"same-origin Origin header or the {CSRF_HEADER} header",
+                ), []
+        content_type = headers.get(b"content-type", b"")
+        media_type = content_type.partition(b";")[0].strip().lower()
+        if media_type in FORM_TYPES:
+            return Problem(
+                415,
+                "unsupported-media-type",
+                f"the body must be application/json, not {media_type.decode('latin-1')}",
+            ), []
+        return None, []
+
+    def _has_session(self, cookie_header: bytes) -> bool:
         assert self._token is not None
-        given = b""
-        for key, value in scope["headers"]:
-            if key == b"authorization" and value[:7].lower() == b"bearer ":
-                given = value[7:].strip()
-                break
-            if key == b"cookie":
-                given = _cookie(value) or given
-        return hmac.compare_digest(given, self._token)
+        value = _cookie(cookie_header, COOKIE)
+        return value is not None and session_valid(self._token, value, self._clock())
+
+    def _new_session(self) -> str:
+        assert self._token is not None
+        return session_value(self._token, int(self._clock()) + SESSION_SECONDS)
 
     def _login(self, scope: Scope) -> bool:
         assert self._token is not None
@@ -113,10 +380,27 @@ class Guard:
         given = query.get("token", [""])[0].encode("latin-1", "replace")
         return bool(given) and hmac.compare_digest(given, self._token)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | Problem:
+        too_large = Problem(
+            413,
+            "too-large",
+            f"the request body exceeds {self._max_body} bytes (the server's --max-body limit)",
+        )
         for key, value in scope["headers"]:
             if key == b"content-length" and value.isdigit() and int(value) > self._max_body:
-                return None
+                return too_large
+        with anyio.move_on_after(self._body_timeout):
+            try:
+                return await self._receive_body(receive)
+            except _BodyTooLarge:
+                return too_large
+        return Problem(
+            408,
+            "body-timeout",
+            f"the request body did not arrive within {self._body_timeout:g} s",
+        )
+
+    async def _receive_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -126,19 +410,28 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._max_body:
-                return None
+                raise _BodyTooLarge
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
 
 
-def _cookie(header: bytes) -> bytes | None:
+def _cookie(header: bytes, name: str) -> bytes | None:
     for part in header.split(b";"):
-        name, _, value = part.strip().partition(b"=")
-        if name == COOKIE.encode():
+        key, _, value = part.strip().partition(b"=")
+        if key == name.encode():
             return urllib.parse.unquote_to_bytes(value)
     return None
+
+
+def _with_security_headers(send: Send) -> Send:
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *SECURITY_HEADERS]}
+        await send(message)
+
+    return sender
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -166,6 +459,7 @@ async def _answer(
             "headers": [
                 (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                 (b"content-length", str(len(body)).encode()),
+                *((k.encode(), v.encode()) for k, v in problem.headers().items()),
                 *(headers or []),
             ],
         }
@@ -173,15 +467,17 @@ async def _answer(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _redirect_with_cookie(send: Send, token: bytes) -> None:
-    cookie = f"{COOKIE}={urllib.parse.quote_from_bytes(token)}; Path=/; HttpOnly; SameSite=Strict"
+async def _redirect_with_session(send: Send, session: str, secure: bool) -> None:
+    flags = "; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
     await send(
         {
             "type": "http.response.start",
             "status": 303,
             "headers": [
                 (b"location", b"/"),
-                (b"set-cookie", cookie.encode()),
+                (b"set-cookie", f"{COOKIE}={session}{flags}; Max-Age={SESSION_SECONDS}".encode()),
+                (b"set-cookie", f"{OLD_COOKIE}={flags}; Max-Age=0".encode()),
+                (b"cache-control", b"no-store"),
                 (b"content-length", b"0"),
             ],
         }

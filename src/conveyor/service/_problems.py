@@ -2,7 +2,7 @@
 
 Pure: no I/O. :func:`problem_for` turns a :class:`conveyor.ConveyorError` into the status and
 problem a client sees, so that a refusal by the queue is always a 4xx (or 503 while the queue
-cannot take work), never a 500.
+or its database cannot take work), never a 500.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Final
 
 from .._errors import (
     ConveyorError,
+    DatabaseError,
     InvalidArgument,
     JobNotFound,
     NotJSONSerializable,
@@ -21,10 +22,16 @@ from .._errors import (
 )
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+RETRY_AFTER: Final = 5
+"""Seconds a client is told to wait (``Retry-After``) before it retries after a 503."""
 
 _TITLES: Final[dict[str, str]] = {
     "bad-request": "The request is malformed",
     "unauthorized": "Missing or wrong bearer token",
+    "cross-origin": "A state-changing request must come from the service's own pages",
+    "unsupported-media-type": "The body must be JSON",
+    "wrong-host": "The Host header names a host this server does not serve",
+    "body-timeout": "The request body did not arrive in time",
     "not-found": "No such job",
     "no-route": "No such route",
     "method-not-allowed": "Method not allowed on this route",
@@ -35,6 +42,7 @@ _TITLES: Final[dict[str, str]] = {
     "not-json": "A value cannot be stored as JSON",
     "queue-full": "The queue is full",
     "unavailable": "The queue is not taking work",
+    "database-unavailable": "The queue's database cannot serve this request now; retry later",
     "internal": "Internal error",
 }
 
@@ -70,6 +78,10 @@ class Problem(Exception):
     def encode(self) -> bytes:
         return json.dumps(self.body(), ensure_ascii=False, default=str).encode()
 
+    def headers(self) -> dict[str, str]:
+        """Headers the answer carries besides its content type: a 503 says when to retry."""
+        return {"retry-after": str(RETRY_AFTER)} if self.status == 503 else {}
+
 
 def problem_for(error: ConveyorError) -> Problem:
     """The problem a client sees for an error the queue raised."""
@@ -85,4 +97,7 @@ def problem_for(error: ConveyorError) -> Problem:
         return Problem(503, "queue-full", str(error))
     if isinstance(error, QueueClosed):
         return Problem(503, "unavailable", str(error))
+    if isinstance(error, DatabaseError):
+        # Full, locked or failing: the store keeps running and the request may succeed later.
+        return Problem(503, "database-unavailable", str(error))
     return Problem(500, "internal", f"{type(error).__name__}: {error}")

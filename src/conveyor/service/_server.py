@@ -26,7 +26,7 @@ from .._queue import Queue
 from .._registry import Registry
 from .._runtime import open_queue
 from ._app import DEFAULT_MAX_BODY, Service
-from ._guard import check_bind
+from ._guard import DEFAULT_BODY_TIMEOUT, Hosts, check_bind
 
 DEFAULT_PORT: Final = 8327
 REQUEST_GRACE: Final = 5.0
@@ -83,6 +83,9 @@ class ServeOptions:
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     shutdown_grace: float = 10.0
+    allowed_hosts: tuple[str, ...] = ()
+    """Names besides ``host`` that clients may put in the ``Host`` header."""
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
 @attrs.frozen
@@ -105,9 +108,10 @@ async def serve(
 
     Must run in the main thread (it handles SIGINT and SIGTERM). Reports a :class:`Running` once
     it listens. Raises ``ValueError`` before doing anything if it would listen on a
-    non-loopback address without a token.
+    non-loopback address without a token, or an allowed host is not a host name.
     """
     check_bind(options.host, options.token)
+    Hosts.of(options.host, options.allowed_hosts)
     stop_requested = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as outer:
@@ -160,7 +164,14 @@ async def _serve_queue(
         workers=options.workers,
         shutdown_grace=options.shutdown_grace,
     ) as queue:
-        service = Service(queue, token=options.token, max_body=options.max_body)
+        service = Service(
+            queue,
+            token=options.token,
+            max_body=options.max_body,
+            host=options.host,
+            allowed_hosts=options.allowed_hosts,
+            body_timeout=options.body_timeout,
+        )
         try:
             async with trio.open_nursery() as nursery:
                 binds = await nursery.start(

@@ -1,13 +1,22 @@
 // The conveyor dashboard: polls the service's own JSON API once a second and redraws.
 // Short polling rather than server-sent events: hypercorn on trio does not notice closed
 // connections (pgjones/hypercorn#210), so an open event stream could outlive its tab.
+// Lists carry bounded previews of payloads, results and errors; a job's whole document is
+// fetched only when its detail is opened, so one huge result cannot freeze the page.
 "use strict";
 
 const REFRESH_MS = 1000;
 const FINISHED = new Set(["completed", "failed", "cancelled"]);
+// The server refuses a state-changing request authenticated by the cookie unless it proves it
+// comes from this page: a page of another origin cannot add this header.
+const CSRF_HEADER = "X-Conveyor-Request";
 
 async function api(path, options) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const response = await fetch(path, {
+    credentials: "same-origin",
+    ...options,
+    headers: { [CSRF_HEADER]: "dashboard", ...(options && options.headers) },
+  });
   const body = await response.json().catch(() => null);
   if (!response.ok) {
     throw new Error(body && body.detail ? body.detail : `HTTP ${response.status} on ${path}`);
@@ -32,10 +41,8 @@ function time(seconds) {
   return seconds == null ? "–" : new Date(seconds * 1000).toLocaleTimeString();
 }
 
-function lastLine(error) {
-  if (!error) return "";
-  const lines = error.trim().split("\n").filter((line) => line.trim());
-  return lines[0].startsWith("Traceback") ? lines[lines.length - 1] : lines[0];
+function preview(text, truncated) {
+  return truncated ? `${text}…` : text;
 }
 
 function jobLink(job) {
@@ -64,6 +71,7 @@ async function act(id, action) {
   } catch (error) {
     say(`job ${id}: ${action} refused: ${error.message}`);
   }
+  if (opened.id === id) opened.job = null; // it changed: the detail fetches it again
   refresh();
 }
 
@@ -146,17 +154,20 @@ async function refresh() {
     fill("pending", pending.jobs, (job) => [
       jobLink(job), job.name, job.priority, time(job.run_at), actionButton(job, "cancel"),
     ], "nothing pending");
-    fill("failed", failed.jobs, (job) => [
-      jobLink(job), job.name, `${job.attempts}/${job.max_attempts}`, time(job.finished_at),
-      el("td", { class: "error", title: job.error || "" }, lastLine(job.error)),
-      actionButton(job, "requeue"),
-    ], "no failures");
+    fill("failed", failed.jobs, (job) => {
+      const error = preview(job.error_preview || "", job.error_truncated);
+      return [
+        jobLink(job), job.name, `${job.attempts}/${job.max_attempts}`, time(job.finished_at),
+        el("td", { class: "error", title: error }, error), actionButton(job, "requeue"),
+      ];
+    }, "no failures");
     fill("recent", recent.jobs, (job) => [
       jobLink(job), job.name, statusCell(job), `${job.attempts}/${job.max_attempts}`,
       time(job.created_at),
       job.status === "failed"
-        ? el("td", { class: "error" }, lastLine(job.error))
-        : (job.result == null ? "" : JSON.stringify(job.result)),
+        ? el("td", { class: "error" }, preview(job.error_preview || "", job.error_truncated))
+        : (job.result_preview === "null" ? ""
+          : preview(job.result_preview, job.result_truncated)),
     ], "no jobs yet");
     await refreshDetail();
     connection.textContent = `live · updated ${new Date().toLocaleTimeString()}`;
@@ -172,22 +183,43 @@ function detailId() {
   return match ? Number(match[1]) : null;
 }
 
+// The job the detail panel shows: its id, the job as last fetched whole, and the id of a fetch
+// in flight (so that a poll does not fetch it a second time meanwhile).
+const opened = { id: null, job: null, loading: null };
+
 async function refreshDetail() {
   const panel = document.getElementById("detail");
   const id = detailId();
   if (id == null) {
     panel.hidden = true;
+    opened.id = null;
+    opened.job = null;
     return;
   }
   panel.hidden = false;
+  // A finished job stays as it is until someone acts on it: fetched once when opened, not on
+  // every poll (its result may be large). An unfinished one is fetched again until it ends.
+  if (opened.id === id
+      && (opened.loading === id || (opened.job && FINISHED.has(opened.job.status)))) return;
+  if (opened.id !== id) {
+    opened.id = id;
+    opened.job = null;
+  }
+  opened.loading = id;
   let job;
   try {
     job = await api(`/jobs/${id}`);
   } catch (error) {
-    document.getElementById("detail-title").textContent = `Job ${id}: ${error.message}`;
-    document.getElementById("detail-fields").replaceChildren();
+    if (opened.id === id) {
+      document.getElementById("detail-title").textContent = `Job ${id}: ${error.message}`;
+      document.getElementById("detail-fields").replaceChildren();
+    }
     return;
+  } finally {
+    if (opened.loading === id) opened.loading = null;
   }
+  if (opened.id !== id) return; // another job was opened meanwhile
+  opened.job = job;
   document.getElementById("detail-title").replaceChildren(
     `Job ${job.id} · ${job.name} · `, el("span", { class: `status ${job.status}` }, job.status));
   const actions = [];
