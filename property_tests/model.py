@@ -38,6 +38,11 @@ LEGAL: Final = frozenset(
         (Status.RUNNING, Status.CANCELLED),  # cancel while running
         (Status.FAILED, Status.PENDING),  # requeue
         (Status.CANCELLED, Status.PENDING),  # requeue
+        (None, Status.WAITING),  # enqueue after unfinished jobs
+        (Status.WAITING, Status.PENDING),  # the last of those completed
+        (Status.WAITING, Status.CANCELLED),  # cancel, or one of those failed or was cancelled
+        (Status.FAILED, Status.WAITING),  # requeue while some of those are unfinished
+        (Status.CANCELLED, Status.WAITING),  # requeue of the job whose end cancelled it
     }
 )
 """The transitions of DESIGN §2, written down independently of conveyor: a test asserts that

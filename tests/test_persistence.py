@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import conveyor
-from conveyor._storage.sqlite import Writer
+from conveyor._storage.sqlite import SCHEMA_VERSION, Writer
 
 from helpers import QueueOpener
 
@@ -193,6 +193,6 @@ def test_a_version_1_file_is_upgraded_keeping_its_jobs_and_ids(db_path: Path) ->
         (2, "pending", 1),
         (3, "completed", 0),
     ]
-    assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone() == (10,)
     conn.close()

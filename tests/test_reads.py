@@ -73,7 +73,7 @@ async def test_list_pages_with_the_last_id_seen(open_test_queue: QueueOpener) ->
     [
         ({"limit": 0}, "limit must be an int within 1..1000"),
         ({"limit": 1001}, "limit must be an int within 1..1000"),
-        ({"status": "done"}, "status must be one of pending, running"),
+        ({"status": "done"}, "status must be one of waiting, pending, running"),
         ({"before": "x"}, "job id is an int"),
     ],
 )
@@ -95,6 +95,7 @@ async def test_stats_count_by_status_and_name(open_test_queue: QueueOpener) -> N
         stats = await queue.stats()
         gate.open()
     assert stats.by_status == {
+        JobStatus.WAITING: 0,
         JobStatus.PENDING: 1,
         JobStatus.RUNNING: 1,
         JobStatus.COMPLETED: 3,

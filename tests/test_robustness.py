@@ -214,9 +214,10 @@ def test_a_write_lock_held_outside_makes_the_store_wait_without_blocking_the_loo
             other.execute("BEGIN IMMEDIATE")
             ticks = 0
             enqueued = trio.Event()
+            jobs: list[conveyor.Job] = []
 
             async def enqueue() -> None:
-                await queue.enqueue("noop", 1)
+                jobs.append(await queue.enqueue("noop", 1))
                 enqueued.set()
 
             async with trio.open_nursery() as nursery:
@@ -230,6 +231,6 @@ def test_a_write_lock_held_outside_makes_the_store_wait_without_blocking_the_loo
                 with trio.fail_after(5):
                     await enqueued.wait()
             assert ticks == 10
-            assert [job.status for job in await queue.list()] == [JobStatus.COMPLETED]
+            assert (await queue.wait(jobs[0].id, timeout=5)).status is JobStatus.COMPLETED
 
     trio.run(main)

@@ -35,16 +35,18 @@ def test_every_status_but_the_new_job_is_reachable() -> None:
     assert set(TRANSITIONS.values()) == set(JobStatus)
 
 
-def test_terminal_statuses_are_left_only_by_requeue() -> None:
+def test_terminal_statuses_are_left_only_by_a_requeue() -> None:
     for (source, event), _ in TRANSITIONS.items():
         if source is not None and source.is_terminal:
-            assert event is Event.REQUEUED
+            # Back to pending, or to waiting while jobs it runs after are unfinished.
+            assert event in (Event.REQUEUED, Event.BLOCKED)
 
 
 def test_sources_of_lists_the_statuses_an_event_may_happen_in() -> None:
     assert sources_of(Event.REQUEUED) == {JobStatus.FAILED, JobStatus.CANCELLED}
-    assert sources_of(Event.CANCELLED) == {JobStatus.PENDING, JobStatus.RUNNING}
+    assert sources_of(Event.CANCELLED) == {JobStatus.WAITING, JobStatus.PENDING, JobStatus.RUNNING}
     assert sources_of(Event.ENQUEUED) == frozenset()
+    assert sources_of(Event.RELEASED) == {JobStatus.WAITING}
 
 
 def test_a_cancel_requested_while_running_wins_over_any_ending() -> None:

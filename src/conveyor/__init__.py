@@ -27,6 +27,8 @@ from ._queue import Queue, Stats
 from ._registry import Handler, Registry
 from ._retry import Backoff, Fail, Retry
 from ._runtime import open_queue
+from ._schedule import Schedule
+from ._workflow import Step, Workflow
 
 __all__ = [
     "Backoff",
@@ -51,10 +53,13 @@ __all__ = [
     "QueueFull",
     "Registry",
     "Retry",
+    "Schedule",
     "SchemaTooNew",
     "Stats",
+    "Step",
     "UnknownHandler",
     "WaitTimeout",
+    "Workflow",
     "current_job",
     "open_queue",
 ]

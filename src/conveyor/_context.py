@@ -15,16 +15,24 @@ ProgressSink = Callable[[float, str | None], None]
 class JobContext:
     """The job a handler is running: returned by :func:`current_job` inside a handler."""
 
-    __slots__ = ("_report", "attempt", "id", "name", "payload")
+    __slots__ = ("_report", "attempt", "dependency_results", "id", "name", "payload")
 
     def __init__(
-        self, job_id: int, name: str, attempt: int, payload: JSON, report: ProgressSink
+        self,
+        job_id: int,
+        name: str,
+        attempt: int,
+        payload: JSON,
+        report: ProgressSink,
+        dependency_results: dict[int, JSON] | None = None,
     ) -> None:
         self.id = job_id
         self.name = name
         self.attempt = attempt
         """1 for the first attempt, 2 for the first retry, and so on."""
         self.payload = payload
+        self.dependency_results: dict[int, JSON] = dependency_results or {}
+        """Each job this one runs after (its ``after``), by id, with its result."""
         self._report = report
 
     def set_progress(self, fraction: float, message: str | None = None) -> None:

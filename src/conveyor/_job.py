@@ -33,8 +33,12 @@ MAX_DELAY: Final = 100 * 365.25 * 86400
 
 
 class JobStatus(enum.StrEnum):
-    """Where a job is in its life cycle; ``completed``, ``failed``, ``cancelled`` are terminal."""
+    """Where a job is in its life cycle; ``completed``, ``failed``, ``cancelled`` are terminal.
 
+    ``waiting``: some of the jobs it runs after (its dependencies) have not completed yet.
+    """
+
+    WAITING = "waiting"
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -65,10 +69,15 @@ class Event(enum.StrEnum):
     INTERRUPTED = "interrupted"  # shutdown stopped the attempt: pending again, attempt not counted
     RECOVERED = "recovered"  # the process running it died: pending again, attempt counted
     REQUEUED = "requeued"
+    BLOCKED = "blocked"  # stored, or requeued, while some of its dependencies are unfinished
+    RELEASED = "released"  # the last of its dependencies completed: pending
 
 
 TRANSITIONS: Final[dict[tuple[JobStatus | None, Event], JobStatus]] = {
     (None, Event.ENQUEUED): JobStatus.PENDING,
+    (None, Event.BLOCKED): JobStatus.WAITING,
+    (JobStatus.WAITING, Event.RELEASED): JobStatus.PENDING,
+    (JobStatus.WAITING, Event.CANCELLED): JobStatus.CANCELLED,
     (JobStatus.PENDING, Event.STARTED): JobStatus.RUNNING,
     (JobStatus.PENDING, Event.CANCELLED): JobStatus.CANCELLED,
     (JobStatus.RUNNING, Event.COMPLETED): JobStatus.COMPLETED,
@@ -79,6 +88,8 @@ TRANSITIONS: Final[dict[tuple[JobStatus | None, Event], JobStatus]] = {
     (JobStatus.RUNNING, Event.RECOVERED): JobStatus.PENDING,
     (JobStatus.FAILED, Event.REQUEUED): JobStatus.PENDING,
     (JobStatus.CANCELLED, Event.REQUEUED): JobStatus.PENDING,
+    (JobStatus.FAILED, Event.BLOCKED): JobStatus.WAITING,
+    (JobStatus.CANCELLED, Event.BLOCKED): JobStatus.WAITING,
 }
 """The only legal transitions (DESIGN §2): ``(status, event) -> new status``; ``None`` is a job
 not yet stored."""
@@ -269,6 +280,19 @@ def _check_key(_: object, __: object, value: str | None) -> None:
     check_text("idempotency_key", value)
 
 
+def job_ids(value: object) -> tuple[int, ...]:
+    """``value`` as a tuple of job ids, each once, in order; :class:`InvalidArgument` if it
+    is not an iterable of ints within 1..2**63-1."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        raise InvalidArgument(f"after must be a list of job ids, not {value!r}")
+    ids: dict[int, None] = {}
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= MAX_INT:
+            raise InvalidArgument(f"after holds job ids (ints >= 1), not {item!r}")
+        ids[item] = None
+    return tuple(ids)
+
+
 @attrs.frozen
 class JobSpec:
     """A job to enqueue: what :meth:`Queue.enqueue_many` takes. Validated when constructed.
@@ -288,6 +312,8 @@ class JobSpec:
     )
     timeout: float | None = attrs.field(default=None, kw_only=True, validator=_check_spec_timeout)
     idempotency_key: str | None = attrs.field(default=None, kw_only=True, validator=_check_key)
+    after: tuple[int, ...] = attrs.field(default=(), kw_only=True, converter=job_ids)
+    """Ids of stored jobs this one runs after: it waits until all of them completed."""
 
     def __attrs_post_init__(self) -> None:
         if self.delay is not None and self.run_at is not None:
@@ -300,7 +326,8 @@ class Job:
 
     ``attempts`` counts the attempts started so far (a running job's current attempt included).
     ``error`` holds the last failure's message and traceback text. ``progress`` (0..1) and
-    ``progress_message`` are what the handler last reported.
+    ``progress_message`` are what the handler last reported. ``after`` holds the ids of the
+    jobs it runs after; ``schedule_key`` the key of the schedule that enqueued it, if one did.
     """
 
     id: int
@@ -320,3 +347,5 @@ class Job:
     progress_message: str | None = None
     timeout: float | None = None
     idempotency_key: str | None = None
+    after: tuple[int, ...] = ()
+    schedule_key: str | None = None

@@ -6,6 +6,7 @@ and the waiters, and :func:`conveyor.open_queue` (in ``_runtime.py``) builds bot
 
 from __future__ import annotations
 
+import datetime
 import math
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -14,9 +15,20 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import anyio
 import attrs
 
-from ._actors.messages import Cancel, Enqueue, Ping, Purge, Reply, Requeue
+from ._actors.messages import (
+    Cancel,
+    CancelQueued,
+    DropSchedule,
+    Enqueue,
+    Ping,
+    Purge,
+    Reply,
+    Requeue,
+    RequeueFailed,
+    SetSchedule,
+)
 from ._actors.store import Listener
-from ._errors import InvalidArgument, JobNotFound, QueueClosed, WaitTimeout
+from ._errors import ConveyorError, InvalidArgument, JobNotFound, QueueClosed, WaitTimeout
 from ._events import Change
 from ._job import (
     JSON,
@@ -24,12 +36,15 @@ from ._job import (
     Job,
     JobSpec,
     JobStatus,
+    check_max_attempts,
     check_seconds,
     check_text,
     encode_json,
 )
+from ._schedule import CATCH_UPS, Cadence, CatchUp, Schedule
 from ._storage import sqlite as storage
 from ._storage.sqlite import NewJob
+from ._workflow import Workflow
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -82,6 +97,7 @@ class Queue:
         max_attempts: int | None = None,
         timeout: float | None = None,
         idempotency_key: str | None = None,
+        after: Iterable[int] = (),
     ) -> Job:
         """Store a job for handler ``name`` and return it once it is durable.
 
@@ -89,10 +105,13 @@ class Queue:
         or ``run_at`` (wall-clock seconds), not both, schedule it for later. ``max_attempts`` and
         ``timeout`` default to the handler's. With an ``idempotency_key`` already held by a job,
         that job is returned and nothing is written (the key stays held while its job exists).
+        ``after`` takes ids of stored jobs: the job is ``waiting`` until all of them completed
+        (its delay counts from then), and is cancelled if one fails or is cancelled.
 
         Raises :class:`InvalidArgument` (also a ``ValueError``) for a bad argument,
         :class:`UnknownHandler` for a name not in the registry, :class:`NotJSONSerializable` for a
-        payload JSON cannot hold, :class:`QueueFull` beyond ``max_pending``, and
+        payload JSON cannot hold, :class:`JobNotFound` for an unknown ``after`` id,
+        :class:`QueueFull` beyond ``max_pending``, and
         :class:`QueueClosed` once the queue is closing.
 
         When it raises before the store has the command (every error above), nothing is
@@ -109,6 +128,7 @@ class Queue:
             max_attempts=max_attempts,
             timeout=timeout,
             idempotency_key=idempotency_key,
+            after=after,
         )
         (job,) = await self._enqueue([spec])
         return job
@@ -127,14 +147,27 @@ class Queue:
                 )
         return await self._enqueue(specs) if specs else []
 
-    async def _enqueue(self, specs: Sequence[JobSpec]) -> list[Job]:
+    async def enqueue_workflow(self, workflow: Workflow) -> list[Job]:
+        """Store every step of ``workflow`` in one transaction; the jobs in the order the
+        steps were added. All or nothing, as :meth:`enqueue_many`."""
+        if not isinstance(workflow, Workflow):
+            raise InvalidArgument(f"enqueue_workflow takes a conveyor.Workflow, not {workflow!r}")
+        steps = workflow.steps
+        return await self._enqueue([step.spec for step in steps], [s.after_steps for s in steps])
+
+    async def _enqueue(
+        self, specs: Sequence[JobSpec], steps: Sequence[tuple[int, ...]] = ()
+    ) -> list[Job]:
         now = self._runtime.clock()
-        jobs = [self._new_job(spec, now) for spec in specs]
+        jobs = [
+            self._new_job(spec, now, steps[index] if steps else ())
+            for index, spec in enumerate(specs)
+        ]
         reply: Reply[list[Job]] = Reply()
         await self._runtime.send(Enqueue(jobs, reply))
         return await reply.get()
 
-    def _new_job(self, spec: JobSpec, now: float) -> NewJob:
+    def _new_job(self, spec: JobSpec, now: float, after_steps: tuple[int, ...] = ()) -> NewJob:
         handler = self._runtime.registry[spec.name]
         payload_json = encode_json(spec.payload, f"the payload of a {spec.name!r} job")
         if spec.delay is not None:
@@ -153,6 +186,9 @@ class Queue:
             timeout=spec.timeout if spec.timeout is not None else handler.timeout,
             run_at=run_at,
             idempotency_key=spec.idempotency_key,
+            after=spec.after,
+            after_steps=after_steps,
+            delay=spec.delay,
         )
 
     async def cancel(self, job_id: int) -> bool:
@@ -168,13 +204,111 @@ class Queue:
         return await reply.get()
 
     async def requeue(self, job_id: int) -> bool:
-        """Move a ``failed`` or ``cancelled`` job back to ``pending``, attempts reset.
+        """Move a ``failed`` or ``cancelled`` job back to ``pending``, attempts reset (to
+        ``waiting`` if jobs it runs after have not completed); the jobs its end cancelled
+        (those that run after it) go back to ``waiting``.
 
-        Returns False (and changes nothing) for a job in any other status or an unknown id.
+        Returns False (and changes nothing) for a job in any other status, an unknown id, or a
+        job one of whose dependencies failed or was cancelled (requeue that one instead).
         """
         reply: Reply[bool] = Reply()
         await self._runtime.send(Requeue(_job_id(job_id), reply))
         return await reply.get()
+
+    async def requeue_failed(self, name: str | None = None) -> int:
+        """Requeue every ``failed`` job (of handler ``name`` only, if given) in one
+        transaction, as :meth:`requeue` does each; how many were requeued."""
+        reply: Reply[int] = Reply()
+        await self._runtime.send(RequeueFailed(_name(name), reply))
+        return await reply.get()
+
+    async def cancel_pending(self, name: str | None = None) -> int:
+        """Cancel every ``pending`` and ``waiting`` job (of handler ``name`` only, if given)
+        in one transaction; how many were cancelled (the jobs that run after them are
+        cancelled too, and not counted unless they match)."""
+        reply: Reply[int] = Reply()
+        await self._runtime.send(CancelQueued(_name(name), reply))
+        return await reply.get()
+
+    # --- schedules ---------------------------------------------------------------------------
+    async def schedule(
+        self,
+        key: str,
+        name: str,
+        payload: JSON = None,
+        *,
+        every: float | datetime.timedelta | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        catch_up: CatchUp = "latest",
+        priority: int = 5,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+    ) -> Schedule:
+        """Store a recurring job under ``key`` (replacing the schedule there, whose next tick
+        is then computed anew); the schedule as stored.
+
+        Exactly one of ``every`` (seconds > 0, or a ``timedelta``) and ``cron`` (five fields:
+        minute hour day month weekday, read in ``timezone``, an IANA name) says when it
+        ticks; each tick enqueues one job of handler ``name`` with ``payload``, exactly once
+        across crashes and restarts. Ticks missed while no process had the file open:
+        ``catch_up="latest"`` enqueues one job for the latest, ``"all"`` one per missed tick
+        (the latest 1000 at most), ``"none"`` none. Raises :class:`InvalidArgument` naming
+        the problem, and :class:`UnknownHandler`.
+        """
+        if not isinstance(key, str) or not key or len(key) > 255:
+            raise InvalidArgument(
+                f"a schedule's key must be a non-empty str of at most 255 characters, not {key!r}"
+            )
+        check_text("a schedule's key", key)
+        if isinstance(every, datetime.timedelta):
+            every = every.total_seconds()
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int | float)):
+            raise InvalidArgument(f"every must be seconds or a timedelta, not {every!r}")
+        if cron is not None and not isinstance(cron, str):
+            raise InvalidArgument(f"cron must be a str, not {cron!r}")
+        if not isinstance(timezone, str):
+            raise InvalidArgument(f"timezone must be an IANA name such as 'UTC', not {timezone!r}")
+        if catch_up not in CATCH_UPS:
+            raise InvalidArgument(
+                f"catch_up must be one of {', '.join(CATCH_UPS)}, not {catch_up!r}"
+            )
+        cadence = Cadence(None if every is None else float(every), cron, timezone)
+        # The job's own checks: handler, payload, priority, attempts, timeout.
+        spec = JobSpec(name, payload, priority=priority, max_attempts=max_attempts, timeout=timeout)
+        check_max_attempts(max_attempts)
+        job = self._new_job(spec, self._runtime.clock())
+        schedule = Schedule(
+            key=key,
+            name=name,
+            payload=payload,
+            every=cadence.every,
+            cron=cadence.cron,
+            timezone=timezone,
+            catch_up=catch_up,
+            priority=priority,
+            max_attempts=job.max_attempts,
+            timeout=job.timeout,
+            next_run_at=cadence.first_after(self._runtime.clock()),
+            last_run_at=None,
+            last_job_id=None,
+        )
+        reply: Reply[Schedule] = Reply()
+        await self._runtime.send(SetSchedule(schedule, reply))
+        return await reply.get()
+
+    async def unschedule(self, key: str) -> bool:
+        """Delete the schedule stored under ``key``; False if there is none. The jobs it
+        already enqueued stay."""
+        if not isinstance(key, str):
+            raise InvalidArgument(f"a schedule's key is a str, not {key!r}")
+        reply: Reply[bool] = Reply()
+        await self._runtime.send(DropSchedule(key, reply))
+        return await reply.get()
+
+    async def schedules(self) -> list[Schedule]:
+        """Every stored schedule, by key."""
+        return await self._read(storage.list_schedules)
 
     async def purge(self, older_than: float) -> int:
         """Delete finished jobs (completed, failed, cancelled) that finished more than
@@ -254,6 +388,36 @@ class Queue:
             raise JobNotFound(f"job {job_id} was purged as it finished")
         return job
 
+    async def wait_all(self, job_ids: Iterable[int], timeout: float | None = None) -> list[Job]:
+        """Wait until every job of ``job_ids`` is finished; the jobs, in the order given.
+
+        Event-driven like :meth:`wait`. Raises :class:`WaitTimeout` naming how many were still
+        unfinished after ``timeout`` seconds, and :class:`JobNotFound` for an unknown id.
+        """
+        ids = [_job_id(job_id) for job_id in job_ids]
+        check_seconds("timeout", timeout)
+        finished: dict[int, Job] = {}
+
+        async def wait_one(job_id: int) -> None:
+            finished[job_id] = await self.wait(job_id)
+
+        try:
+            with anyio.fail_after(timeout):
+                async with anyio.create_task_group() as tg:
+                    for job_id in dict.fromkeys(ids):
+                        tg.start_soon(wait_one, job_id)
+        except TimeoutError:
+            unfinished = len(set(ids) - finished.keys())
+            raise WaitTimeout(
+                f"{unfinished} of the {len(set(ids))} jobs did not finish within {timeout:g} s"
+            ) from None
+        except BaseExceptionGroup as group:
+            first = group.exceptions[0]
+            if all(isinstance(exc, ConveyorError) for exc in group.exceptions):
+                raise first from None
+            raise
+        return [finished[job_id] for job_id in ids]
+
     async def list(
         self,
         *,
@@ -312,6 +476,15 @@ def _job_id(value: object) -> int:
         raise InvalidArgument(f"a job id is an int, not {value!r}")
     if not -MAX_INT - 1 <= value <= MAX_INT:
         raise InvalidArgument(f"a job id is a 64-bit int, and {value} is not")
+    return value
+
+
+def _name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"a handler name is a non-empty str, not {value!r}")
+    check_text("a handler name", value)
     return value
 
 

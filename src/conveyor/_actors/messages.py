@@ -15,7 +15,8 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .._job import Job
+from .._job import JSON, Job
+from .._schedule import Schedule
 from .._storage.sqlite import NewJob, Outcome
 
 T = TypeVar("T")
@@ -105,6 +106,36 @@ class Purge:
 
 
 @attrs.frozen
+class RequeueFailed:
+    """Requeue every failed job (of handler ``name`` only, if given); answers how many."""
+
+    name: str | None
+    reply: Reply[int]
+
+
+@attrs.frozen
+class CancelQueued:
+    """Cancel every pending and waiting job (of handler ``name`` only, if given)."""
+
+    name: str | None
+    reply: Reply[int]
+
+
+@attrs.frozen
+class SetSchedule:
+    """Store ``schedule`` under its key, replacing the one there."""
+
+    schedule: Schedule
+    reply: Reply[Schedule]
+
+
+@attrs.frozen
+class DropSchedule:
+    key: str
+    reply: Reply[bool]
+
+
+@attrs.frozen
 class Ping:
     """Proves the store is alive and the database takes a write."""
 
@@ -118,7 +149,20 @@ class Stop:
     reply: Reply[None]
 
 
-StoreCommand = Enqueue | Report | Tick | Cancel | Requeue | Purge | Ping | Stop
+StoreCommand = (
+    Enqueue
+    | Report
+    | Tick
+    | Cancel
+    | Requeue
+    | RequeueFailed
+    | CancelQueued
+    | SetSchedule
+    | DropSchedule
+    | Purge
+    | Ping
+    | Stop
+)
 
 
 # --- to the worker pool ---------------------------------------------------------------------
@@ -128,13 +172,15 @@ class News:
 
     ``claimed``: jobs claimed for slots the pool asked for, best first. ``answered``: how many
     of the pool's reports this batch applied (``released`` if one of them was the release).
-    ``cancel``: running jobs whose cancel was committed.
+    ``cancel``: running jobs whose cancel was committed. ``dependency_results``: for each
+    claimed job that runs after others, each dependency's id and result.
     """
 
     claimed: list[Job]
     answered: int
     released: bool
     cancel: list[int]
+    dependency_results: dict[int, dict[int, JSON]] = attrs.Factory(dict)
 
 
 @attrs.frozen

@@ -117,6 +117,8 @@ class Pool:
         self._to_self = to_self
         self._store = store
         self._ready: collections.deque[Job] = collections.deque()
+        self._results: dict[int, dict[int, JSON]] = {}
+        """Claimed jobs' dependency results, until their attempt starts."""
         self._running: dict[int, Attempt] = {}
         self._outcomes: list[Outcome] = []
         self._progress: list[Attempt] = []
@@ -178,6 +180,7 @@ class Pool:
                 # Claimed just before the pool began to close: give the jobs back untouched.
                 self._outcomes += [Outcome(job, Event.INTERRUPTED) for job in message.claimed]
             elif message.claimed:
+                self._results.update(message.dependency_results)
                 self._ready.extend(message.claimed)
                 self._job_arrived.set()
                 self._job_arrived = self._fast.event()
@@ -189,6 +192,7 @@ class Pool:
             self._closing = message.idle
             self._outcomes += [Outcome(job, Event.INTERRUPTED) for job in self._ready]
             self._ready.clear()
+            self._results.clear()
         elif isinstance(message, InterruptAll):
             for job_id in list(self._running):
                 self._cancel(job_id, "shutdown")
@@ -204,6 +208,7 @@ class Pool:
             if job.id == job_id:
                 # Claimed but not started: it never starts.
                 self._ready.remove(job)
+                self._results.pop(job.id, None)
                 self._outcomes.append(Outcome(job, Event.CANCELLED))
                 return
         # Otherwise its attempt already ended, and the store settles that end as cancelled.
@@ -345,7 +350,12 @@ class Pool:
         except UnknownHandler as exc:
             return _failure(job, f"{exc}\n(in the process that claimed it)", Backoff(), 0.0)
         context = JobContext(
-            job.id, job.name, job.attempts, job.payload, functools.partial(self._note, attempt)
+            job.id,
+            job.name,
+            job.attempts,
+            job.payload,
+            functools.partial(self._note, attempt),
+            self._results.pop(job.id, None) if job.after else None,
         )
         try:
             if handler.is_async:

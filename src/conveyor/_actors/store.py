@@ -29,9 +29,9 @@ import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._errors import DatabaseError, DatabaseUnavailable, QueueClosed, QueueFull
+from .._errors import DatabaseError, DatabaseUnavailable, JobNotFound, QueueClosed, QueueFull
 from .._events import Change
-from .._job import Event, Job, JobStatus
+from .._job import JSON, Event, Job, JobStatus
 from .._storage.sqlite import (
     CancelResult,
     Fault,
@@ -43,6 +43,8 @@ from .._storage.sqlite import (
 )
 from .messages import (
     Cancel,
+    CancelQueued,
+    DropSchedule,
     Enqueue,
     News,
     NextDue,
@@ -52,6 +54,8 @@ from .messages import (
     Reply,
     Report,
     Requeue,
+    RequeueFailed,
+    SetSchedule,
     Stop,
     StoreCommand,
     Tick,
@@ -110,6 +114,7 @@ class Effects:
     replies: list[tuple[Reply[Any], object]] = attrs.Factory(list)
     failures: list[tuple[Reply[Any], BaseException]] = attrs.Factory(list)
     claimed: list[Job] = attrs.Factory(list)
+    dependency_results: dict[int, dict[int, JSON]] = attrs.Factory(dict)
     reports: int = 0
     released: bool = False
     cancel_running: list[int] = attrs.Factory(list)
@@ -155,6 +160,9 @@ def apply_batch(
             writer.rollback()
             writer.begin()
             effects = _replay_one_by_one(writer, commands, now, max_pending, claims)
+        if writer.next_tick is not None and writer.next_tick <= now:
+            effects.changes += writer.fire_schedules(now)
+            effects.wake()
         _claim_for_pool(writer, now, effects)
         writer.commit()
     except BaseException:
@@ -269,31 +277,49 @@ def _apply(
         effects.released = effects.released or command.release
     elif isinstance(command, Enqueue):
         try:
-            results, inserted = _enqueue(writer, command.jobs, now, max_pending)
-        except QueueFull as exc:
+            results, inserted, changes = _enqueue(writer, command.jobs, now, max_pending)
+        except (QueueFull, JobNotFound) as exc:
             effects.failures.append((command.reply, exc))
             return
         effects.replies.append((command.reply, results))
-        effects.changes += [
-            Change(Event.ENQUEUED, job.id, job.name, JobStatus.PENDING) for job in inserted
-        ]
-        if any(job.run_at <= now for job in inserted):
+        effects.changes += changes
+        if any(job.status is JobStatus.PENDING and job.run_at <= now for job in inserted):
             effects.wake()
     elif isinstance(command, Tick):
         effects.wake()
     elif isinstance(command, Cancel):
-        outcome, change = writer.cancel(command.job_id, now)
-        if change is not None:
-            effects.changes.append(change)
-        elif outcome == CancelResult.RUNNING:
+        outcome, changes = writer.cancel(command.job_id, now)
+        effects.changes += changes
+        if outcome == CancelResult.RUNNING:
             effects.cancel_running.append(command.job_id)
         effects.replies.append((command.reply, outcome != CancelResult.NOT_CANCELLABLE))
     elif isinstance(command, Requeue):
-        change = writer.requeue(command.job_id, now)
-        if change is not None:
-            effects.changes.append(change)
+        changes = writer.requeue(command.job_id, now)
+        effects.changes += changes
+        if changes:
             effects.wake()
-        effects.replies.append((command.reply, change is not None))
+        effects.replies.append((command.reply, bool(changes)))
+    elif isinstance(command, RequeueFailed):
+        requeued = 0
+        for job_id in writer.queued_ids([JobStatus.FAILED], command.name):
+            changes = writer.requeue(job_id, now)
+            requeued += bool(changes)
+            effects.changes += changes
+        if requeued:
+            effects.wake()
+        effects.replies.append((command.reply, requeued))
+    elif isinstance(command, CancelQueued):
+        cancelled = 0
+        for job_id in writer.queued_ids([JobStatus.PENDING, JobStatus.WAITING], command.name):
+            outcome, changes = writer.cancel(job_id, now)
+            cancelled += outcome == CancelResult.CANCELLED
+            effects.changes += changes
+        effects.replies.append((command.reply, cancelled))
+    elif isinstance(command, SetSchedule):
+        stored = writer.upsert_schedule(command.schedule)
+        effects.replies.append((command.reply, stored))
+    elif isinstance(command, DropSchedule):
+        effects.replies.append((command.reply, writer.delete_schedule(command.key)))
     elif isinstance(command, Purge):
         effects.replies.append((command.reply, writer.purge(now - command.older_than)))
     elif isinstance(command, Ping):
@@ -327,6 +353,7 @@ def _claim_for_pool(writer: Writer, now: float, effects: Effects) -> None:
     jobs = writer.claim(claims.wanted, now)
     effects.claims = Claims(claims.wanted - len(jobs), may_be_ready=len(jobs) == claims.wanted)
     effects.claimed = jobs
+    effects.dependency_results = writer.dependency_results(jobs)
     effects.changes += [
         Change(
             Event.STARTED,
@@ -341,10 +368,12 @@ def _claim_for_pool(writer: Writer, now: float, effects: Effects) -> None:
 
 def _enqueue(
     writer: Writer, jobs: Sequence[NewJob], now: float, max_pending: float
-) -> tuple[list[Job], list[Job]]:
+) -> tuple[list[Job], list[Job], list[Change]]:
     """Insert ``jobs``; a job whose idempotency key is taken is answered by the job holding it.
 
-    Returns the job answering each of ``jobs`` in order, and the jobs actually inserted.
+    Returns the job answering each of ``jobs`` in order, the jobs actually inserted, and the
+    changes. A job's ``after_steps`` (indices into ``jobs``) become the ids of those jobs,
+    whether inserted now or found by their key.
     """
     results: list[Job | int] = []  # a Job already stored, or an index into ``fresh``
     fresh: list[NewJob] = []
@@ -367,8 +396,22 @@ def _enqueue(
             f"the queue is full: it holds {writer.pending_count} pending jobs and max_pending is "
             f"{max_pending:g}, so {len(fresh)} more were refused and nothing was written"
         )
-    inserted = writer.insert(fresh, now)
-    return [inserted[item] if isinstance(item, int) else item for item in results], inserted
+    first_id = writer.next_id()
+    if any(new.after_steps for new in fresh):
+        fresh = [_resolve_steps(new, results) for new in fresh]
+    inserted, changes = writer.insert(fresh, now, first_id)
+    answers = [inserted[item] if isinstance(item, int) else item for item in results]
+    return answers, inserted, changes
+
+
+def _resolve_steps(new: NewJob, results: Sequence[Job | int]) -> NewJob:
+    """``new`` with its steps that were found by key turned into stored ids, and the rest
+    into indices among the jobs inserted."""
+    stored = [r.id for r in (results[step] for step in new.after_steps) if isinstance(r, Job)]
+    fresh = [r for r in (results[step] for step in new.after_steps) if isinstance(r, int)]
+    return attrs.evolve(
+        new, after=tuple(dict.fromkeys((*new.after, *stored))), after_steps=tuple(fresh)
+    )
 
 
 @attrs.define
@@ -588,7 +631,13 @@ class Store:
         if effects.claimed or effects.reports or effects.cancel_running:
             tell(
                 self._pool,
-                News(effects.claimed, effects.reports, effects.released, effects.cancel_running),
+                News(
+                    effects.claimed,
+                    effects.reports,
+                    effects.released,
+                    effects.cancel_running,
+                    effects.dependency_results,
+                ),
             )
         self._tell_timer(now)
         if effects.changes:
@@ -605,7 +654,7 @@ class Store:
         A due time already past is not told: the next claim promotes that job anyway, and the
         timer firing at once again would only spin while every slot is busy.
         """
-        due = self._writer.next_due
+        due = self._writer.next_wakeup
         if due != self._told_due and (due is None or due > now):
             self._told_due = due
             tell(self._timer, NextDue(due))

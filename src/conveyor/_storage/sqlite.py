@@ -27,7 +27,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from .._errors import DatabaseError, DatabaseInUse, SchemaTooNew
+from .._errors import DatabaseError, DatabaseInUse, JobNotFound, SchemaTooNew
 from .._events import Change
 from .._job import (
     JSON,
@@ -39,10 +39,11 @@ from .._job import (
     end_attempt,
     sources_of,
 )
+from .._schedule import Cadence, CatchUp, Schedule, due_ticks
 
 logger = logging.getLogger("conveyor")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 APPLICATION_ID: Final = 0x434F4E56  # "CONV": marks the file as a conveyor database
 
 Synchronous = Literal["normal", "full"]
@@ -66,12 +67,14 @@ def _status_allows(event: Event) -> str:
     return f"status IN ({_sql_list(sources)})"
 
 
-_JOBS_TABLE: Final = f"""
+_JOBS_TABLE_V2: Final = """
     CREATE TABLE jobs (
         id               INTEGER PRIMARY KEY AUTOINCREMENT,
         name             TEXT    NOT NULL,
         payload          TEXT    NOT NULL,
-        status           TEXT    NOT NULL CHECK (status IN ({_sql_list(JobStatus)})),
+        status           TEXT    NOT NULL
+                         CHECK (status IN ('cancelled', 'completed', 'failed', 'pending',
+                                           'running')),
         -- 1 while pending and not due yet: storage for the claim index, not a status.
         scheduled        INTEGER NOT NULL DEFAULT 0
                          CHECK (scheduled = 0 OR (scheduled = 1 AND status = 'pending')),
@@ -104,11 +107,85 @@ _JOBS_TABLE: Final = f"""
     CREATE INDEX jobs_name ON jobs (name, id);
 """
 
+_JOBS_TABLE: Final = f"""
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        name             TEXT    NOT NULL,
+        payload          TEXT    NOT NULL,
+        status           TEXT    NOT NULL CHECK (status IN ({_sql_list(JobStatus)})),
+        -- 1 while pending and not due yet: storage for the claim index, not a status.
+        scheduled        INTEGER NOT NULL DEFAULT 0
+                         CHECK (scheduled = 0 OR (scheduled = 1 AND status = 'pending')),
+        priority         INTEGER NOT NULL CHECK (priority BETWEEN 1 AND 10),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+        timeout          REAL,
+        run_at           REAL    NOT NULL,
+        created_at       REAL    NOT NULL,
+        started_at       REAL,
+        finished_at      REAL,
+        result           TEXT,
+        error            TEXT,
+        progress         REAL,
+        progress_message TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        idempotency_key  TEXT,
+        -- The ids it runs after, as a JSON list (NULL: none), indexed by job_deps.
+        after            TEXT,
+        -- Its dependencies not completed yet: it is 'waiting' while this is above 0.
+        blockers         INTEGER NOT NULL DEFAULT 0,
+        -- A waiting job's delay, counted from when it is released (NULL: none).
+        delay            REAL,
+        -- The dependency whose failure or cancel cancelled it: requeuing that one brings it back.
+        cancelled_by     INTEGER,
+        schedule_key     TEXT
+    );
+    -- Keys are unique, and the many jobs without one cost no index entry.
+    CREATE UNIQUE INDEX jobs_key ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
+    -- The priority queue: ready jobs in claim order.
+    CREATE INDEX jobs_ready ON jobs (priority, run_at, id)
+        WHERE status = 'pending' AND scheduled = 0;
+    -- Jobs not due yet, by when they become due.
+    CREATE INDEX jobs_scheduled ON jobs (run_at) WHERE scheduled = 1;
+    -- Finished jobs by age: statistics over the last minute, and purge.
+    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    -- The dead-letter list, newest first.
+    CREATE INDEX jobs_failed ON jobs (id) WHERE status = 'failed';
+    CREATE INDEX jobs_name ON jobs (name, id);
+    CREATE INDEX jobs_cancelled_by ON jobs (cancelled_by) WHERE cancelled_by IS NOT NULL;
+    -- Who waits for whom: a job's dependents, found when it ends.
+    CREATE TABLE job_deps (
+        dep_id INTEGER NOT NULL,
+        job_id INTEGER NOT NULL,
+        PRIMARY KEY (dep_id, job_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE schedules (
+        key          TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        payload      TEXT NOT NULL,
+        every        REAL,
+        cron         TEXT,
+        timezone     TEXT NOT NULL,
+        catch_up     TEXT NOT NULL CHECK (catch_up IN ('latest', 'all', 'none')),
+        priority     INTEGER NOT NULL,
+        max_attempts INTEGER,
+        timeout      REAL,
+        next_run_at  REAL NOT NULL,
+        last_run_at  REAL,
+        last_job_id  INTEGER,
+        paused       INTEGER NOT NULL DEFAULT 0,
+        CHECK ((every IS NULL) != (cron IS NULL))
+    );
+    CREATE INDEX schedules_next ON schedules (next_run_at) WHERE NOT paused;
+"""
+
 _V1_COLUMNS: Final = (
     "id, name, payload, priority, attempts, max_attempts, timeout, run_at, created_at, "
     "started_at, finished_at, result, error, progress, progress_message, cancel_requested, "
     "idempotency_key"
 )
+
+_V2_COLUMNS: Final = f"{_V1_COLUMNS}, status, scheduled"
 
 _CREATE: Final = _JOBS_TABLE
 """A new file gets the latest schema at once."""
@@ -123,7 +200,7 @@ _UPGRADES: Final[dict[int, str]] = {
     DROP INDEX jobs_failed;
     DROP INDEX jobs_name;
     ALTER TABLE jobs RENAME TO jobs_v1;
-    {_JOBS_TABLE};
+    {_JOBS_TABLE_V2};
     INSERT INTO jobs ({_V1_COLUMNS}, status, scheduled)
         SELECT {_V1_COLUMNS},
                CASE status WHEN 'scheduled' THEN 'pending' ELSE status END,
@@ -134,12 +211,29 @@ _UPGRADES: Final[dict[int, str]] = {
     UPDATE sqlite_sequence SET name = 'jobs' WHERE name = 'jobs_v1';
     DROP TABLE jobs_v1
     """,
+    # Version 3 adds the 'waiting' status (so the CHECK changes and the table is rebuilt),
+    # dependencies and schedules.
+    3: f"""
+    DROP INDEX jobs_ready;
+    DROP INDEX jobs_scheduled;
+    DROP INDEX jobs_finished;
+    DROP INDEX jobs_failed;
+    DROP INDEX jobs_name;
+    DROP INDEX jobs_key;
+    ALTER TABLE jobs RENAME TO jobs_v2;
+    {_JOBS_TABLE};
+    INSERT INTO jobs ({_V2_COLUMNS}) SELECT {_V2_COLUMNS} FROM jobs_v2;
+    DELETE FROM sqlite_sequence WHERE name = 'jobs';
+    UPDATE sqlite_sequence SET name = 'jobs' WHERE name = 'jobs_v2';
+    DROP TABLE jobs_v2
+    """,
 }
 """``version -> statements`` that bring a file of ``version - 1`` to ``version``."""
 
 _COLUMNS: Final = (
     "id, name, payload, status, priority, attempts, max_attempts, run_at, created_at, "
-    "started_at, finished_at, result, error, progress, progress_message, timeout, idempotency_key"
+    "started_at, finished_at, result, error, progress, progress_message, timeout, idempotency_key, "
+    "after, schedule_key"
 )
 
 _PENDING: Final = JobStatus.PENDING.value
@@ -148,8 +242,82 @@ _RUNNING: Final = JobStatus.RUNNING.value
 # --- The statements, by name. -------------------------------------------------------------------
 Q_INSERT: Final = (
     "INSERT INTO jobs (id, name, payload, status, scheduled, priority, max_attempts, timeout, "
-    "run_at, created_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "run_at, created_at, idempotency_key, after, blockers, delay, schedule_key) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+Q_INSERT_DEP: Final = "INSERT OR IGNORE INTO job_deps (dep_id, job_id) VALUES (?, ?)"
+Q_HAS_DEPS: Final = "SELECT EXISTS (SELECT 1 FROM job_deps)"
+Q_DEP_STATES: Final = "SELECT id, status, name FROM jobs WHERE id IN ({ids})"
+Q_UNBLOCK: Final = f"""
+    UPDATE jobs SET blockers = blockers - 1
+    WHERE id IN (SELECT job_id FROM job_deps WHERE dep_id = ?) AND status = '{JobStatus.WAITING}'
+"""
+Q_RELEASE: Final = f"""
+    UPDATE jobs SET status = '{decide(JobStatus.WAITING, Event.RELEASED)}',
+                    run_at = CASE WHEN delay IS NULL THEN max(run_at, :now)
+                                  ELSE :now + delay END,
+                    scheduled = CASE WHEN delay IS NULL THEN run_at > :now ELSE delay > 0 END
+    WHERE id IN (SELECT job_id FROM job_deps WHERE dep_id = :dep)
+          AND status = '{JobStatus.WAITING}' AND blockers <= 0
+    RETURNING id, name, run_at, scheduled
+"""
+"""Releases the waiting dependents of job ``:dep`` that wait for nothing else any more. (In
+SQLite's UPDATE every expression reads the row as it was, so ``scheduled`` sees the old
+``run_at``: both CASEs compute the same time.)"""
+Q_CANCEL_DEPENDENTS: Final = f"""
+    WITH RECURSIVE below(id) AS (
+        SELECT job_id FROM job_deps WHERE dep_id = :dep
+        UNION SELECT job_deps.job_id FROM job_deps JOIN below ON job_deps.dep_id = below.id
+    )
+    UPDATE jobs SET status = '{decide(JobStatus.WAITING, Event.CANCELLED)}',
+                    finished_at = :now, error = :error, cancelled_by = :root
+    WHERE id IN (SELECT id FROM below) AND status = '{JobStatus.WAITING}'
+    RETURNING id, name
+"""
+"""Cancels every waiting job that depends on job ``:dep``, directly or through others."""
+Q_REBLOCK: Final = f"""
+    UPDATE jobs SET status = '{decide(JobStatus.CANCELLED, Event.BLOCKED)}', finished_at = NULL,
+                    error = NULL, cancelled_by = NULL
+    WHERE cancelled_by = ? AND {_status_allows(Event.BLOCKED)}
+    RETURNING id, name
+"""
+Q_FAILED_DEP_OF: Final = f"""
+    SELECT jobs.id, jobs.status FROM job_deps JOIN jobs ON jobs.id = job_deps.dep_id
+    WHERE job_deps.job_id = ?
+          AND jobs.status IN ('{JobStatus.FAILED}', '{JobStatus.CANCELLED}')
+    LIMIT 1
+"""
+Q_BLOCKERS: Final = "SELECT blockers FROM jobs WHERE id = ?"
+Q_RESULTS: Final = "SELECT id, result FROM jobs WHERE id IN ({ids})"
+Q_PURGE_DEPS: Final = (
+    "DELETE FROM job_deps WHERE dep_id NOT IN (SELECT id FROM jobs) "
+    "OR job_id NOT IN (SELECT id FROM jobs)"
+)
+_SCHEDULE_COLUMNS: Final = (
+    "key, name, payload, every, cron, timezone, catch_up, priority, max_attempts, timeout, "
+    "next_run_at, last_run_at, last_job_id, paused"
+)
+Q_UPSERT_SCHEDULE: Final = f"""
+    INSERT INTO schedules ({_SCHEDULE_COLUMNS})
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0)
+    ON CONFLICT (key) DO UPDATE SET
+        name = excluded.name, payload = excluded.payload, every = excluded.every,
+        cron = excluded.cron, timezone = excluded.timezone, catch_up = excluded.catch_up,
+        priority = excluded.priority, max_attempts = excluded.max_attempts,
+        timeout = excluded.timeout, next_run_at = excluded.next_run_at
+    RETURNING {_SCHEDULE_COLUMNS}
+"""
+Q_DELETE_SCHEDULE: Final = "DELETE FROM schedules WHERE key = ?"
+Q_DUE_SCHEDULES: Final = (
+    f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE next_run_at <= ? AND NOT paused "
+    "ORDER BY next_run_at, key"
+)
+Q_ADVANCE_SCHEDULE: Final = (
+    "UPDATE schedules SET next_run_at = ?, last_run_at = coalesce(?, last_run_at), "
+    "last_job_id = coalesce(?, last_job_id) WHERE key = ?"
+)
+Q_NEXT_TICK: Final = "SELECT min(next_run_at) FROM schedules WHERE NOT paused"
+Q_SCHEDULES: Final = f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY key"
 Q_BY_KEY: Final = f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?"
 Q_BY_ID: Final = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"
 Q_NEXT_ID: Final = (
@@ -207,20 +375,25 @@ Q_PROGRESS: Final = (
     f"WHERE id = ? AND attempts = ? AND status = '{_RUNNING}'"
 )
 Q_CANCEL_STATE: Final = "SELECT status FROM jobs WHERE id = ?"
-Q_CANCEL_PENDING: Final = f"""
+Q_CANCEL_QUEUED: Final = f"""
     UPDATE jobs SET status = '{decide(JobStatus.PENDING, Event.CANCELLED)}', scheduled = 0,
                     finished_at = ?, error = 'cancelled before it ran'
     WHERE id = ? RETURNING {_COLUMNS}
 """
 Q_REQUEST_CANCEL: Final = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?"
 Q_REQUEUE: Final = f"""
-    UPDATE jobs SET status = '{decide(JobStatus.FAILED, Event.REQUEUED)}', scheduled = 0,
+    UPDATE jobs SET status = ?, scheduled = 0,
                     attempts = 0, run_at = ?, started_at = NULL, finished_at = NULL,
                     result = NULL, error = NULL, progress = NULL, progress_message = NULL,
-                    cancel_requested = 0
+                    cancel_requested = 0, cancelled_by = NULL
     WHERE id = ? AND {_status_allows(Event.REQUEUED)}
     RETURNING name
 """
+Q_REQUEUE_STATE: Final = "SELECT status, blockers FROM jobs WHERE id = ?"
+Q_IDS_BY_STATUS: Final = "SELECT id FROM jobs WHERE status IN ({statuses}) ORDER BY id"
+Q_IDS_BY_STATUS_NAME: Final = (
+    "SELECT id FROM jobs WHERE status IN ({statuses}) AND name = ? ORDER BY id"
+)
 Q_PURGE: Final = f"DELETE FROM jobs WHERE status IN ({_sql_list(TERMINAL)}) AND finished_at <= ?"
 Q_TOUCH: Final = "UPDATE sqlite_sequence SET seq = seq WHERE 0"
 Q_COUNT_BY_STATUS_NAME: Final = "SELECT status, name, count(*) FROM jobs GROUP BY status, name"
@@ -268,6 +441,8 @@ def row_to_job(row: Sequence[Any]) -> Job:
         progress_message=row[14],
         timeout=row[15],
         idempotency_key=row[16],
+        after=() if row[17] is None else tuple(json.loads(row[17])),
+        schedule_key=row[18],
     )
 
 
@@ -283,6 +458,13 @@ class NewJob:
     timeout: float | None
     run_at: float
     idempotency_key: str | None
+    after: tuple[int, ...] = ()
+    """Ids of stored jobs it runs after."""
+    after_steps: tuple[int, ...] = ()
+    """Indices of earlier jobs of the same enqueue that it runs after (a workflow's steps)."""
+    delay: float | None = None
+    """The delay asked for, counted from its release if it has to wait."""
+    schedule_key: str | None = None
 
 
 @attrs.frozen
@@ -540,6 +722,9 @@ class Writer:
                 self._conn.execute("PRAGMA busy_timeout = 0")
                 self._identity = _file_identity(path)
                 self.pending_count = 0
+                self.next_tick: float | None = None
+                """The earliest next tick of a schedule (``None``: no schedule)."""
+                self._has_deps = False
                 self.next_due: float | None = None
                 """When the earliest scheduled job becomes due (``None``: none is scheduled).
 
@@ -641,7 +826,15 @@ class Writer:
     def _reload_counters(self) -> None:
         self.pending_count = self._conn.execute(Q_COUNT_PENDING).fetchone()[0]
         self.next_due = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
+        self.next_tick = self._conn.execute(Q_NEXT_TICK).fetchone()[0]
+        self._has_deps = bool(self._conn.execute(Q_HAS_DEPS).fetchone()[0])
         self._counters_stale = False
+
+    @property
+    def next_wakeup(self) -> float | None:
+        """The earliest of :attr:`next_due` and :attr:`next_tick`: when the timer must wake."""
+        times = [t for t in (self.next_due, self.next_tick) if t is not None]
+        return min(times) if times else None
 
     # --- writes ----------------------------------------------------------------------------
     def recover_running(self, now: float) -> int:
@@ -660,24 +853,54 @@ class Writer:
                 cancel_requested=bool(cancel_requested),
             )
             error = RECOVERED_ERROR.format(attempts=attempts, max_attempts=max_attempts)
-            self._write_end(event, job_id, now, result_json=None, error=error, retry_delay=0.0)
+            status = self._write_end(
+                event, job_id, now, result_json=None, error=error, retry_delay=0.0
+            )
+            name = self._conn.execute("SELECT name FROM jobs WHERE id = ?", (job_id,))
+            self._after_end(job_id, name.fetchone()[0], status, now)
         return len(rows)
 
     def find_by_key(self, key: str) -> Job | None:
         row = self._conn.execute(Q_BY_KEY, (key,)).fetchone()
         return None if row is None else row_to_job(row)
 
-    def insert(self, jobs: Iterable[NewJob], now: float) -> list[Job]:
-        """Insert ``jobs`` (keys already checked to be free) and return them as stored."""
-        # Read inside the transaction: nobody else can insert until it commits.
+    def next_id(self) -> int:
+        """The id the next inserted job gets (read inside the transaction: nobody else can
+        insert until it commits)."""
         next_id: int = self._conn.execute(Q_NEXT_ID).fetchone()[0]
-        status = decide(None, Event.ENQUEUED)
+        return next_id
+
+    def insert(
+        self, jobs: Sequence[NewJob], now: float, first_id: int | None = None
+    ) -> tuple[list[Job], list[Change]]:
+        """Insert ``jobs`` (keys already checked to be free) with ids from ``first_id`` on;
+        return them as stored, and the changes: each stored job, and the jobs cancelled
+        because one they run after had already failed or been cancelled.
+
+        A job runs after the stored jobs of its ``after`` and the jobs of this insert its
+        ``after_steps`` point at. It is ``waiting`` while any of them has not completed.
+        Raises :class:`JobNotFound` (before writing anything) if an ``after`` id is unknown.
+        """
+        if first_id is None:
+            first_id = self.next_id()
+        stored = {dep for new in jobs for dep in new.after}
+        states = self._states_of(stored) if stored else {}
         rows = []
+        deps = []
         created = []
-        for job_id, new in enumerate(jobs, next_id):
-            scheduled = new.run_at > now
+        changes = []
+        pending = 0
+        for job_id, new in enumerate(jobs, first_id):
+            after = (*new.after, *(first_id + step for step in new.after_steps))
+            blockers = len(new.after_steps) + sum(
+                1 for dep in new.after if states[dep][0] is not JobStatus.COMPLETED
+            )
+            event = Event.BLOCKED if blockers else Event.ENQUEUED
+            status = decide(None, event)
+            scheduled = status is JobStatus.PENDING and new.run_at > now
             if scheduled:
                 self._schedule(new.run_at)
+            pending += status is JobStatus.PENDING
             rows.append(
                 (
                     job_id,
@@ -691,8 +914,13 @@ class Writer:
                     new.run_at,
                     now,
                     new.idempotency_key,
+                    json.dumps(after) if after else None,
+                    blockers,
+                    new.delay,
+                    new.schedule_key,
                 )
             )
+            deps += [(dep, job_id) for dep in after]
             created.append(
                 Job(
                     id=job_id,
@@ -706,11 +934,93 @@ class Writer:
                     created_at=now,
                     timeout=new.timeout,
                     idempotency_key=new.idempotency_key,
+                    after=after,
+                    schedule_key=new.schedule_key,
                 )
             )
+            changes.append(Change(event, job_id, new.name, status))
         self._conn.executemany(Q_INSERT, rows)
-        self.pending_count += len(rows)
-        return created
+        self.pending_count += pending
+        if deps:
+            self._conn.executemany(Q_INSERT_DEP, deps)
+            self._has_deps = True
+            for dep, (status, name) in states.items():
+                if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                    changes += self._cancel_dependents(dep, name, status, now)
+        return created, changes
+
+    def _states_of(self, ids: Iterable[int]) -> dict[int, tuple[JobStatus, str]]:
+        """The status and name of each job of ``ids``; :class:`JobNotFound` if one is unknown."""
+        wanted = sorted(ids)
+        states: dict[int, tuple[JobStatus, str]] = {}
+        for start in range(0, len(wanted), COMPLETE_CHUNK):
+            chunk = wanted[start : start + COMPLETE_CHUNK]
+            statement = Q_DEP_STATES.format(ids=", ".join("?" * len(chunk)))
+            for job_id, status, name in self._conn.execute(statement, chunk):
+                states[job_id] = (_STATUSES[status], name)
+        missing = [job_id for job_id in wanted if job_id not in states]
+        if missing:
+            raise JobNotFound(
+                f"after names jobs that do not exist: {', '.join(map(str, missing[:10]))}"
+            )
+        return states
+
+    def dependency_results(self, jobs: Sequence[Job]) -> dict[int, dict[int, JSON]]:
+        """For each of ``jobs`` that runs after others: each dependency's id and result."""
+        wanted = {dep for job in jobs for dep in job.after}
+        if not wanted:
+            return {}
+        results: dict[int, JSON] = {}
+        ids = sorted(wanted)
+        for start in range(0, len(ids), COMPLETE_CHUNK):
+            chunk = ids[start : start + COMPLETE_CHUNK]
+            statement = Q_RESULTS.format(ids=", ".join("?" * len(chunk)))
+            for job_id, result in self._conn.execute(statement, chunk):
+                results[job_id] = None if result is None else _json(result)
+        return {job.id: {dep: results.get(dep) for dep in job.after} for job in jobs if job.after}
+
+    def _after_end(self, job_id: int, name: str, status: JobStatus, now: float) -> list[Change]:
+        """What a job ending in ``status`` does to the jobs that run after it: releases them
+        when it completed, cancels them (transitively) when it failed or was cancelled."""
+        if not self._has_deps:
+            return []
+        if status is JobStatus.COMPLETED:
+            return self._release_dependents(job_id, now)
+        if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            return self._cancel_dependents(job_id, name, status, now)
+        return []
+
+    def _release_dependents(self, job_id: int, now: float) -> list[Change]:
+        self._conn.execute(Q_UNBLOCK, (job_id,))
+        changes = []
+        for dependent, name, run_at, scheduled in self._conn.execute(
+            Q_RELEASE, {"now": now, "dep": job_id}
+        ).fetchall():
+            if scheduled:
+                self._schedule(run_at)
+            self.pending_count += 1
+            changes.append(Change(Event.RELEASED, dependent, name, JobStatus.PENDING))
+        return changes
+
+    def _cancel_dependents(
+        self, job_id: int, name: str, status: JobStatus, now: float
+    ) -> list[Change]:
+        root = self._conn.execute("SELECT cancelled_by FROM jobs WHERE id = ?", (job_id,))
+        cause = root.fetchone()
+        error = f"cancelled: it runs after job {job_id} ({name!r}), which ended {status}"
+        rows = self._conn.execute(
+            Q_CANCEL_DEPENDENTS,
+            {
+                "dep": job_id,
+                "now": now,
+                "error": error,
+                "root": job_id if cause is None or cause[0] is None else cause[0],
+            },
+        ).fetchall()
+        return [
+            Change(Event.CANCELLED, dependent, dependent_name, JobStatus.CANCELLED)
+            for dependent, dependent_name in rows
+        ]
 
     def claim(self, limit: int, now: float) -> list[Job]:
         """Start an attempt of up to ``limit`` of the best due jobs; return them in claim order."""
@@ -742,6 +1052,9 @@ class Writer:
                 change = self._end_attempt(outcome, now)
                 if change is not None:
                     changes.append(change)
+        if self._has_deps:
+            for change in list(changes):
+                changes += self._after_end(change.job_id, change.name, change.status, now)
         return changes
 
     def _complete_all(self, outcomes: Sequence[Outcome], now: float) -> set[int]:
@@ -831,37 +1144,133 @@ class Writer:
             self.pending_count += 1
         return status
 
-    def cancel(self, job_id: int, now: float) -> tuple[str, Change | None]:
-        """Cancel job ``job_id``: a :class:`CancelResult` value, and the change if it ended.
+    def cancel(self, job_id: int, now: float) -> tuple[str, list[Change]]:
+        """Cancel job ``job_id``: a :class:`CancelResult` value, and the changes if it ended
+        (the jobs that run after it are cancelled with it).
 
-        A pending job is cancelled at once. For a running one the cancel is only requested
-        here: the attempt's end, whatever the handler did, is then settled as ``cancelled``.
+        A pending or waiting job is cancelled at once. For a running one the cancel is only
+        requested here: the attempt's end, whatever the handler did, is then settled as
+        ``cancelled``.
         """
         row = self._conn.execute(Q_CANCEL_STATE, (job_id,)).fetchone()
         if row is None:
-            return CancelResult.NOT_CANCELLABLE, None
+            return CancelResult.NOT_CANCELLABLE, []
         status = JobStatus(row[0])
-        if status is JobStatus.PENDING:
-            job = row_to_job(self._conn.execute(Q_CANCEL_PENDING, (now, job_id)).fetchone())
-            self.pending_count -= 1
+        if status in (JobStatus.PENDING, JobStatus.WAITING):
+            job = row_to_job(self._conn.execute(Q_CANCEL_QUEUED, (now, job_id)).fetchone())
+            if status is JobStatus.PENDING:
+                self.pending_count -= 1
             change = Change(Event.CANCELLED, job_id, job.name, job.status, final=lambda: job)
-            return CancelResult.CANCELLED, change
+            return CancelResult.CANCELLED, [
+                change,
+                *self._after_end(job_id, job.name, job.status, now),
+            ]
         if status is JobStatus.RUNNING:
             self._conn.execute(Q_REQUEST_CANCEL, (job_id,))
-            return CancelResult.RUNNING, None
-        return CancelResult.NOT_CANCELLABLE, None
+            return CancelResult.RUNNING, []
+        return CancelResult.NOT_CANCELLABLE, []
 
-    def requeue(self, job_id: int, now: float) -> Change | None:
-        """Move a ``failed`` or ``cancelled`` job back to ``pending`` with its attempts reset."""
-        row = self._conn.execute(Q_REQUEUE, (now, job_id)).fetchone()
-        if row is None:
-            return None
-        self.pending_count += 1
-        return Change(Event.REQUEUED, job_id, row[0], JobStatus.PENDING)
+    def requeue(self, job_id: int, now: float) -> list[Change]:
+        """Move a ``failed`` or ``cancelled`` job back to ``pending`` (``waiting`` if jobs it
+        runs after have not completed) with its attempts reset, and the jobs its end cancelled
+        back to ``waiting``; the changes (none: it was in another status, or a job it runs
+        after failed or was cancelled, which is the one to requeue)."""
+        state = self._conn.execute(Q_REQUEUE_STATE, (job_id,)).fetchone()
+        if state is None or _STATUSES[state[0]] not in sources_of(Event.REQUEUED):
+            return []
+        if self._has_deps and self._conn.execute(Q_FAILED_DEP_OF, (job_id,)).fetchone():
+            return []
+        event = Event.BLOCKED if state[1] > 0 else Event.REQUEUED
+        status = decide(_STATUSES[state[0]], event)
+        (name,) = self._conn.execute(Q_REQUEUE, (status, now, job_id)).fetchone()
+        if status is JobStatus.PENDING:
+            self.pending_count += 1
+        changes = [Change(event, job_id, name, status)]
+        if self._has_deps:
+            changes += self._reblock_dependents(job_id, now)
+        return changes
+
+    def _reblock_dependents(self, job_id: int, now: float) -> list[Change]:
+        """Bring the jobs that job ``job_id``'s end cancelled back to ``waiting``; those that
+        also run after another failed or cancelled job are cancelled again, by that one."""
+        rows = self._conn.execute(Q_REBLOCK, (job_id,)).fetchall()
+        changes = [Change(Event.BLOCKED, dep, name, JobStatus.WAITING) for dep, name in rows]
+        for dependent, _ in rows:
+            other = self._conn.execute(Q_FAILED_DEP_OF, (dependent,)).fetchone()
+            if other is not None:
+                (other_name,) = self._conn.execute(
+                    "SELECT name FROM jobs WHERE id = ?", (other[0],)
+                ).fetchone()
+                changes += self._cancel_dependents(other[0], other_name, _STATUSES[other[1]], now)
+        return changes
+
+    def queued_ids(self, statuses: Iterable[JobStatus], name: str | None) -> list[int]:
+        """Ids of the jobs in ``statuses`` (of handler ``name`` only, if given), oldest first."""
+        listed = _sql_list(statuses)
+        if name is None:
+            rows = self._conn.execute(Q_IDS_BY_STATUS.format(statuses=listed))
+        else:
+            rows = self._conn.execute(Q_IDS_BY_STATUS_NAME.format(statuses=listed), (name,))
+        return [row[0] for row in rows]
 
     def purge(self, finished_before: float) -> int:
         """Delete terminal jobs that finished before ``finished_before``; how many."""
-        return self._conn.execute(Q_PURGE, (finished_before,)).rowcount
+        purged: int = self._conn.execute(Q_PURGE, (finished_before,)).rowcount
+        if purged and self._has_deps:
+            self._conn.execute(Q_PURGE_DEPS)
+        return purged
+
+    # --- schedules ---------------------------------------------------------------------------
+    def upsert_schedule(self, schedule: Schedule) -> Schedule:
+        """Store ``schedule`` under its key, replacing the one there; as stored."""
+        row = self._conn.execute(
+            Q_UPSERT_SCHEDULE,
+            (
+                schedule.key,
+                schedule.name,
+                encode_payload(schedule.payload),
+                schedule.every,
+                schedule.cron,
+                schedule.timezone,
+                schedule.catch_up,
+                schedule.priority,
+                schedule.max_attempts,
+                schedule.timeout,
+                schedule.next_run_at,
+            ),
+        ).fetchone()
+        if self.next_tick is None or schedule.next_run_at < self.next_tick:
+            self.next_tick = schedule.next_run_at
+        return row_to_schedule(row)
+
+    def delete_schedule(self, key: str) -> bool:
+        deleted = self._conn.execute(Q_DELETE_SCHEDULE, (key,)).rowcount > 0
+        if deleted:
+            self.next_tick = self._conn.execute(Q_NEXT_TICK).fetchone()[0]
+        return deleted
+
+    def fire_schedules(self, now: float) -> list[Change]:
+        """Enqueue the due ticks of every schedule and move each to its next tick, in the
+        caller's transaction (so a tick yields its job exactly once); the changes."""
+        changes: list[Change] = []
+        for row in self._conn.execute(Q_DUE_SCHEDULES, (now,)).fetchall():
+            schedule = row_to_schedule(row)
+            cadence = Cadence(schedule.every, schedule.cron, schedule.timezone)
+            ticks, next_run_at = due_ticks(cadence, schedule.next_run_at, now, schedule.catch_up)
+            last_job_id = None
+            for tick in ticks:
+                key = f"schedule:{schedule.key}:{tick:.3f}"
+                if self.find_by_key(key) is not None:
+                    continue  # enqueued already (by hand, with this very key)
+                (job,), inserted = self.insert([_tick_job(schedule, tick, key)], now)
+                changes += inserted
+                last_job_id = job.id
+            self._conn.execute(
+                Q_ADVANCE_SCHEDULE,
+                (next_run_at, ticks[-1] if ticks else None, last_job_id, schedule.key),
+            )
+        self.next_tick = self._conn.execute(Q_NEXT_TICK).fetchone()[0]
+        return changes
 
     def touch(self) -> None:
         """A write that changes nothing, to prove the database takes writes."""
@@ -891,10 +1300,54 @@ def _attempt_duration(outcome: Outcome, now: float) -> float | None:
     return None if started_at is None else max(now - started_at, 0.0)
 
 
+def encode_payload(payload: JSON) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _tick_job(schedule: Schedule, tick: float, key: str) -> NewJob:
+    assert schedule.max_attempts is not None
+    return NewJob(
+        name=schedule.name,
+        payload_json=encode_payload(schedule.payload),
+        payload=schedule.payload,
+        priority=schedule.priority,
+        max_attempts=schedule.max_attempts,
+        timeout=schedule.timeout,
+        run_at=tick,
+        idempotency_key=key,
+        schedule_key=schedule.key,
+    )
+
+
+def row_to_schedule(row: Sequence[Any]) -> Schedule:
+    """A :class:`Schedule` from a row selected as ``_SCHEDULE_COLUMNS``."""
+    catch_up: CatchUp = row[6]
+    return Schedule(
+        key=row[0],
+        name=row[1],
+        payload=_json(row[2]),
+        every=row[3],
+        cron=row[4],
+        timezone=row[5],
+        catch_up=catch_up,
+        priority=row[7],
+        max_attempts=row[8],
+        timeout=row[9],
+        next_run_at=row[10],
+        last_run_at=row[11],
+        last_job_id=row[12],
+        paused=bool(row[13]),
+    )
+
+
 # --- reads, on any connection -----------------------------------------------------------------
 def get_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
     row = conn.execute(Q_BY_ID, (job_id,)).fetchone()
     return None if row is None else row_to_job(row)
+
+
+def list_schedules(conn: sqlite3.Connection) -> list[Schedule]:
+    return [row_to_schedule(row) for row in conn.execute(Q_SCHEDULES)]
 
 
 def list_jobs(

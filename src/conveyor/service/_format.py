@@ -15,6 +15,7 @@ _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 
 STATUS_STYLES: Final = {
+    "waiting": "blue",
     "pending": "yellow",
     "running": "cyan",
     "completed": "green",

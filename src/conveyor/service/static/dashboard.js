@@ -141,7 +141,8 @@ async function refresh() {
       api("/jobs?limit=20"),
     ]);
     for (const [status, count] of Object.entries(stats.by_status)) {
-      document.getElementById(`count-${status}`).textContent = count;
+      const tile = document.getElementById(`count-${status}`);
+      if (tile) tile.textContent = count;
     }
     document.getElementById("throughput").textContent = stats.throughput.toFixed(2);
     document.getElementById("success-rate").textContent =
