@@ -4,7 +4,8 @@
 
 Prints one table: enqueue_many jobs/s, single enqueue jobs/s from 1 and 100 producers, drain of
 no-op jobs with 8 workers (async on trio at synchronous normal and full, async on asyncio, sync
-handlers in threads), enqueue-to-start latency p50/p99 at idle, the cost of one claim in a file
+handlers in threads), enqueue-to-start latency p50/p99 at idle, a 10,000-step fan-out/fan-in
+workflow, 1,000 schedules ticking every second (and idle), the cost of one claim in a file
 of 1,000,000 pending jobs half of which are scheduled for later, and the peak RSS of a process
 that runs jobs from that file. Every row also prints the CPU time per job where it means one.
 
@@ -230,6 +231,68 @@ def run(backend: str, function: Callable[..., Awaitable[T]], *args: object) -> T
     return anyio.run(function, *args, backend=backend)
 
 
+async def bench_workflow(db: Path, fan: int) -> tuple[float, float]:
+    """Seconds to store a fan-out/fan-in workflow (one root, ``fan`` steps after it, one last
+    step after all of them), and jobs/s from that store to the last step's completion."""
+    registry = conveyor.Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: object) -> None:
+        pass
+
+    flow = conveyor.Workflow()
+    root = flow.add("noop")
+    middle = [flow.add("noop", after=[root]) for _ in range(fan)]
+    flow.add("noop", after=middle)
+    async with conveyor.open_queue(db, handlers=registry, workers=WORKERS) as queue:
+        start = time.perf_counter()
+        jobs = await queue.enqueue_workflow(flow)
+        stored = time.perf_counter()
+        await queue.wait(jobs[-1].id, timeout=600)
+        done = time.perf_counter()
+    return stored - start, (fan + 2) / (done - start)
+
+
+async def bench_schedules(
+    db: Path, count: int, every: float, seconds: float
+) -> tuple[float, float]:
+    """Ticks/s and process CPU µs per tick for ``count`` schedules ticking every ``every`` s,
+    over ``seconds`` of wall time (ticks of no-op jobs, run as they come)."""
+    registry = conveyor.Registry()
+    ticks = 0
+
+    @registry.handler("noop")
+    async def noop(payload: object) -> None:
+        nonlocal ticks
+        ticks += 1
+
+    async with conveyor.open_queue(db, handlers=registry, workers=WORKERS) as queue:
+        for n in range(count):
+            await queue.schedule(f"s{n}", "noop", every=every)
+        ticks = 0
+        cpu = time.process_time()
+        await anyio.sleep(seconds)
+        cpu = time.process_time() - cpu
+    return ticks / seconds, cpu / max(ticks, 1) * 1e6
+
+
+async def bench_idle_schedules(db: Path, count: int, seconds: float) -> float:
+    """Process CPU, % of one core, of a queue holding ``count`` schedules none of which is
+    due: what the timer costs while it waits."""
+    registry = conveyor.Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: object) -> None:
+        pass
+
+    async with conveyor.open_queue(db, handlers=registry, workers=WORKERS) as queue:
+        for n in range(count):
+            await queue.schedule(f"s{n}", "noop", every=86400)
+        cpu = time.process_time()
+        await anyio.sleep(seconds)
+        return (time.process_time() - cpu) / seconds * 100
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -278,6 +341,18 @@ def main() -> None:
                 "latency enqueue->start at 100 jobs/s (idle), p50 / p99 ms",
                 f"{p50:.2f} / {p99:.2f}",
             )
+        if wanted("workflow"):
+            fan = 10_000 // scale
+            stored, rate = run("trio", bench_workflow, fresh_db(directory, "workflow"), fan)
+            row(f"workflow 1 -> {fan:,} -> 1: enqueue_workflow, s", f"{stored:.2f}")
+            row("    drained, jobs/s (from the enqueue to the last step's end)", f"{rate:,.0f}")
+        if wanted("schedules"):
+            count = 1000 // scale
+            rate, cpu = run("trio", bench_schedules, fresh_db(directory, "sched"), count, 1.0, 10)
+            row(f"{count:,} schedules every 1 s: ticks/s", f"{rate:,.0f}")
+            row("    CPU per tick (enqueue, run, complete), µs", f"{cpu:.0f}")
+            idle = run("trio", bench_idle_schedules, fresh_db(directory, "idle"), count, 10)
+            row(f"{count:,} schedules, none due: CPU of one core, %", f"{idle:.2f}")
         if wanted("million"):
             pending = 1_000_000 // scale
             db = fresh_db(directory, "million")
