@@ -7,7 +7,9 @@ no-op jobs with 8 workers (async on trio at synchronous normal and full, async o
 handlers in threads), enqueue-to-start latency p50/p99 at idle, a 10,000-step fan-out/fan-in
 workflow, 1,000 schedules ticking every second (and idle), the cost of one claim in a file
 of 1,000,000 pending jobs half of which are scheduled for later, and the peak RSS of a process
-that runs jobs from that file. Every row also prints the CPU time per job where it means one.
+that runs jobs from that file; handlers in worker processes (``process=True``): the time per
+no-op job with one worker, and 1,000 CPU-bound jobs of ~20 ms on as many workers as cores,
+against the same jobs in threads. Every row also prints the CPU time per job where it means one.
 
 Before and after a change, in one run: ``PYTHONPATH=<old checkout>/src`` runs the same rows on
 the old code (only the public API is used, but for the claim row, which times
@@ -17,6 +19,8 @@ the old code (only the public API is used, but for the claim row, which times
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import statistics
 import subprocess
 import sys
@@ -83,6 +87,58 @@ def counting_registry(jobs: int, done: anyio.Event, *, sync: bool) -> conveyor.R
                 done.set()
 
     return registry
+
+
+def process_noop(payload: object) -> None:
+    """A no-op handler for ``process=True``: at the top level, so a worker imports it."""
+
+
+def burn(iterations: int) -> int:
+    """CPU-bound work (the GIL held throughout): ``iterations`` rounds of arithmetic."""
+    total = 0
+    for n in range(iterations):
+        total = (total + n * n) % 1_000_003
+    return total
+
+
+def iterations_for(seconds: float) -> int:
+    """How many rounds of :func:`burn` take ``seconds`` here (the fastest of 5 tries)."""
+    probe = 100_000
+    best = min(_timed(burn, probe) for _ in range(5))
+    return max(int(probe * seconds / best), 1)
+
+
+def _timed(function: Callable[[int], object], argument: int) -> float:
+    start = time.perf_counter()
+    function(argument)
+    return time.perf_counter() - start
+
+
+def process_registry(process: bool) -> conveyor.Registry:
+    """``noop`` and ``burn``, in worker processes or in threads. The functions are taken from
+    this file imported as a module: a worker process cannot import ``__main__`` by name."""
+    this = importlib.import_module(Path(__file__).stem)
+    registry = conveyor.Registry()
+    registry.handler("noop", process=process)(this.process_noop)
+    registry.handler("burn", process=process)(this.burn)
+    return registry
+
+
+async def bench_process(
+    db: Path, name: str, payload: int, jobs: int, workers: int, process: bool
+) -> float:
+    """Seconds for ``workers`` to drain ``jobs`` ready ``name`` jobs, from the enqueue to the
+    last one's end; the workers (and their processes) are started by a first round of jobs."""
+    registry = process_registry(process)
+    async with conveyor.open_queue(db, handlers=registry, workers=workers) as queue:
+        warm = await queue.enqueue_many([conveyor.JobSpec("noop") for _ in range(workers * 2)])
+        await queue.wait_all([job.id for job in warm], timeout=60)
+        start = time.perf_counter()
+        batch = await queue.enqueue_many([conveyor.JobSpec(name, payload) for _ in range(jobs)])
+        done = await queue.wait_all([job.id for job in batch], timeout=3600)
+        elapsed = time.perf_counter() - start
+    assert all(job.status is conveyor.JobStatus.COMPLETED for job in done)
+    return elapsed
 
 
 async def bench_enqueue_many(db: Path, jobs: int, sync: str) -> float:
@@ -366,6 +422,30 @@ def main() -> None:
             run("trio", fill_half_scheduled, db, pending)
             rss = peak_rss_mb(db, pending)
             row(f"peak RSS running jobs with {pending:,} pending, MB", f"{rss:.0f}")
+        if wanted("process"):
+            noops = 2_000 // scale
+            per_job = {}
+            for process in (True, False):
+                db = fresh_db(directory, f"noop-{process}")
+                elapsed = run("trio", bench_process, db, "noop", None, noops, 1, process)
+                per_job[process] = elapsed / noops * 1e6
+            row(
+                "process=True no-op, 1 worker: µs per job (in a thread instead)",
+                f"{per_job[True]:,.0f} ({per_job[False]:,.0f})",
+            )
+            cores = os.cpu_count() or 1
+            cpu_jobs = 1_000 // scale
+            rounds = iterations_for(0.020)
+            took = {}
+            for process in (True, False):
+                db = fresh_db(directory, f"cpu-{process}")
+                took[process] = run(
+                    "trio", bench_process, db, "burn", rounds, cpu_jobs, cores, process
+                )
+            row(
+                f"{cpu_jobs:,} CPU jobs of ~20 ms, {cores} workers: s in processes / in threads",
+                f"{took[True]:.2f} / {took[False]:.2f} ({took[False] / took[True]:.2f}x)",
+            )
 
 
 if __name__ == "__main__":

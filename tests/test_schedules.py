@@ -81,8 +81,10 @@ def test_missed_cron_ticks_are_found_going_back_from_now() -> None:
     [
         (None, None, "UTC", "exactly one of every= and cron="),
         (60, "* * * * *", "UTC", "exactly one of every= and cron="),
-        (0, None, "UTC", "every must be a positive number"),
-        (float("inf"), None, "UTC", "every must be a positive number"),
+        (0, None, "UTC", "every must be at least 1 second"),
+        (0.001, None, "UTC", "every must be at least 1 second"),
+        (float("inf"), None, "UTC", "every must be at least 1 second"),
+        (None, "0 3 * * *", "America", "unknown timezone 'America'"),
         (None, "61 * * * *", "UTC", "Bad minute"),
         (None, "0 3 * * 8", "UTC", "Bad day-of-week"),
         (None, "0 3 * *", "UTC", "five fields"),
@@ -194,3 +196,31 @@ async def test_a_scheduled_job_is_completed_like_any_other(
         done = await queue.wait(job.id, timeout=5)
     assert done.status is JobStatus.COMPLETED
     assert done.schedule_key == "job"
+
+
+@pytest.mark.anyio
+@pytest.mark.trio_only
+async def test_a_schedule_ticks_on_time_while_a_due_job_waits_for_a_busy_slot(
+    open_test_queue: QueueOpener, wall_clock: Callable[[], float]
+) -> None:
+    # Found by the state machine: the timer was told only the earliest deadline, and nothing
+    # while that one (a due job that no slot was free for) had passed: ticks stopped until a
+    # slot freed, and then the missed ones were merged into one.
+    registry = conveyor.Registry()
+
+    @registry.handler("occupy")
+    async def occupy(payload: object) -> None:
+        await anyio.sleep(100)
+
+    @registry.handler("report")
+    async def report(payload: object) -> None:
+        pass
+
+    async with open_test_queue(registry, workers=1) as queue:
+        start = wall_clock()
+        await queue.enqueue("occupy")
+        await queue.enqueue("report", delay=5)
+        await queue.schedule("tick", "report", every=10)
+        await anyio.sleep(55)
+        ticks = [job for job in await queue.list(limit=100) if job.schedule_key == "tick"]
+    assert sorted(round(job.created_at - start) for job in ticks) == [10, 20, 30, 40, 50]

@@ -281,7 +281,7 @@ async def test_a_token_is_required_on_every_route_but_healthz(
 ) -> None:
     async with serve_app(token="s3cret") as client:
         assert (await client.get("/healthz")).status_code == 200
-        for path in ("/jobs", "/stats", "/metrics", "/openapi.json", "/"):
+        for path in ("/jobs", "/stats", "/metrics", "/openapi.json", "/handlers"):
             response = await client.get(path)
             assert_problem(response, 401, "unauthorized")
             assert response.headers["www-authenticate"].startswith("Bearer")
@@ -295,14 +295,22 @@ async def test_the_right_bearer_token_is_let_through(serve_app: Callable[..., An
         assert right.status_code == 200
 
 
-async def test_the_dashboard_logs_in_with_a_token_in_the_url(
+async def test_the_dashboard_trades_the_token_for_a_session_that_authenticates(
     serve_app: Callable[..., Any],
 ) -> None:
     async with serve_app(token="s3cret") as client:
-        login = await client.get("/", params={"token": "s3cret"})
-        assert login.status_code == 303
-        assert "HttpOnly" in login.headers["set-cookie"]
-        assert (await client.get("/stats")).status_code == 200  # the cookie now authenticates
+        login = await client.post("/session", headers={"Authorization": "Bearer s3cret"})
+        session = login.json()["session"]
+        response = await client.get("/stats", headers={"Authorization": f"Bearer {session}"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/static/dashboard.js"])
+async def test_the_dashboards_page_and_files_need_no_token(
+    serve_app: Callable[..., Any], path: str
+) -> None:
+    async with serve_app(token="s3cret") as client:
+        assert (await client.get(path)).status_code == 200
 
 
 async def test_the_schema_documents_errors_as_problem_json(client: httpx.AsyncClient) -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from conveyor.service._format import parse_duration
-from service_server import conveyor, running_server
+from service_server import Server, conveyor, running_server
 
 slow = pytest.mark.slow
 
@@ -230,3 +230,158 @@ def test_one_keep_alive_connection_carries_more_than_a_thousand_requests(db_path
                     int(h.split(b":")[1]) for h in head if h.lower().startswith(b"content-length")
                 )
                 reader.read(length)
+
+
+# --- handlers: pause, resume, list --------------------------------------------------------------
+@slow
+def test_pause_holds_a_handlers_jobs_and_resume_runs_them(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        url = ("--url", server.url)
+        paused = conveyor("pause", "hello", *url)
+        job = json.loads(conveyor("enqueue", "hello", "--json", *url).stdout)
+        other = conveyor("enqueue", "fail_once", "--wait", *url)
+        held = json.loads(conveyor("get", str(job["id"]), "--json", *url).stdout)
+        resumed = conveyor("resume", "hello", *url)
+        done = json.loads(conveyor("wait", str(job["id"]), "--json", *url).stdout)
+    assert (paused.returncode, paused.stdout.strip()) == (0, "paused handler hello")
+    assert other.returncode == 0  # another handler's job ran meanwhile
+    assert held["status"] == "pending"
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, "resumed handler hello")
+    assert done["status"] == "completed"
+
+
+@slow
+def test_pause_says_when_a_handler_was_already_paused(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        conveyor("pause", "hello", "--url", server.url)
+        again = conveyor("pause", "hello", "--url", server.url)
+    assert (again.returncode, again.stdout.strip()) == (0, "handler hello was already paused")
+
+
+@slow
+def test_pause_of_an_unknown_handler_is_exit_code_3(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        result = conveyor("pause", "nope", "--url", server.url)
+    assert result.returncode == 3
+    assert "no handler named 'nope'" in " ".join(result.stderr.split())
+
+
+@slow
+def test_handlers_lists_each_handler_with_its_pause(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        conveyor("pause", "sleepy", "--url", server.url)
+        listed = json.loads(conveyor("handlers", "--json", "--url", server.url).stdout)
+    paused = {handler["name"]: handler["paused"] for handler in listed["handlers"]}
+    assert paused == {"fail_once": False, "hello": False, "sleepy": True}
+
+
+# --- wait --all ---------------------------------------------------------------------------------
+def _enqueue(url: str, name: str, **fields: object) -> int:
+    response = httpx.post(f"{url}/jobs", json={"name": name, **fields})
+    assert response.status_code == 201, response.text
+    job_id: int = response.json()["id"]
+    return job_id
+
+
+@slow
+def test_wait_all_follows_a_batch_until_every_job_is_finished(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        ids = [str(_enqueue(server.url, "hello")) for _ in range(3)]
+        ids.append(str(_enqueue(server.url, "fail_once")))
+        result = conveyor("wait", "--all", *ids, "--url", server.url)
+    assert result.returncode == 0, result.stderr
+    assert "4 of 4 jobs finished: 3 completed, 1 failed" in " ".join(result.stdout.split())
+
+
+@slow
+def test_wait_all_prints_the_batchs_counts_as_json(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        ids = [str(_enqueue(server.url, "hello")) for _ in range(2)]
+        result = conveyor("wait", "--all", *ids, "--json", "--url", server.url)
+    body = json.loads(result.stdout)
+    assert (body["total"], body["completed"], body["finished"]) == (2, 2, 2)
+
+
+@slow
+def test_wait_all_gives_up_after_its_timeout_with_exit_code_5(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        done = _enqueue(server.url, "hello")
+        later = _enqueue(server.url, "hello", delay=3600)
+        result = conveyor(
+            "wait", "--all", str(done), str(later), "--timeout", "0.5", "--url", server.url
+        )
+    assert result.returncode == 5
+    assert "1 of the 2 jobs did not finish within 0.5 s" in " ".join(result.stderr.split())
+
+
+@slow
+def test_wait_all_of_an_unknown_job_is_exit_code_3(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        result = conveyor(
+            "wait", "--all", str(_enqueue(server.url, "hello")), "999", "--url", server.url
+        )
+    assert result.returncode == 3
+    assert "no job has id 999" in result.stderr
+
+
+def test_wait_for_several_jobs_needs_all() -> None:
+    result = conveyor("wait", "1", "2")
+    assert result.returncode == 2
+    assert "--all" in result.stderr
+
+
+# --- what serve logs, and a queue that stops for good -------------------------------------------
+def _stop(server: Server) -> str:
+    """Stop the server with SIGTERM; everything it wrote on stderr after its start line."""
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=30)
+    assert server.process.stderr is not None
+    return server.process.stderr.read()
+
+
+@slow
+def test_serve_prints_the_info_records_of_the_conveyor_logger(db_path: Path) -> None:
+    with running_server(db_path, handlers="service_log_handlers:registry") as server:
+        job = _enqueue(server.url, "stall", payload=3)
+        httpx.get(f"{server.url}/jobs/{job}/wait", params={"timeout": 60}, timeout=70)
+        logged = _stop(server)
+    assert " INFO conveyor" in logged
+    assert "the event loop runs again" in logged
+
+
+@slow
+def test_serve_with_log_level_warning_hides_info_records(db_path: Path) -> None:
+    with running_server(
+        db_path, "--log-level", "warning", handlers="service_log_handlers:registry"
+    ) as server:
+        job = _enqueue(server.url, "stall", payload=3)
+        httpx.get(f"{server.url}/jobs/{job}/wait", params={"timeout": 60}, timeout=70)
+        logged = _stop(server)
+    assert " WARNING conveyor" in logged  # the stall itself
+    assert "the event loop runs again" not in logged
+
+
+@slow
+def test_a_request_when_the_file_is_deleted_is_a_503_problem(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        db_path.unlink()
+        response = httpx.post(f"{server.url}/jobs", json={"name": "hello"})
+        server.process.wait(timeout=30)
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "was deleted, moved or replaced" in response.json()["detail"]
+
+
+@slow
+def test_serve_exits_with_one_line_naming_the_file_when_it_is_deleted(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        db_path.unlink()
+        httpx.post(f"{server.url}/jobs", json={"name": "hello"})
+        code = server.process.wait(timeout=30)
+        assert server.process.stderr is not None
+        printed = server.process.stderr.read()
+    last = printed.strip().splitlines()[-1]
+    assert code == 1
+    assert last.startswith("error: cannot serve: ")
+    assert f"{db_path} was deleted, moved or replaced" in last
+    assert "Traceback" not in printed

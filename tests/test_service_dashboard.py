@@ -92,3 +92,23 @@ def test_requeue_and_cancel_buttons_act_on_the_queue(page: Any, server: Server) 
     cancel.click()
     eventually(lambda: api_job(server, later["id"])["status"] == "cancelled")
     page.locator("#count-cancelled", has_text="1").wait_for()
+
+
+def test_the_handlers_panel_pauses_and_resumes_a_handler(page: Any, server: Server) -> None:
+    row = page.locator('#handlers tr[data-handler="hello"]')
+    row.locator('button[data-action="pause"]').click()
+    page.locator('#handlers tr[data-handler="hello"][data-paused="true"]').wait_for()
+    job = httpx.post(f"{server.url}/jobs", json={"name": "hello"}).json()
+    assert api_job(server, job["id"])["status"] == "pending"  # paused: not started
+    row.locator('button[data-action="resume"]').click()
+    eventually(lambda: api_job(server, job["id"])["status"] == "completed")
+    page.locator('#handlers tr[data-handler="hello"][data-paused="false"]').wait_for()
+
+
+def test_the_handlers_panel_shows_each_handlers_counts(page: Any, server: Server) -> None:
+    httpx.post(f"{server.url}/jobs", json={"name": "sleepy", "delay": 3600}).raise_for_status()
+    row = page.locator('#handlers tr[data-handler="sleepy"]')
+    row.locator("td", has_text="1").first.wait_for()
+    cells = row.locator("td").all_inner_texts()
+    assert cells[:2] == ["sleepy", "active"]
+    assert cells[3:6] == ["1", "0", "0"]  # pending, running, failed

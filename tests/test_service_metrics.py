@@ -42,9 +42,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def scrape(
-    open_test_queue: QueueOpener, wall_clock: Callable[[], float]
+    open_test_queue: QueueOpener, wall_clock: Callable[[], float], **queue_options: Any
 ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with open_test_queue(registry()) as queue:
+    async with open_test_queue(registry(), **queue_options) as queue:
         service = Service(queue, clock=wall_clock)
         done = [await queue.enqueue("ok"), await queue.enqueue("flaky")]
         for job in done:
@@ -89,6 +89,16 @@ async def test_histograms_observe_durations_and_start_latencies(
     found = await scrape(open_test_queue, wall_clock)
     assert found[("conveyor_job_duration_seconds_count", (("name", "flaky"),))] == 2
     assert found[("conveyor_job_start_latency_seconds_count", (("name", "ok"),))] == 1
+
+
+@pytest.mark.parametrize(("in_use", "gauge"), [(0.95, 1), (0.5, 0)])
+async def test_a_gauge_says_whether_memory_is_short(
+    open_test_queue: QueueOpener, wall_clock: Callable[[], float], in_use: float, gauge: int
+) -> None:
+    found = await scrape(
+        open_test_queue, wall_clock, memory_high_water=0.85, memory_reader=lambda: in_use
+    )
+    assert found[("conveyor_memory_limited", ())] == gauge
 
 
 def test_the_throughput_series_counts_finished_jobs_per_bucket() -> None:

@@ -162,6 +162,7 @@ async def test_a_dependent_cannot_be_requeued_while_its_dependency_failed(
     async with open_test_queue(registry(Record())) as queue:
         failed = await queue.wait((await queue.enqueue("fail", 1)).id, timeout=60)
         dependent = await queue.enqueue("step", 2, after=[failed.id])
+        assert dependent.status is JobStatus.CANCELLED
         assert (await queue.get(dependent.id)).status is JobStatus.CANCELLED  # type: ignore[union-attr]
         assert not await queue.requeue(dependent.id)
 
@@ -267,7 +268,9 @@ async def test_cancel_pending_cancels_pending_and_waiting_jobs(
         await gate.entered.wait()
         pending = await queue.enqueue("step", 1)
         waiting = await queue.enqueue("step", 2, after=[held.id])
-        assert await queue.cancel_pending(name="step") == 2
+        after_pending = await queue.enqueue("step", 3, after=[pending.id])
+        assert await queue.cancel_pending(name="step") == 3
+        assert (await queue.get(after_pending.id)).status is JobStatus.CANCELLED  # type: ignore[union-attr]
         gate.open()
         done = await queue.wait_all([held.id, pending.id, waiting.id], timeout=60)
     assert [job.status for job in done] == [
@@ -275,3 +278,124 @@ async def test_cancel_pending_cancels_pending_and_waiting_jobs(
         JobStatus.CANCELLED,
         JobStatus.CANCELLED,
     ]
+
+
+async def test_progress_follows_a_batch_until_every_job_finished(
+    open_test_queue: QueueOpener,
+) -> None:
+    gate = Gate()
+    async with open_test_queue(registry(Record(), gate), workers=1) as queue:
+        held = await queue.enqueue("hold")
+        quick = [await queue.enqueue("step", n) for n in range(2)]
+        seen: list[conveyor.BatchProgress] = []
+        async with anyio.create_task_group() as tg:
+
+            async def follow() -> None:
+                async for progress in queue.progress([held.id, *(job.id for job in quick)]):
+                    seen.append(progress)
+
+            tg.start_soon(follow)
+            await gate.entered.wait()
+            gate.open()
+    assert seen[0].total == 3
+    assert seen[0].finished < 3
+    assert seen[-1] == conveyor.BatchProgress(
+        total=3, pending=0, running=0, completed=3, failed=0, cancelled=0
+    )
+
+
+async def test_progress_of_an_unknown_job_is_refused(open_test_queue: QueueOpener) -> None:
+    async with open_test_queue(registry(Record())) as queue:
+        with pytest.raises(JobNotFound):
+            async for _ in queue.progress([999]):
+                pass
+
+
+async def test_a_jobs_workflow_holds_every_job_connected_to_it(
+    open_test_queue: QueueOpener,
+) -> None:
+    async with open_test_queue(registry(Record())) as queue:
+        flow = Workflow()
+        root = flow.add("step", "root")
+        left = flow.add("step", "left", after=[root])
+        flow.add("step", "right", after=[root])
+        flow.add("step", "end", after=[left])
+        jobs = await queue.enqueue_workflow(flow)
+        lone = await queue.enqueue("step", "lone")
+        graph = await queue.workflow(jobs[1].id)
+        small = await queue.workflow(jobs[0].id, limit=2)
+        assert [job.id for job in (await queue.get_many([lone.id, 999])).values()] == [lone.id]
+        with pytest.raises(JobNotFound):
+            await queue.workflow(999)
+    assert [job.id for job in graph.jobs] == [job.id for job in jobs]
+    assert not graph.truncated
+    assert len(small.jobs) == 2
+    assert small.truncated
+
+
+# --- found by the state machine (property_tests) -------------------------------------------------
+async def test_a_requeued_job_whose_dependency_completed_while_it_was_cancelled_runs(
+    open_test_queue: QueueOpener,
+) -> None:
+    # The completion came while the dependent was cancelled and was not counted: once requeued,
+    # the dependent waited for ever for a dependency that had completed.
+    gate = Gate()
+    async with open_test_queue(registry(Record(), gate)) as queue:
+        first = await queue.enqueue("hold")
+        second = await queue.enqueue("step", "second", after=[first.id])
+        assert await queue.cancel(second.id)
+        gate.open()
+        await queue.wait(first.id, timeout=60)
+        assert await queue.requeue(second.id)
+        assert (await queue.get(second.id)).status is not JobStatus.WAITING  # type: ignore[union-attr]
+        done = await queue.wait(second.id, timeout=60)
+    assert done.status is JobStatus.COMPLETED
+
+
+async def test_a_dependent_brought_back_by_a_requeue_counts_what_completed_meanwhile(
+    open_test_queue: QueueOpener,
+) -> None:
+    # The same miscount, through the requeue of the dependency whose failure cancelled it.
+    record, gate, flaky = Record(), Gate(), {"fail": True}
+    reg = registry(record, gate)
+
+    @reg.handler("flaky", max_attempts=1)
+    async def flaky_step(payload: Any) -> str:
+        if flaky["fail"]:
+            raise Fail("not yet")
+        return "fixed"
+
+    async with open_test_queue(reg) as queue:
+        flow = Workflow()
+        fixable = flow.add("flaky")
+        held = flow.add("hold")
+        flow.add("step", "last", after=[fixable, held])
+        first, other, last = await queue.enqueue_workflow(flow)
+        assert (await queue.wait(first.id, timeout=60)).status is JobStatus.FAILED
+        gate.open()
+        await queue.wait(other.id, timeout=60)  # completes while ``last`` is cancelled
+        flaky["fail"] = False
+        assert await queue.requeue(first.id)
+        await queue.wait(first.id, timeout=60)
+        assert (await queue.get(last.id)).status is not JobStatus.WAITING  # type: ignore[union-attr]
+        done = await queue.wait(last.id, timeout=60)
+    assert done.status is JobStatus.COMPLETED
+    assert record.order == ["last"]
+
+
+async def test_a_step_after_two_steps_that_share_an_idempotency_key_runs_after_that_job(
+    open_test_queue: QueueOpener,
+) -> None:
+    # Both steps are answered by one job; the step after them counted it twice and never ran.
+    record = Record()
+    async with open_test_queue(registry(record)) as queue:
+        flow = Workflow()
+        one = flow.add("step", "one", idempotency_key="same")
+        two = flow.add("step", "two", idempotency_key="same")
+        flow.add("step", "after both", after=[one, two])
+        first, second, last = await queue.enqueue_workflow(flow)
+        assert first.id == second.id
+        assert last.after == (first.id,)
+        done = await queue.wait(last.id, timeout=60)
+    assert done.status is JobStatus.COMPLETED
+    assert record.order == ["one", "after both"]

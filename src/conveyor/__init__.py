@@ -23,7 +23,7 @@ from ._errors import (
 )
 from ._events import Change
 from ._job import Event, Job, JobSpec, JobStatus
-from ._queue import Queue, Stats
+from ._queue import BatchProgress, Queue, Stats, WorkflowGraph
 from ._registry import Handler, Registry
 from ._retry import Backoff, Fail, Retry
 from ._runtime import open_queue
@@ -32,6 +32,7 @@ from ._workflow import Step, Workflow
 
 __all__ = [
     "Backoff",
+    "BatchProgress",
     "Change",
     "ConveyorError",
     "DatabaseError",
@@ -60,6 +61,7 @@ __all__ = [
     "UnknownHandler",
     "WaitTimeout",
     "Workflow",
+    "WorkflowGraph",
     "current_job",
     "open_queue",
 ]

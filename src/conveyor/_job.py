@@ -293,6 +293,17 @@ def job_ids(value: object) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def _check_concurrency_key(_: object, __: object, value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
+        raise InvalidArgument(
+            f"concurrency_key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
+            f"not {value!r}"
+        )
+    check_text("concurrency_key", value)
+
+
 @attrs.frozen
 class JobSpec:
     """A job to enqueue: what :meth:`Queue.enqueue_many` takes. Validated when constructed.
@@ -314,6 +325,10 @@ class JobSpec:
     idempotency_key: str | None = attrs.field(default=None, kw_only=True, validator=_check_key)
     after: tuple[int, ...] = attrs.field(default=(), kw_only=True, converter=job_ids)
     """Ids of stored jobs this one runs after: it waits until all of them completed."""
+    concurrency_key: str | None = attrs.field(
+        default=None, kw_only=True, validator=_check_concurrency_key
+    )
+    """Jobs of one handler and key run at most ``key_concurrency`` at once (the handler's)."""
 
     def __attrs_post_init__(self) -> None:
         if self.delay is not None and self.run_at is not None:
@@ -327,7 +342,8 @@ class Job:
     ``attempts`` counts the attempts started so far (a running job's current attempt included).
     ``error`` holds the last failure's message and traceback text. ``progress`` (0..1) and
     ``progress_message`` are what the handler last reported. ``after`` holds the ids of the
-    jobs it runs after; ``schedule_key`` the key of the schedule that enqueued it, if one did.
+    jobs it runs after; ``schedule_key`` the key of the schedule that enqueued it, if one did;
+    ``concurrency_key`` the key its handler's ``key_concurrency`` counts it under.
     """
 
     id: int
@@ -349,3 +365,4 @@ class Job:
     idempotency_key: str | None = None
     after: tuple[int, ...] = ()
     schedule_key: str | None = None
+    concurrency_key: str | None = None

@@ -6,10 +6,11 @@ and the waiters, and :func:`conveyor.open_queue` (in ``_runtime.py``) builds bot
 
 from __future__ import annotations
 
+import collections
 import datetime
 import math
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
@@ -25,6 +26,7 @@ from ._actors.messages import (
     Reply,
     Requeue,
     RequeueFailed,
+    SetPaused,
     SetSchedule,
 )
 from ._actors.store import Listener
@@ -56,6 +58,44 @@ MAX_LIST_LIMIT: Final = 1000
 
 
 @attrs.frozen
+class WorkflowGraph:
+    """A job's workflow as stored: ``jobs`` by id (each one's ``after`` gives the edges), and
+    whether it was ``truncated`` at the limit asked for."""
+
+    jobs: list[Job]
+    truncated: bool
+
+
+@attrs.frozen
+class BatchProgress:
+    """Where a batch of jobs stands: how many there are and how many are in each status
+    (``pending`` counts the jobs waiting for others too)."""
+
+    total: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed + self.cancelled
+
+    @classmethod
+    def of(cls, statuses: Iterable[JobStatus]) -> BatchProgress:
+        counts = collections.Counter(statuses)
+        return cls(
+            total=sum(counts.values()),
+            pending=counts[JobStatus.PENDING] + counts[JobStatus.WAITING],
+            running=counts[JobStatus.RUNNING],
+            completed=counts[JobStatus.COMPLETED],
+            failed=counts[JobStatus.FAILED],
+            cancelled=counts[JobStatus.CANCELLED],
+        )
+
+
+@attrs.frozen
 class Stats:
     """A snapshot of the queue, read from the database.
 
@@ -71,6 +111,8 @@ class Stats:
     avg_duration: float | None
     success_rate: float | None
     oldest_pending_age: float | None
+    memory_limited: bool = False
+    """Memory in use is at or above ``memory_high_water``: at most one job runs at a time."""
 
 
 class Queue:
@@ -98,6 +140,7 @@ class Queue:
         timeout: float | None = None,
         idempotency_key: str | None = None,
         after: Iterable[int] = (),
+        concurrency_key: str | None = None,
     ) -> Job:
         """Store a job for handler ``name`` and return it once it is durable.
 
@@ -107,6 +150,7 @@ class Queue:
         that job is returned and nothing is written (the key stays held while its job exists).
         ``after`` takes ids of stored jobs: the job is ``waiting`` until all of them completed
         (its delay counts from then), and is cancelled if one fails or is cancelled.
+        ``concurrency_key`` groups jobs for the handler's ``key_concurrency``.
 
         Raises :class:`InvalidArgument` (also a ``ValueError``) for a bad argument,
         :class:`UnknownHandler` for a name not in the registry, :class:`NotJSONSerializable` for a
@@ -129,6 +173,7 @@ class Queue:
             timeout=timeout,
             idempotency_key=idempotency_key,
             after=after,
+            concurrency_key=concurrency_key,
         )
         (job,) = await self._enqueue([spec])
         return job
@@ -172,7 +217,7 @@ class Queue:
         payload_json = encode_json(spec.payload, f"the payload of a {spec.name!r} job")
         if spec.delay is not None:
             run_at = now + spec.delay
-        elif spec.run_at is not None:
+        elif spec.run_at:
             run_at = spec.run_at
         else:
             run_at = now
@@ -189,6 +234,7 @@ class Queue:
             after=spec.after,
             after_steps=after_steps,
             delay=spec.delay,
+            concurrency_key=spec.concurrency_key,
         )
 
     async def cancel(self, job_id: int) -> bool:
@@ -228,6 +274,26 @@ class Queue:
         cancelled too, and not counted unless they match)."""
         reply: Reply[int] = Reply()
         await self._runtime.send(CancelQueued(_name(name), reply))
+        return await reply.get()
+
+    async def pause(self, name: str) -> bool:
+        """Stop starting jobs of handler ``name`` (running ones finish); stored, so it holds
+        across restarts. No job of it starts once this returned. False if already paused."""
+        return await self._set_paused(name, True)
+
+    async def resume(self, name: str) -> bool:
+        """Start jobs of handler ``name`` again; False if it was not paused."""
+        return await self._set_paused(name, False)
+
+    async def paused(self) -> set[str]:
+        """The names of the paused handlers."""
+        return await self._read(storage.paused_handlers)
+
+    async def _set_paused(self, name: str, paused: bool) -> bool:
+        checked = _name(name)
+        assert checked is not None
+        reply: Reply[bool] = Reply()
+        await self._runtime.send(SetPaused(checked, paused, reply))
         return await reply.get()
 
     # --- schedules ---------------------------------------------------------------------------
@@ -343,6 +409,23 @@ class Queue:
         job_id = _job_id(job_id)
         return await self._read(lambda conn: storage.get_job(conn, job_id))
 
+    async def get_many(self, job_ids: Iterable[int]) -> dict[int, Job]:
+        """The stored jobs of ``job_ids``, by id, as of one moment (unknown ids left out)."""
+        ids = [_job_id(job_id) for job_id in job_ids]
+        return await self._read(lambda conn: storage.get_jobs(conn, ids))
+
+    async def workflow(self, job_id: int, *, limit: int = 200) -> WorkflowGraph:
+        """The jobs connected to job ``job_id`` through ``after``, both ways and transitively
+        (its whole workflow), by id, at most ``limit`` (1..1000) of them, read as of one
+        moment; :class:`JobNotFound` for an unknown id."""
+        job_id = _job_id(job_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidArgument(f"limit must be an int within 1..1000, not {limit!r}")
+        graph = await self._read(lambda conn: storage.workflow_of(conn, job_id, limit))
+        if graph is None:
+            raise JobNotFound(f"no job has id {job_id}")
+        return WorkflowGraph(*graph)
+
     async def wait(self, job_id: int, timeout: float | None = None) -> Job:
         """Wait until the job is finished (completed, failed or cancelled) and return it.
 
@@ -418,6 +501,50 @@ class Queue:
             raise
         return [finished[job_id] for job_id in ids]
 
+    async def progress(self, job_ids: Iterable[int]) -> AsyncIterator[BatchProgress]:
+        """Where the jobs of ``job_ids`` stand: a :class:`BatchProgress` at once, then one
+        after each commit that changed any of them, ending once all are finished.
+
+        Event-driven like :meth:`wait`. Raises :class:`JobNotFound` for an unknown id, and
+        :class:`QueueClosed` if the queue closes first.
+        """
+        ids = list(dict.fromkeys(_job_id(job_id) for job_id in job_ids))
+        wanted = set(ids)
+        send, receive = anyio.create_memory_object_stream[list[Change]](math.inf)
+
+        def note(changes: Sequence[Change]) -> None:
+            mine = [change for change in changes if change.job_id in wanted]
+            if mine:
+                send.send_nowait(mine)
+
+        # Subscribed before the read, so that no change after it is missed.
+        self.subscribe(note)
+        self._runtime.closers.add(send.close)
+        try:
+            statuses = await self._read(lambda conn: storage.statuses_of(conn, ids))
+            missing = wanted - statuses.keys()
+            if missing:
+                raise JobNotFound(f"no job has id {min(missing)}")
+            yield BatchProgress.of(statuses.values())
+            while not all(status.is_terminal for status in statuses.values()):
+                try:
+                    batch = await receive.receive()
+                except anyio.EndOfStream:
+                    raise QueueClosed("the queue closed while following the batch") from None
+                while True:
+                    for change in batch:
+                        statuses[change.job_id] = change.status
+                    try:
+                        batch = receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        break
+                yield BatchProgress.of(statuses.values())
+        finally:
+            self.unsubscribe(note)
+            self._runtime.closers.discard(send.close)
+            send.close()
+            receive.close()
+
     async def list(
         self,
         *,
@@ -465,6 +592,7 @@ class Queue:
             avg_duration=total_duration / finished if finished else None,
             success_rate=completed / finished if finished else None,
             oldest_pending_age=None if oldest is None else max(now - oldest, 0.0),
+            memory_limited=self._runtime.memory.limited,
         )
 
     async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
@@ -480,6 +608,7 @@ def _job_id(value: object) -> int:
 
 
 def _name(value: object) -> str | None:
+    """``value`` as a handler name, or ``None`` when it is ``None``."""
     if value is None:
         return None
     if not isinstance(value, str) or not value:

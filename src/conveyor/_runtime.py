@@ -21,6 +21,7 @@ from ._actors.timer import Timer
 from ._errors import DatabaseError, InvalidArgument, QueueClosed
 from ._events import Change
 from ._job import check_seconds
+from ._memory import MemoryGuard, check_high_water, memory_in_use
 from ._queue import Queue
 from ._registry import Registry
 from ._sqlthread import SqlThread
@@ -108,6 +109,10 @@ class Runtime:
         self.clock = clock
         self.waiters = Waiters()
         self.listeners: list[Listener] = [self.waiters.on_changes]
+        self.memory = MemoryGuard(None)
+        """Whether memory is short, as the worker pool last read it."""
+        self.closers: set[Callable[[], object]] = set()
+        """Called once the queue starts closing: what follows jobs stops following them."""
         self.closing = False
         self._commands = commands
         self._readers = readers
@@ -137,15 +142,26 @@ class Runtime:
         """
         self.closing = True
         self.waiters.wake_all()
+        for close in list(self.closers):
+            close()
         idle = anyio.Event()
-        pool.send_nowait(Close(idle))
+        try:
+            pool.send_nowait(Close(idle))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # an actor has failed and the queue is stopping: its error is what counts
         with anyio.move_on_after(grace):
             await idle.wait()
         if not idle.is_set():
-            pool.send_nowait(InterruptAll())
+            try:
+                pool.send_nowait(InterruptAll())
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
             await _until_idle_or_stuck(idle, store)
         reply: Reply[None] = Reply()
-        await self._commands.send(Stop(reply))
+        try:
+            await self._commands.send(Stop(reply))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
         await reply.get()
 
 
@@ -220,8 +236,14 @@ async def open_queue(
     max_pending: int | None = None,
     synchronous: Synchronous = "normal",
     sql_thread: bool = True,
+    memory_high_water: float | None = 0.85,
+    memory_reader: Callable[[], float] | None = None,
 ) -> AsyncIterator[Queue]:
     """Open the queue stored in the SQLite file ``path`` (created if missing) and run it.
+
+    ``memory_high_water``: while this fraction of the machine's memory or more is in use, the
+    queue starts no job beyond one running at a time (``None``: no such limit);
+    ``memory_reader`` returns the fraction in use (default: psutil's reading).
 
     ``handlers`` is the :class:`Registry` of the jobs this process runs; ``workers`` is how
     many jobs run at once. ``clock`` returns wall-clock seconds (default :func:`time.time`);
@@ -244,6 +266,7 @@ async def open_queue(
     :class:`DatabaseError` if the file cannot be used.
     """
     _check_open_arguments(handlers, workers, shutdown_grace, max_pending, synchronous, clock)
+    memory = MemoryGuard(check_high_water(memory_high_water), memory_reader or memory_in_use)
     wall_clock = clock or time.time
     path = os.fspath(path)
     if not path or path == ":memory:" or path.startswith("file:"):
@@ -275,6 +298,7 @@ async def open_queue(
             inline_small=sql_thread and synchronous == "normal",
             readers=readers,
             shutdown_grace=shutdown_grace,
+            memory=memory,
         ) as queue:
             yield queue
 
@@ -305,6 +329,7 @@ async def _running_actors(
     inline_small: bool,
     readers: Readers,
     shutdown_grace: float,
+    memory: MemoryGuard,
 ) -> AsyncIterator[Queue]:
     # Only the store's inbox is bounded (back-pressure on callers). The store never waits to
     # send, so the channels it sends on are unbounded; what they carry is bounded by the
@@ -313,6 +338,7 @@ async def _running_actors(
     pool_tx, pool_rx = anyio.create_memory_object_stream[PoolMessage](math.inf)
     timer_tx, timer_rx = anyio.create_memory_object_stream[NextDue](math.inf)
     runtime = Runtime(registry=registry, clock=clock, commands=store_tx, readers=readers)
+    runtime.memory = memory
     store = Store(
         writer,
         run_sql=run_sql,
@@ -323,9 +349,16 @@ async def _running_actors(
         listeners=runtime.listeners,
         max_pending=max_pending,
         inline_small=inline_small,
+        limits=registry.limits(),
     )
     pool = Pool(
-        registry=registry, slots=workers, inbox=pool_rx, to_self=pool_tx.clone(), store=store_tx
+        registry=registry,
+        slots=workers,
+        inbox=pool_rx,
+        to_self=pool_tx.clone(),
+        store=store_tx,
+        paused=lambda: writer.paused,
+        memory=memory,
     )
     queue = Queue(runtime)
     try:

@@ -27,6 +27,9 @@ CATCH_UPS: Final = ("latest", "all", "none")
 MAX_CATCH_UP: Final = 1000
 """Most missed ticks ``catch_up="all"`` enqueues at once (the most recent ones)."""
 
+MIN_EVERY: Final = 1.0
+"""The shortest ``every``: ticks are whole jobs, and a tick's key is its time to the ms."""
+
 MISSED_AFTER: Final = 60.0
 """A tick more than this many seconds past is *missed* (the file was closed, or the process
 stalled); one less late is simply due, and ``catch_up="none"`` still enqueues it."""
@@ -46,9 +49,10 @@ class Cadence:
             raise InvalidArgument("give exactly one of every= and cron=")
         zone = _zone(self.timezone)
         if self.every is not None:
-            if not (math.isfinite(self.every) and self.every > 0):
+            if not (math.isfinite(self.every) and self.every >= MIN_EVERY):
                 raise InvalidArgument(
-                    f"every must be a positive number of seconds, not {self.every!r}"
+                    f"every must be at least {MIN_EVERY:g} second (a number of seconds or a "
+                    f"timedelta), not {self.every!r}"
                 )
         elif self.cron is not None:
             if len(self.cron.split()) != 5:
@@ -143,7 +147,7 @@ class Schedule:
 def _zone(name: str) -> zoneinfo.ZoneInfo:
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidArgument(
             f"unknown timezone {name!r} (an IANA name such as 'Europe/Paris')"
         ) from None

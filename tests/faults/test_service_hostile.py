@@ -1,9 +1,9 @@
 """The service against hostile browsers and hosts, and a failing database.
 
-Requests with foreign ``Host`` and ``Origin`` headers, form bodies, cookies that are not
-sessions, bodies that never arrive, huge results in lists, and queue calls that raise
-``DatabaseError``: each is answered with the refusal it deserves, and the jobs stay as they
-were. Most go through the ASGI app; the last ones run a real ``conveyor serve`` and, where
+Requests with foreign ``Host`` and ``Origin`` headers, form bodies, cookies, bearer values
+that are not sessions, bodies that never arrive, huge results in lists, and queue calls that
+raise ``DatabaseError``: each is answered with the refusal it deserves, and the jobs stay as
+they were. Most go through the ASGI app; the last ones run a real ``conveyor serve`` and, where
 Debian's Chromium is installed, a real browser with an attacker's page on another port.
 """
 
@@ -26,7 +26,7 @@ import trio
 import conveyor
 from conveyor._storage import sqlite as storage
 from conveyor.service import Service
-from conveyor.service._guard import COOKIE, OLD_COOKIE, SESSION_SECONDS, Hosts, session_value
+from conveyor.service._guard import OLD_COOKIES, SESSION_SECONDS, Hosts, session_value
 from conveyor.service._models import PREVIEW_CHARS, json_preview
 from service_server import Server, running_server
 
@@ -97,10 +97,15 @@ async def status_of(queue: conveyor.Queue, job: conveyor.Job) -> conveyor.JobSta
 
 
 async def log_in(client: httpx.AsyncClient) -> str:
-    """Log the client in as the dashboard does; the session cookie's value."""
-    login = await client.get("/", params={"token": TOKEN})
-    assert login.status_code == 303
-    return client.cookies[COOKIE]
+    """Trade the token for a session as the dashboard does; the session value."""
+    login = await client.post("/session", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert login.status_code == 200, login.text
+    session: str = login.json()["session"]
+    return session
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
 
 
 # --- Host: DNS rebinding ------------------------------------------------------------------------
@@ -197,14 +202,13 @@ async def test_a_foreign_page_cannot_cancel_a_job_on_a_server_without_token(
         assert await status_of(queue, job) is conveyor.JobStatus.PENDING
 
 
-async def test_a_page_on_another_port_cannot_cancel_a_job_with_the_session_cookie(
-    serve: Serve,
-) -> None:
+async def test_a_page_on_another_port_cannot_cancel_a_job_with_a_session(serve: Serve) -> None:
     async with serve(token=TOKEN) as (client, queue):
-        await log_in(client)
+        session = await log_in(client)
         job = await pending_job(queue)
         response = await client.post(
-            f"/jobs/{job.id}/cancel", headers={"Origin": "http://127.0.0.1:9999"}
+            f"/jobs/{job.id}/cancel",
+            headers={**bearer(session), "Origin": "http://127.0.0.1:9999"},
         )
         assert_problem(response, 403, "cross-origin")
         assert await status_of(queue, job) is conveyor.JobStatus.PENDING
@@ -226,40 +230,42 @@ async def test_a_form_body_is_refused_on_a_state_changing_route(
         assert await status_of(queue, job) is conveyor.JobStatus.PENDING
 
 
-async def test_the_cookie_without_origin_or_dashboard_header_cannot_change_jobs(
+async def test_a_session_without_origin_or_dashboard_header_cannot_change_jobs(
     serve: Serve,
 ) -> None:
     async with serve(token=TOKEN) as (client, queue):
-        await log_in(client)
+        session = await log_in(client)
         job = await pending_job(queue)
-        assert_problem(await client.post(f"/jobs/{job.id}/cancel"), 403, "cross-origin")
+        response = await client.post(f"/jobs/{job.id}/cancel", headers=bearer(session))
+        assert_problem(response, 403, "cross-origin")
         assert await status_of(queue, job) is conveyor.JobStatus.PENDING
 
 
-async def test_the_cookie_with_the_dashboard_header_may_change_jobs(serve: Serve) -> None:
+async def test_a_session_with_the_dashboard_header_may_change_jobs(serve: Serve) -> None:
     async with serve(token=TOKEN) as (client, queue):
-        await log_in(client)
+        session = await log_in(client)
         job = await pending_job(queue)
         response = await client.post(
-            f"/jobs/{job.id}/cancel", headers={"X-Conveyor-Request": "dashboard"}
+            f"/jobs/{job.id}/cancel",
+            headers={**bearer(session), "X-Conveyor-Request": "dashboard"},
         )
         assert response.json()["status"] == "cancelled"
 
 
-async def test_the_cookie_with_a_same_origin_origin_may_change_jobs(serve: Serve) -> None:
+async def test_a_session_with_a_same_origin_origin_may_change_jobs(serve: Serve) -> None:
     async with serve(token=TOKEN) as (client, queue):
-        await log_in(client)
+        session = await log_in(client)
         job = await pending_job(queue)
-        response = await client.post(f"/jobs/{job.id}/cancel", headers={"Origin": LOOPBACK})
+        response = await client.post(
+            f"/jobs/{job.id}/cancel", headers={**bearer(session), "Origin": LOOPBACK}
+        )
         assert response.json()["status"] == "cancelled"
 
 
 async def test_a_bearer_client_needs_no_origin(serve: Serve) -> None:
     async with serve(token=TOKEN) as (client, queue):
         job = await pending_job(queue)
-        response = await client.post(
-            f"/jobs/{job.id}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}
-        )
+        response = await client.post(f"/jobs/{job.id}/cancel", headers=bearer(TOKEN))
         assert response.json()["status"] == "cancelled"
 
 
@@ -270,32 +276,61 @@ async def test_an_api_client_without_origin_may_enqueue_on_a_server_without_toke
         assert (await client.post("/jobs", json={"name": "echo"})).status_code == 201
 
 
-# --- the session cookie -------------------------------------------------------------------------
-async def test_the_session_cookie_does_not_hold_the_token(serve: Serve) -> None:
+# --- dashboard sessions: never a cookie ---------------------------------------------------------
+async def test_a_session_does_not_hold_the_token(serve: Serve) -> None:
     async with serve(token=TOKEN) as (client, _):
         session = await log_in(client)
     assert TOKEN not in session
 
 
-async def test_logging_in_clears_a_cookie_that_held_the_raw_token(serve: Serve) -> None:
+async def test_logging_in_sets_no_cookie(serve: Serve) -> None:
     async with serve(token=TOKEN) as (client, _):
-        login = await client.get("/", params={"token": TOKEN})
-    cleared = [c for c in login.headers.get_list("set-cookie") if c.startswith(f"{OLD_COOKIE}=")]
-    assert cleared == [f"{OLD_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"]
+        login = await client.post("/session", headers=bearer(TOKEN))
+    assert "set-cookie" not in login.headers
+
+
+async def test_the_dashboard_page_clears_the_cookies_of_earlier_versions(serve: Serve) -> None:
+    async with serve(token=TOKEN) as (client, _):
+        page = await client.get("/")
+    cleared = {
+        cookie.partition("=")[0]
+        for cookie in page.headers.get_list("set-cookie")
+        if "Max-Age=0" in cookie
+    }
+    assert cleared == set(OLD_COOKIES)
+
+
+async def test_a_session_cannot_make_another_session(serve: Serve) -> None:
+    async with serve(token=TOKEN) as (client, _):
+        session = await log_in(client)
+        response = await client.post(
+            "/session", headers={**bearer(session), "X-Conveyor-Request": "dashboard"}
+        )
+        assert_problem(response, 401, "unauthorized")
+
+
+async def test_a_server_without_a_token_makes_no_session(serve: Serve) -> None:
+    async with serve() as (client, _):
+        assert_problem(await client.post("/session"), 409, "no-token")
+
+
+@pytest.mark.parametrize("name", OLD_COOKIES)
+async def test_a_cookie_authenticates_nothing_even_holding_a_valid_session(
+    serve: Serve, name: str
+) -> None:
+    async with serve(token=TOKEN) as (client, _):
+        session = await log_in(client)
+        for value in (session, TOKEN):
+            response = await client.get("/stats", headers={"Cookie": f"{name}={value}"})
+            assert_problem(response, 401, "unauthorized")
 
 
 @pytest.mark.parametrize(
-    "cookie",
-    [
-        f"{OLD_COOKIE}={TOKEN}",  # what earlier versions set
-        f"{COOKIE}={TOKEN}",
-        f"{COOKIE}=9999999999.{'0' * 64}",
-        f"{COOKIE}={'9' * 5000}.x",
-    ],
+    "value", [f"9999999999.{'0' * 64}", f"{'9' * 5000}.x", "", "1.2", TOKEN.upper()]
 )
-async def test_a_cookie_that_is_not_a_session_is_refused(serve: Serve, cookie: str) -> None:
+async def test_a_bearer_value_that_is_not_a_session_is_refused(serve: Serve, value: str) -> None:
     async with serve(token=TOKEN) as (client, _):
-        response = await client.get("/stats", headers={"Cookie": cookie})
+        response = await client.get("/stats", headers=bearer(value))
         assert_problem(response, 401, "unauthorized")
 
 
@@ -304,18 +339,18 @@ async def test_a_session_of_another_token_is_refused(
 ) -> None:
     async with serve(token=TOKEN) as (client, _):
         forged = session_value(b"another token", int(wall_clock()) + 60)
-        response = await client.get("/stats", headers={"Cookie": f"{COOKIE}={forged}"})
+        response = await client.get("/stats", headers=bearer(forged))
         assert_problem(response, 401, "unauthorized")
 
 
 @pytest.mark.trio_only
 async def test_a_session_ends_a_day_after_the_login(serve: Serve) -> None:
     async with serve(token=TOKEN) as (client, _):
-        await log_in(client)
+        session = await log_in(client)
         await anyio.sleep(SESSION_SECONDS - 60)
-        assert (await client.get("/stats")).status_code == 200
+        assert (await client.get("/stats", headers=bearer(session))).status_code == 200
         await anyio.sleep(61)
-        assert_problem(await client.get("/stats"), 401, "unauthorized")
+        assert_problem(await client.get("/stats", headers=bearer(session)), 401, "unauthorized")
 
 
 # --- headers ------------------------------------------------------------------------------------
@@ -570,8 +605,8 @@ needs_chromium = pytest.mark.skipif(
 
 
 class AttackerSite:
-    """A web server on another port of 127.0.0.1, serving one page; it records the cookies
-    the browser sends it."""
+    """A web server on another port of 127.0.0.1, serving one page; it records the Cookie
+    headers the browser sends it (an empty string for none)."""
 
     def __init__(self, page: str) -> None:
         self.cookies: list[str] = []
@@ -611,19 +646,24 @@ def token_server(db_path: Path) -> Iterator[Server]:
 
 
 @pytest.fixture
-def browser_page(token_server: Server) -> Iterator[Any]:
-    """A Chromium page logged in to the dashboard of ``token_server``."""
+def browser(token_server: Server) -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(15_000)
-            page.goto(f"{token_server.url}/?token={TOKEN}")
-            page.locator("#connection", has_text="live").wait_for()
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def browser_page(token_server: Server, browser: Any) -> Any:
+    """A Chromium page logged in to the dashboard of ``token_server``."""
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{token_server.url}/#token={TOKEN}")
+    page.locator("#connection", has_text="live").wait_for()
+    return page
 
 
 def api(server: Server, method: str, path: str, **kwargs: Any) -> Any:
@@ -647,11 +687,66 @@ def test_a_page_on_another_port_cannot_cancel_a_job_through_an_auto_submitting_f
     with AttackerSite(page) as attacker:
         with browser_page.expect_response(target) as answer:
             browser_page.goto(attacker.url)
-        assert answer.value.status == 403
-        cookies = attacker.cookies
+        assert answer.value.status == 401  # the browser has no credential it could send
     assert api(token_server, "GET", f"/jobs/{job['id']}")["status"] == "pending"
-    assert any(COOKIE in cookie for cookie in cookies)  # the cookie does reach other ports...
-    assert not any(TOKEN in cookie for cookie in cookies)  # ...but it is not the token
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_a_page_on_another_port_is_sent_no_cookie_of_the_dashboard(
+    token_server: Server, browser_page: Any
+) -> None:
+    with AttackerSite("<p>hello</p>") as attacker:
+        browser_page.goto(attacker.url)
+        cookies = attacker.cookies
+    assert cookies  # the page (and perhaps its icon) was asked for...
+    assert not any(cookies)  # ...with no Cookie header at all
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_a_page_on_another_port_cannot_read_the_dashboards_session(
+    token_server: Server, browser_page: Any
+) -> None:
+    stored = browser_page.evaluate("sessionStorage.getItem('conveyor.session')")
+    with AttackerSite("<p>hello</p>") as attacker:
+        browser_page.goto(attacker.url)  # the same tab: its storage is per origin
+        seen = browser_page.evaluate(
+            "[document.cookie, sessionStorage.length, localStorage.length]"
+        )
+    assert stored  # the dashboard's own origin holds it...
+    assert seen == ["", 0, 0]  # ...and another port sees nothing of it
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_the_dashboard_drops_the_token_from_the_address(browser_page: Any) -> None:
+    assert TOKEN not in browser_page.url
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_the_dashboard_asks_for_the_token_and_then_shows_the_queue(
+    token_server: Server, browser: Any
+) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{token_server.url}/")
+    page.locator("#login").wait_for()
+    page.locator("#login-token").fill(TOKEN)
+    page.locator("#login-button").click()
+    page.locator("#connection", has_text="live").wait_for()
+    assert page.locator("#login").is_hidden()
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_the_dashboard_refuses_a_wrong_token_saying_so(token_server: Server, browser: Any) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{token_server.url}/#token=wrong")
+    page.locator("#login-message", has_text="refused").wait_for()
+    assert page.locator("#count-pending").inner_text() == "\N{EN DASH}"
 
 
 @pytest.mark.slow

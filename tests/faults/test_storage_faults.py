@@ -53,11 +53,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def fill(disk: Path) -> Path:
     """Take every free byte of ``disk`` with one file; it frees them when deleted."""
     ballast = disk / "ballast"
-    with open(ballast, "ab") as file:
+    with open(ballast, "ab", buffering=0) as file:  # unbuffered: nothing left to flush at close
         try:
             while True:
-                file.write(b"\0" * 65536)
-                file.flush()
+                file.write(b"\0" * 4096)
         except OSError:
             pass
     return ballast
@@ -118,10 +117,16 @@ def test_outcomes_that_meet_a_full_disk_are_written_once_space_is_freed(
             jobs = [await queue.enqueue("work", n) for n in range(4)]
             with trio.fail_after(10):
                 await running.wait()
+            # A reader's open snapshot keeps the WAL from being reset by a checkpoint, so the
+            # outcomes must grow it, and cannot.
+            reader = sqlite3.connect(small_disk / "jobs.db", isolation_level=None)
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM jobs").fetchone()
             ballast = fill(small_disk)
             release.set()
             await trio.sleep(0.5)  # the outcomes are reported and cannot be written
             assert [(await queue.get(job.id)).status for job in jobs] == [JobStatus.RUNNING] * 4
+            reader.close()
             ballast.unlink()
             for job in jobs:
                 done = await queue.wait(job.id, timeout=10)

@@ -122,6 +122,16 @@ class CancelQueued:
 
 
 @attrs.frozen
+class SetPaused:
+    """Pause (or resume) handler ``name``: its pending jobs are not claimed while paused.
+    Answers whether that changed anything."""
+
+    name: str
+    paused: bool
+    reply: Reply[bool]
+
+
+@attrs.frozen
 class SetSchedule:
     """Store ``schedule`` under its key, replacing the one there."""
 
@@ -157,6 +167,7 @@ StoreCommand = (
     | Requeue
     | RequeueFailed
     | CancelQueued
+    | SetPaused
     | SetSchedule
     | DropSchedule
     | Purge
@@ -181,6 +192,8 @@ class News:
     released: bool
     cancel: list[int]
     dependency_results: dict[int, dict[int, JSON]] = attrs.Factory(dict)
+    paused: list[str] = attrs.Factory(list)
+    """Handlers just paused: claimed jobs of theirs that have not started go back."""
 
 
 @attrs.frozen

@@ -45,6 +45,8 @@ from .._context import JobContext, enter_context, leave_context, run_with_contex
 from .._errors import NotJSONSerializable, UnknownHandler
 from .._fastpath import Scope, Signal, primitives
 from .._job import JSON, Event, Job, encode_json
+from .._memory import MemoryGuard
+from .._process import ProcessPool
 from .._registry import Registry
 from .._retry import Backoff, Fail, Retry
 from .._sqlthread import call_soon_threadsafe
@@ -110,8 +112,14 @@ class Pool:
         inbox: MemoryObjectReceiveStream[PoolMessage],
         to_self: MemoryObjectSendStream[PoolMessage],
         store: MemoryObjectSendStream[StoreCommand],
+        paused: Callable[[], frozenset[str]] = frozenset,
+        memory: MemoryGuard | None = None,
     ) -> None:
+        """``paused`` tells the handlers paused as the store last committed: a claimed job
+        of one of them does not start (it goes back to pending)."""
         self._registry = registry
+        self._paused = paused
+        self._memory = memory or MemoryGuard(None)
         self._slots = slots
         self._inbox = inbox
         self._to_self = to_self
@@ -133,6 +141,9 @@ class Pool:
         # A thread for every slot: anyio's default limiter (40 threads) would leave sync
         # handlers of the other slots claimed, counted running, and waiting for a thread.
         self._threads = anyio.CapacityLimiter(slots)
+        # Process handlers' workers: started on first use, killed with the attempt a cancel,
+        # a timeout or shutdown stops (through its scope), the idle ones ended with the pool.
+        self._processes = ProcessPool()
         self._loop_thread = threading.get_ident()
         self._call_soon: Callable[[Callable[[], object]], object] = call_soon_threadsafe()
         self._now = _loop_clock()
@@ -152,6 +163,7 @@ class Pool:
             _raise_alone(group.exceptions[0])
         finally:
             self._watchdog.stop()
+            await self._processes.aclose()
 
     async def _run_workers(self) -> None:
         async with self._inbox, self._to_self, anyio.create_task_group() as workers:
@@ -186,6 +198,8 @@ class Pool:
                 self._job_arrived = self._fast.event()
             for job_id in message.cancel:
                 self._cancel(job_id, "cancel")
+            if message.paused:
+                self._give_back(lambda job: job.name in message.paused)
         elif isinstance(message, Flush):
             self._flush_asked = False
         elif isinstance(message, Close):
@@ -196,6 +210,16 @@ class Pool:
         elif isinstance(message, InterruptAll):
             for job_id in list(self._running):
                 self._cancel(job_id, "shutdown")
+
+    def _give_back(self, which: Callable[[Job], bool]) -> None:
+        """Return the claimed jobs ``which`` picks, not started yet, to pending untouched."""
+        given = [job for job in self._ready if which(job)]
+        for job in given:
+            self._ready.remove(job)
+            self._results.pop(job.id, None)
+            self._outcomes.append(Outcome(job, Event.INTERRUPTED))
+        if given:
+            self._ask_flush()
 
     def _cancel(self, job_id: int, reason: StopReason) -> None:
         attempt = self._running.get(job_id)
@@ -221,7 +245,8 @@ class Pool:
         release = self._closing is not None and not self._released
         more = 0
         if self._closing is None:
-            more = self._slots - len(self._running) - len(self._ready) - self._owed
+            slots = 1 if self._memory.is_high() else self._slots
+            more = slots - len(self._running) - len(self._ready) - self._owed
         progress = self._take_progress()
         if not (self._outcomes or progress or more > 0 or release):
             return
@@ -290,9 +315,16 @@ class Pool:
                 self._end(attempt, None)
 
     async def _next_attempt(self, scope: Scope) -> Attempt:
-        while not self._ready:
-            await self._job_arrived.wait()
-        job = self._ready.popleft()
+        while True:
+            while not self._ready:
+                await self._job_arrived.wait()
+            job = self._ready.popleft()
+            if job.name not in self._paused():
+                break
+            # Paused since it was claimed (the pool has not heard yet): it does not start.
+            self._results.pop(job.id, None)
+            self._outcomes.append(Outcome(job, Event.INTERRUPTED))
+            self._ask_flush()
         attempt = Attempt(job, scope, self._now())
         self._running[job.id] = attempt
         if job.timeout is not None:
@@ -328,6 +360,10 @@ class Pool:
             scope.deadline = math.inf
         if attempt.progress is not None:
             outcome = attrs.evolve(outcome, progress=attempt.progress)
+        if outcome.event is Event.RETRIED and job.name in self._registry:
+            limits = self._registry[job.name].limits
+            if limits.retry_priority_step:
+                outcome = attrs.evolve(outcome, retry_priority=limits.retry_priority(job.priority))
         self._outcomes.append(outcome)
         self._ask_flush()
         return cancelled
@@ -357,6 +393,7 @@ class Pool:
             functools.partial(self._note, attempt),
             self._results.pop(job.id, None) if job.after else None,
         )
+        cancelling = _cancel_requests()
         try:
             if handler.is_async:
                 token = enter_context(context)
@@ -364,6 +401,9 @@ class Pool:
                     result = await handler.function(job.payload)
                 finally:
                     leave_context(token)
+            elif handler.process:
+                ended = await self._processes.run(handler.function, handler.memory_limit, context)
+                return ended.outcome(job, handler.backoff, self._now() - attempt.started)
             else:
                 call = functools.partial(handler.function, job.payload)
                 result = await anyio.to_thread.run_sync(
@@ -372,6 +412,7 @@ class Pool:
         except BaseException as exc:
             if _is_own_cancellation(exc, attempt.scope) or _is_ctrl_c(exc):
                 raise
+            _forget_cancel_requests(cancelling)
             raised = exc.exception if isinstance(exc, RaisedInThread) else exc
             return _raised(job, raised, handler.backoff, self._now() - attempt.started)
         duration = self._now() - attempt.started
@@ -539,6 +580,25 @@ def _loop_clock() -> Callable[[], float]:
     if sniffio.current_async_library() == "trio":
         return trio.current_time
     return asyncio.get_running_loop().time
+
+
+def _cancel_requests() -> int | None:
+    """How many cancellations of the current asyncio task are pending (``None`` on trio)."""
+    if sniffio.current_async_library() != "asyncio":
+        return None
+    task = asyncio.current_task()
+    return None if task is None else task.cancelling()
+
+
+def _forget_cancel_requests(before: int | None) -> None:
+    """Withdraw the cancellations of the current asyncio task made since ``before`` was read:
+    a handler that cancelled its own task (or had it cancelled) leaves the request pending,
+    and the worker's next ``await`` would end it and stop the pool."""
+    if before is None:
+        return
+    task = asyncio.current_task()
+    while task is not None and task.cancelling() > before:
+        task.uncancel()
 
 
 def _is_own_cancellation(exc: BaseException, scope: Scope) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
 import anyio
@@ -32,6 +32,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._errors import DatabaseError, DatabaseUnavailable, JobNotFound, QueueClosed, QueueFull
 from .._events import Change
 from .._job import JSON, Event, Job, JobStatus
+from .._limits import Limits
 from .._storage.sqlite import (
     CancelResult,
     Fault,
@@ -55,6 +56,7 @@ from .messages import (
     Report,
     Requeue,
     RequeueFailed,
+    SetPaused,
     SetSchedule,
     Stop,
     StoreCommand,
@@ -78,9 +80,9 @@ RETRY_FIRST: Final = 0.05
 RETRY_MAX: Final = 2.0
 """Held reports are tried again after 50 ms, doubling up to 2 s, while writes fail."""
 
-CHECKPOINT_ROWS: Final = 4000
-"""Rows written between WAL checkpoints (roughly SQLite's own default of 1,000 pages for
-small commits). The checkpoint runs on the SQL thread, never on the loop."""
+CHECKPOINT_PAGES: Final = 1000
+"""WAL pages written between checkpoints (SQLite's own default), as :func:`pages_written`
+estimates them. The checkpoint runs on the SQL thread, never on the loop."""
 
 T = TypeVar("T")
 
@@ -118,8 +120,11 @@ class Effects:
     reports: int = 0
     released: bool = False
     cancel_running: list[int] = attrs.Factory(list)
+    paused: list[str] = attrs.Factory(list)
     changes: list[Change] = attrs.Factory(list)
     stopped: bool = False
+    limited: bool = False
+    """Limits or pauses apply to claims: any attempt's end may let a held-back job start."""
 
     def wake(self) -> None:
         """Jobs may have become ready: the batch's end claims for the slots the pool wants."""
@@ -139,8 +144,10 @@ def apply_batch(
     claims: Claims,
     *,
     wait_for_lock: bool = True,
+    limits: Mapping[str, Limits] | None = None,
 ) -> Effects:
-    """Apply ``commands`` in one transaction, claim for the pool's free slots, and commit.
+    """Apply ``commands`` in one transaction, claim for the pool's free slots (within the
+    handlers' ``limits``), and commit.
 
     The batch is applied optimistically, without a savepoint per command. Only when a command
     fails (queue full, a value SQLite refuses, commands after :class:`Stop`) is the batch
@@ -151,19 +158,24 @@ def apply_batch(
     :class:`WriterBusy` before anything is done.
     """
     writer.begin(wait=wait_for_lock)
+    limited = bool(writer.paused) or any(lim.limits_claims for lim in (limits or {}).values())
     try:
         try:
-            effects = _apply_all(writer, commands, now, max_pending, claims)
+            effects = _apply_all(
+                writer, commands, now, max_pending, Effects(claims, limited=limited)
+            )
         except _DATABASE_FAULTS:
             raise
         except Exception:
             writer.rollback()
             writer.begin()
-            effects = _replay_one_by_one(writer, commands, now, max_pending, claims)
+            effects = _replay_one_by_one(
+                writer, commands, now, max_pending, Effects(claims, limited=limited)
+            )
         if writer.next_tick is not None and writer.next_tick <= now:
             effects.changes += writer.fire_schedules(now)
             effects.wake()
-        _claim_for_pool(writer, now, effects)
+        _claim_for_pool(writer, now, effects, limits)
         writer.commit()
     except BaseException:
         writer.rollback()
@@ -176,9 +188,8 @@ def _apply_all(
     commands: Sequence[StoreCommand],
     now: float,
     max_pending: float,
-    claims: Claims,
+    effects: Effects,
 ) -> Effects:
-    effects = Effects(claims)
     for command in commands:
         if effects.stopped:
             _refuse_after_stop(command, effects)
@@ -192,14 +203,13 @@ def _replay_one_by_one(
     commands: Sequence[StoreCommand],
     now: float,
     max_pending: float,
-    claims: Claims,
+    effects: Effects,
 ) -> Effects:
-    effects = Effects(claims)
     for command in commands:
         if effects.stopped:
             _refuse_after_stop(command, effects)
             continue
-        own = Effects(effects.claims)
+        own = Effects(effects.claims, limited=effects.limited)
         with writer.savepoint() as undone:
             _apply(writer, command, now, max_pending, own)
         if undone.error is None:
@@ -211,6 +221,7 @@ def _replay_one_by_one(
 
 def _merge(effects: Effects, own: Effects) -> None:
     effects.claims = own.claims
+    effects.paused += own.paused
     effects.replies += own.replies
     effects.failures += own.failures
     effects.reports += own.reports
@@ -242,7 +253,7 @@ def _answer_failed_command(
             command.more,
             command.release,
         )
-        own = Effects(effects.claims)
+        own = Effects(effects.claims, limited=effects.limited)
         with writer.savepoint() as fallback:
             _apply(writer, plain, now, max_pending, own)
         if fallback.error is not None:
@@ -266,8 +277,11 @@ def _apply(
 ) -> None:
     if isinstance(command, Report):
         changes = writer.end_attempts(command.outcomes, now)
-        if any(change.status is JobStatus.PENDING for change in changes):
-            # A retry without delay, or a job given back by shutdown: ready again at once.
+        if any(change.status is JobStatus.PENDING for change in changes) or (
+            command.outcomes and effects.limited
+        ):
+            # A retry without delay, a job given back by shutdown, or a job released: ready
+            # again at once. Under limits, any end may make room for a job held back.
             effects.wake()
         effects.changes += changes
         if command.progress:
@@ -309,12 +323,21 @@ def _apply(
             effects.wake()
         effects.replies.append((command.reply, requeued))
     elif isinstance(command, CancelQueued):
-        cancelled = 0
-        for job_id in writer.queued_ids([JobStatus.PENDING, JobStatus.WAITING], command.name):
-            outcome, changes = writer.cancel(job_id, now)
-            cancelled += outcome == CancelResult.CANCELLED
-            effects.changes += changes
-        effects.replies.append((command.reply, cancelled))
+        matching = writer.queued_ids([JobStatus.PENDING, JobStatus.WAITING], command.name)
+        ended: set[int] = set()
+        for job_id in matching:
+            if job_id not in ended:  # not cancelled already, as a dependent of another
+                _, changes = writer.cancel(job_id, now)
+                ended.update(change.job_id for change in changes)
+                effects.changes += changes
+        effects.replies.append((command.reply, len(ended.intersection(matching))))
+    elif isinstance(command, SetPaused):
+        changed = writer.set_paused(command.name, command.paused)
+        if changed and command.paused:
+            effects.paused.append(command.name)
+        elif changed:
+            effects.wake()
+        effects.replies.append((command.reply, changed))
     elif isinstance(command, SetSchedule):
         stored = writer.upsert_schedule(command.schedule)
         effects.replies.append((command.reply, stored))
@@ -328,6 +351,12 @@ def _apply(
     elif isinstance(command, Stop):
         effects.stopped = True
         effects.replies.append((command.reply, None))
+
+
+def pages_written(rows: int) -> int:
+    """About how many WAL pages a commit writing ``rows`` rows adds: a few pages however small
+    it is (the table's, its indexes' and the header's), and more with its rows."""
+    return 4 + rows // 10
 
 
 def rows_written(commands: Sequence[StoreCommand], claims: Claims) -> int:
@@ -345,12 +374,14 @@ def rows_written(commands: Sequence[StoreCommand], claims: Claims) -> int:
     return rows
 
 
-def _claim_for_pool(writer: Writer, now: float, effects: Effects) -> None:
+def _claim_for_pool(
+    writer: Writer, now: float, effects: Effects, limits: Mapping[str, Limits] | None
+) -> None:
     """Claim the best ready jobs for the slots the pool wants, if jobs may be ready."""
     claims = effects.claims
     if claims.wanted <= 0 or not claims.may_be_ready:
         return
-    jobs = writer.claim(claims.wanted, now)
+    jobs = writer.claim(claims.wanted, now, limits)
     effects.claims = Claims(claims.wanted - len(jobs), may_be_ready=len(jobs) == claims.wanted)
     effects.claimed = jobs
     effects.dependency_results = writer.dependency_results(jobs)
@@ -424,7 +455,8 @@ class Episode:
 
     def retry_delay(self) -> float:
         """How long held work waits for new commands before it is tried again alone."""
-        return float(min(RETRY_FIRST * 2.0 ** max(self.failures - 1, 0), RETRY_MAX))
+        doublings = min(max(self.failures - 1, 0), 16)  # past 2 s anyway; never overflows
+        return min(RETRY_FIRST * 2.0**doublings, RETRY_MAX)
 
 
 class Store:
@@ -442,13 +474,16 @@ class Store:
         listeners: Sequence[Listener],
         max_pending: int | None,
         inline_small: bool,
+        limits: Mapping[str, Limits] | None = None,
     ) -> None:
         """``run_sql`` runs database work on the SQL thread (or inline, in tests);
         ``inline_small`` lets batches of at most :data:`INLINE_ROWS` rows run on the loop."""
         self._writer = writer
         self._run_sql = run_sql
         self._inline_small = inline_small
-        self._unchecked_rows = 0
+        self._limits = limits or {}
+        self._unchecked_pages = 0
+        self._checkpoint_failing = False
         self._clock = clock
         self._commands = commands
         self._pool = pool
@@ -489,14 +524,15 @@ class Store:
 
     async def _next_batch(self) -> list[StoreCommand] | None:
         """The next commands to apply, the held ones first; ``None`` once no more can come."""
-        if not self._held:
+        if self._episode is None:
             try:
                 return self._drain([await self._commands.receive()])
             except anyio.EndOfStream:
                 return None
-        retry = self._held
-        assert self._episode is not None
-        with anyio.move_on_after(self._episode.retry_delay()):
+        # Writes fail: try again after a while even if no command comes, with what is held
+        # or else a probe, so that the episode ends as soon as the database takes writes.
+        retry = self._held or [Ping(Reply())]
+        with anyio.move_on_after(self._episode.retry_delay()) as waited:
             try:
                 first = await self._commands.receive()
             except anyio.EndOfStream:
@@ -504,6 +540,9 @@ class Store:
             if first is not None:
                 retry.append(first)
         self._held = []
+        if waited.cancel_called:
+            # A full WAL that cannot grow needs a checkpoint to be written again from its start.
+            await self._run_sql(self._checkpoint)
         return self._drain(retry)
 
     def _drain(self, batch: list[StoreCommand]) -> list[StoreCommand]:
@@ -537,6 +576,10 @@ class Store:
                 self._episode = None
                 self.faulted = anyio.Event()
             self._claims = effects.claims
+            if any(isinstance(command, Tick) for command in batch):
+                # The timer fired and forgot its due time: whatever is due next is news to it
+                # (even the same time, if the wall clock was stepped back meanwhile).
+                self._told_due = None
             self._announce(effects, now)
         return effects
 
@@ -588,17 +631,18 @@ class Store:
 
     async def _write(self, batch: list[StoreCommand], now: float) -> Effects:
         """Apply ``batch`` on the loop if it is small and the lock is free, else on the SQL
-        thread; checkpoint the WAL on the SQL thread every :data:`CHECKPOINT_ROWS` rows."""
+        thread; checkpoint the WAL on the SQL thread every :data:`CHECKPOINT_PAGES` pages, and
+        after writes failed (a full disk may have let the WAL grow)."""
         claims = self._claims
         rows = rows_written(batch, claims)
-        self._unchecked_rows += rows
-        checkpoint = self._unchecked_rows >= CHECKPOINT_ROWS
-        if checkpoint:
-            self._unchecked_rows = 0
-        writer, max_pending = self._writer, self._max_pending
+        self._unchecked_pages += pages_written(rows)
+        checkpoint = self._unchecked_pages >= CHECKPOINT_PAGES or self._episode is not None
+        writer, max_pending, limits = self._writer, self._max_pending, self._limits
         if self._inline_small and rows <= INLINE_ROWS:
             try:
-                effects = apply_batch(writer, batch, now, max_pending, claims, wait_for_lock=False)
+                effects = apply_batch(
+                    writer, batch, now, max_pending, claims, wait_for_lock=False, limits=limits
+                )
             except WriterBusy:
                 pass  # another connection writes: wait for it off the loop
             else:
@@ -607,7 +651,7 @@ class Store:
                 return effects
 
         def apply_and_checkpoint() -> Effects:
-            effects = apply_batch(writer, batch, now, max_pending, claims)
+            effects = apply_batch(writer, batch, now, max_pending, claims, limits=limits)
             if checkpoint:
                 self._checkpoint()
             return effects
@@ -615,20 +659,28 @@ class Store:
         return await self._run_sql(apply_and_checkpoint)
 
     def _checkpoint(self) -> None:
-        """Checkpoint the WAL; a failure is logged and the checkpoint tried again later (the
-        batch before it is committed and must still be announced)."""
+        """Checkpoint the WAL. A failure (the disk full, say) is logged once until one
+        succeeds, and the next is tried after half the usual pages: the batch before it is
+        committed and must still be announced."""
         try:
             self._writer.checkpoint()
         except (sqlite3.Error, MemoryError) as exc:
-            self._unchecked_rows = CHECKPOINT_ROWS
-            logger.warning("conveyor could not checkpoint %s: %r", self._writer.path, exc)
+            self._unchecked_pages = CHECKPOINT_PAGES // 2
+            if not self._checkpoint_failing:
+                self._checkpoint_failing = True
+                logger.warning("conveyor could not checkpoint %s: %r", self._writer.path, exc)
+            return
+        self._unchecked_pages = 0
+        if self._checkpoint_failing:
+            self._checkpoint_failing = False
+            logger.info("conveyor checkpoints %s again", self._writer.path)
 
     def _announce(self, effects: Effects, now: float) -> None:
         for reply, value in effects.replies:
             reply.set(value)
         for reply, error in effects.failures:
             reply.fail(error)
-        if effects.claimed or effects.reports or effects.cancel_running:
+        if effects.claimed or effects.reports or effects.cancel_running or effects.paused:
             tell(
                 self._pool,
                 News(
@@ -637,6 +689,7 @@ class Store:
                     effects.released,
                     effects.cancel_running,
                     effects.dependency_results,
+                    effects.paused,
                 ),
             )
         self._tell_timer(now)
@@ -649,13 +702,15 @@ class Store:
                     logger.exception("a conveyor listener raised; it stays subscribed")
 
     def _tell_timer(self, now: float) -> None:
-        """Tell the timer when the next scheduled job comes due, if that is news to it.
+        """Tell the timer the next deadline still ahead (a job coming due, a schedule's tick,
+        a rate window opening), if that is news to it.
 
-        A due time already past is not told: the next claim promotes that job anyway, and the
-        timer firing at once again would only spin while every slot is busy.
+        A deadline already past is not told: the next claim promotes a due job anyway, and
+        the timer firing at once again would only spin while every slot is busy; but the
+        deadlines after it are (a schedule must tick while a due job waits for a slot).
         """
-        due = self._writer.next_wakeup
-        if due != self._told_due and (due is None or due > now):
+        due = self._writer.next_wakeup_after(now)
+        if due != self._told_due:
             self._told_due = due
             tell(self._timer, NextDue(due))
 

@@ -20,10 +20,11 @@ import fcntl
 import functools
 import json
 import logging
+import math
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Final, Literal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final, Literal, TypeVar
 
 import attrs
 
@@ -39,11 +40,14 @@ from .._job import (
     end_attempt,
     sources_of,
 )
+from .._limits import Limits
 from .._schedule import Cadence, CatchUp, Schedule, due_ticks
 
 logger = logging.getLogger("conveyor")
 
-SCHEMA_VERSION: Final = 3
+T = TypeVar("T")
+
+SCHEMA_VERSION: Final = 4
 APPLICATION_ID: Final = 0x434F4E56  # "CONV": marks the file as a conveyor database
 
 Synchronous = Literal["normal", "full"]
@@ -187,7 +191,24 @@ _V1_COLUMNS: Final = (
 
 _V2_COLUMNS: Final = f"{_V1_COLUMNS}, status, scheduled"
 
-_CREATE: Final = _JOBS_TABLE
+_LIMITS: Final = """
+    -- Jobs of one handler and key: at most key_concurrency of them run at once.
+    ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
+    CREATE INDEX jobs_running ON jobs (name, concurrency_key) WHERE status = 'running';
+    -- What is stored about a handler beyond its jobs: whether it is paused.
+    CREATE TABLE handler_state (
+        name   TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0
+    );
+    -- Recent starts of rate-limited handlers: the windows their limits count in.
+    CREATE TABLE starts (
+        name TEXT NOT NULL,
+        at   REAL NOT NULL
+    );
+    CREATE INDEX starts_by_name ON starts (name, at)
+"""
+
+_CREATE: Final = f"{_JOBS_TABLE};{_LIMITS}"
 """A new file gets the latest schema at once."""
 
 _UPGRADES: Final[dict[int, str]] = {
@@ -227,13 +248,15 @@ _UPGRADES: Final[dict[int, str]] = {
     UPDATE sqlite_sequence SET name = 'jobs' WHERE name = 'jobs_v2';
     DROP TABLE jobs_v2
     """,
+    # Version 4: concurrency keys, paused handlers and rate-limit windows.
+    4: _LIMITS,
 }
 """``version -> statements`` that bring a file of ``version - 1`` to ``version``."""
 
 _COLUMNS: Final = (
     "id, name, payload, status, priority, attempts, max_attempts, run_at, created_at, "
     "started_at, finished_at, result, error, progress, progress_message, timeout, idempotency_key, "
-    "after, schedule_key"
+    "after, schedule_key, concurrency_key"
 )
 
 _PENDING: Final = JobStatus.PENDING.value
@@ -242,8 +265,8 @@ _RUNNING: Final = JobStatus.RUNNING.value
 # --- The statements, by name. -------------------------------------------------------------------
 Q_INSERT: Final = (
     "INSERT INTO jobs (id, name, payload, status, scheduled, priority, max_attempts, timeout, "
-    "run_at, created_at, idempotency_key, after, blockers, delay, schedule_key) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "run_at, created_at, idempotency_key, after, blockers, delay, schedule_key, concurrency_key) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 Q_INSERT_DEP: Final = "INSERT OR IGNORE INTO job_deps (dep_id, job_id) VALUES (?, ?)"
 Q_HAS_DEPS: Final = "SELECT EXISTS (SELECT 1 FROM job_deps)"
@@ -287,7 +310,15 @@ Q_FAILED_DEP_OF: Final = f"""
           AND jobs.status IN ('{JobStatus.FAILED}', '{JobStatus.CANCELLED}')
     LIMIT 1
 """
-Q_BLOCKERS: Final = "SELECT blockers FROM jobs WHERE id = ?"
+Q_RECOUNT_BLOCKERS: Final = f"""
+    UPDATE jobs SET blockers = (
+        SELECT count(*) FROM job_deps JOIN jobs AS dep ON dep.id = job_deps.dep_id
+        WHERE job_deps.job_id = jobs.id AND dep.status != '{JobStatus.COMPLETED}'
+    )
+    WHERE id = ? RETURNING blockers
+"""
+"""Counts anew the unfinished dependencies of a job coming back from ``cancelled``: some may
+have completed while it was cancelled, which was not counted then."""
 Q_RESULTS: Final = "SELECT id, result FROM jobs WHERE id IN ({ids})"
 Q_PURGE_DEPS: Final = (
     "DELETE FROM job_deps WHERE dep_id NOT IN (SELECT id FROM jobs) "
@@ -316,6 +347,36 @@ Q_ADVANCE_SCHEDULE: Final = (
     "UPDATE schedules SET next_run_at = ?, last_run_at = coalesce(?, last_run_at), "
     "last_job_id = coalesce(?, last_job_id) WHERE key = ?"
 )
+Q_PAUSED: Final = "SELECT name FROM handler_state WHERE paused"
+Q_SET_PAUSED: Final = """
+    INSERT INTO handler_state (name, paused) VALUES (?, ?)
+    ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
+"""
+Q_RUNNING_BY_NAME: Final = (
+    f"SELECT name, count(*) FROM jobs WHERE status = '{_RUNNING}' AND name IN ({{names}}) "
+    "GROUP BY name"
+)
+Q_RUNNING_BY_KEY: Final = (
+    f"SELECT count(*) FROM jobs WHERE status = '{_RUNNING}' AND name = ? AND concurrency_key = ?"
+)
+Q_FORGET_STARTS: Final = "DELETE FROM starts WHERE name = ? AND at <= ?"
+Q_STARTS_IN_WINDOW: Final = "SELECT count(*), min(at) FROM starts WHERE name = ?"
+Q_RECORD_START: Final = "INSERT INTO starts (name, at) VALUES (?, ?)"
+Q_READY_IN_ORDER: Final = f"""
+    SELECT id, name, concurrency_key FROM jobs
+    WHERE {_status_allows(Event.STARTED)} AND scheduled = 0 AND name NOT IN ({{paused}})
+    ORDER BY priority, run_at, id
+"""
+Q_CLAIM_IDS: Final = f"""
+    UPDATE jobs SET status = '{decide(JobStatus.PENDING, Event.STARTED)}',
+                    attempts = attempts + 1, started_at = ?, progress = NULL,
+                    progress_message = NULL
+    WHERE id IN ({{ids}})
+    RETURNING {_COLUMNS}
+"""
+CLAIM_SCAN_LIMIT: Final = 10_000
+"""Ready jobs a claim with limits looks through at most: past them, the slots it could not
+fill wait for the next claim."""
 Q_NEXT_TICK: Final = "SELECT min(next_run_at) FROM schedules WHERE NOT paused"
 Q_SCHEDULES: Final = f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY key"
 Q_BY_KEY: Final = f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?"
@@ -358,8 +419,8 @@ Q_RUNNING: Final = (
 Q_END_ATTEMPT: Final[dict[Event, str]] = {
     Event.COMPLETED: "UPDATE jobs SET status = ?, result = ?, finished_at = ? WHERE id = ?",
     Event.RETRIED: (
-        "UPDATE jobs SET status = ?, scheduled = ?, run_at = ?, error = ?, started_at = NULL "
-        "WHERE id = ?"
+        "UPDATE jobs SET status = ?, scheduled = ?, run_at = ?, error = ?, started_at = NULL, "
+        "priority = coalesce(?, priority) WHERE id = ?"
     ),
     Event.FAILED: "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
     Event.CANCELLED: "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
@@ -395,7 +456,9 @@ Q_IDS_BY_STATUS_NAME: Final = (
     "SELECT id FROM jobs WHERE status IN ({statuses}) AND name = ? ORDER BY id"
 )
 Q_PURGE: Final = f"DELETE FROM jobs WHERE status IN ({_sql_list(TERMINAL)}) AND finished_at <= ?"
-Q_TOUCH: Final = "UPDATE sqlite_sequence SET seq = seq WHERE 0"
+Q_TOUCH: Final = f"PRAGMA user_version = {SCHEMA_VERSION}"
+"""Rewrites the header with what it holds: a real write (one WAL page), so that it proves the
+database takes writes, as a write that changes nothing would not (it commits on a full disk)."""
 Q_COUNT_BY_STATUS_NAME: Final = "SELECT status, name, count(*) FROM jobs GROUP BY status, name"
 Q_RECENT_FINISHED: Final = f"""
     SELECT status, count(*), avg(max(finished_at - started_at, 0)) FROM jobs
@@ -443,6 +506,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         idempotency_key=row[16],
         after=() if row[17] is None else tuple(json.loads(row[17])),
         schedule_key=row[18],
+        concurrency_key=row[19],
     )
 
 
@@ -465,6 +529,7 @@ class NewJob:
     delay: float | None = None
     """The delay asked for, counted from its release if it has to wait."""
     schedule_key: str | None = None
+    concurrency_key: str | None = None
 
 
 @attrs.frozen
@@ -485,6 +550,8 @@ class Outcome:
     retry_delay: float = 0.0
     progress: tuple[float, str | None] | None = None
     duration: float | None = None
+    retry_priority: int | None = None
+    """The priority a retry runs at (``None``: unchanged)."""
 
 
 @attrs.define
@@ -569,6 +636,9 @@ def _acquire_lock(path: str) -> int:
     return fd
 
 
+WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
+"""Bytes the WAL file keeps once a checkpoint has emptied it."""
+
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a connection that may wait waits for another one's lock before it gives up."""
 
@@ -599,7 +669,9 @@ class Fault:
 def classify_fault(error: BaseException, path: str) -> Fault | None:
     """The fault of the database behind ``error``; ``None`` if ``error`` is not one (a bug)."""
     if isinstance(error, FileGone):
-        return Fault(False, f"{path} was deleted, moved or replaced while the queue had it open")
+        return Fault(False, f"{error} while the queue had it open")
+    if isinstance(error, OSError):
+        return Fault(True, f"cannot look at {path} ({error}): check the folder's permissions")
     if isinstance(error, MemoryError):
         return Fault(True, "SQLite ran out of memory")
     if not isinstance(error, sqlite3.Error):
@@ -719,11 +791,17 @@ class Writer:
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
                 self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+                # After a checkpoint empties it, the WAL file is cut back to this size.
+                self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
                 self._conn.execute("PRAGMA busy_timeout = 0")
                 self._identity = _file_identity(path)
                 self.pending_count = 0
                 self.next_tick: float | None = None
                 """The earliest next tick of a schedule (``None``: no schedule)."""
+                self.paused: frozenset[str] = frozenset()
+                """The handlers whose jobs are not claimed."""
+                self.next_window: float | None = None
+                """When a rate limit that held jobs back lets one start again."""
                 self._has_deps = False
                 self.next_due: float | None = None
                 """When the earliest scheduled job becomes due (``None``: none is scheduled).
@@ -732,6 +810,8 @@ class Writer:
                 be due. It may be early (a scheduled job was cancelled), never late.
                 """
                 self._reload_counters()
+                # Read once the WAL is open (a read opens it): it stays while we have it open.
+                self._wal_identity = _file_identity(f"{path}-wal")
             except sqlite3.Error as exc:
                 self._conn.close()
                 raise _open_error(path, exc) from None
@@ -767,7 +847,12 @@ class Writer:
         SQLite would go on committing to the unlinked file, and every write would be lost.
         """
         if _file_identity(self.path) != self._identity:
-            raise FileGone(self.path)
+            raise FileGone(f"{self.path} was deleted, moved or replaced")
+        if _file_identity(f"{self.path}-wal") != self._wal_identity:
+            # Its open handle still holds the frames: copy them into the file while it can.
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(FULL)")
+            raise FileGone(f"{self.path}-wal was deleted, moved or replaced")
         if self._counters_stale:
             self._reload_counters()
         if not wait:
@@ -828,12 +913,17 @@ class Writer:
         self.next_due = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
         self.next_tick = self._conn.execute(Q_NEXT_TICK).fetchone()[0]
         self._has_deps = bool(self._conn.execute(Q_HAS_DEPS).fetchone()[0])
+        self.paused = frozenset(row[0] for row in self._conn.execute(Q_PAUSED))
         self._counters_stale = False
 
-    @property
-    def next_wakeup(self) -> float | None:
-        """The earliest of :attr:`next_due` and :attr:`next_tick`: when the timer must wake."""
-        times = [t for t in (self.next_due, self.next_tick) if t is not None]
+    def next_wakeup_after(self, now: float) -> float | None:
+        """The earliest of :attr:`next_due`, :attr:`next_tick` and :attr:`next_window` after
+        ``now``: when the timer must wake next (``None``: nothing is ahead)."""
+        times = [
+            t
+            for t in (self.next_due, self.next_tick, self.next_window)
+            if t is not None and t > now
+        ]
         return min(times) if times else None
 
     # --- writes ----------------------------------------------------------------------------
@@ -891,9 +981,12 @@ class Writer:
         changes = []
         pending = 0
         for job_id, new in enumerate(jobs, first_id):
-            after = (*new.after, *(first_id + step for step in new.after_steps))
-            blockers = len(new.after_steps) + sum(
-                1 for dep in new.after if states[dep][0] is not JobStatus.COMPLETED
+            # Two steps answered by one job (a shared idempotency key) are one dependency.
+            after = tuple(
+                dict.fromkeys((*new.after, *(first_id + step for step in new.after_steps)))
+            )
+            blockers = sum(
+                1 for dep in after if dep >= first_id or states[dep][0] is not JobStatus.COMPLETED
             )
             event = Event.BLOCKED if blockers else Event.ENQUEUED
             status = decide(None, event)
@@ -918,6 +1011,7 @@ class Writer:
                     blockers,
                     new.delay,
                     new.schedule_key,
+                    new.concurrency_key,
                 )
             )
             deps += [(dep, job_id) for dep in after]
@@ -936,6 +1030,7 @@ class Writer:
                     idempotency_key=new.idempotency_key,
                     after=after,
                     schedule_key=new.schedule_key,
+                    concurrency_key=new.concurrency_key,
                 )
             )
             changes.append(Change(event, job_id, new.name, status))
@@ -944,9 +1039,17 @@ class Writer:
         if deps:
             self._conn.executemany(Q_INSERT_DEP, deps)
             self._has_deps = True
+            cancelled: set[int] = set()
             for dep, (status, name) in states.items():
                 if status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                    changes += self._cancel_dependents(dep, name, status, now)
+                    ended = self._cancel_dependents(dep, name, status, now)
+                    cancelled.update(change.job_id for change in ended)
+                    changes += ended
+            if cancelled:
+                # Answer with the jobs as this transaction leaves them.
+                created = [
+                    _read_job(self._conn, job.id) if job.id in cancelled else job for job in created
+                ]
         return created, changes
 
     def _states_of(self, ids: Iterable[int]) -> dict[int, tuple[JobStatus, str]]:
@@ -1022,16 +1125,98 @@ class Writer:
             for dependent, dependent_name in rows
         ]
 
-    def claim(self, limit: int, now: float) -> list[Job]:
-        """Start an attempt of up to ``limit`` of the best due jobs; return them in claim order."""
+    def claim(
+        self, limit: int, now: float, limits: Mapping[str, Limits] | None = None
+    ) -> list[Job]:
+        """Start an attempt of up to ``limit`` of the best due jobs; return them in claim order.
+
+        Jobs of paused handlers are left alone; so are jobs ``limits`` (by handler name) holds
+        back, which keep their place while the jobs after them are claimed. When a rate limit
+        holds jobs back, :attr:`next_window` says when it lets one start again.
+        """
         if self.next_due is not None and self.next_due <= now:
             self._conn.execute(Q_PROMOTE_DUE, (now,))
             self.next_due = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
-        rows = self._conn.execute(Q_CLAIM, (now, limit)).fetchall()
+        limited = {name: lim for name, lim in (limits or {}).items() if lim.limits_claims}
+        if limited or self.paused:
+            rows = self._claim_within_limits(limit, now, limited)
+        else:
+            rows = self._conn.execute(Q_CLAIM, (now, limit)).fetchall()
         self.pending_count -= len(rows)
         jobs = [row_to_job(row) for row in rows]
         jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
         return jobs
+
+    def _claim_within_limits(
+        self, limit: int, now: float, limits: Mapping[str, Limits]
+    ) -> list[Any]:
+        """The claim's rows when limits or pauses apply: the ready jobs are read in claim
+        order and taken while their handler's (and key's) room lasts."""
+        room = self._room(now, limits)
+        by_key: dict[tuple[str, str], int] = {}
+        picked: list[int] = []
+        started: list[tuple[str, float]] = []
+        paused = ", ".join("?" * len(self.paused))  # SQLite takes an empty list: NOT IN ()
+        ready = self._conn.execute(Q_READY_IN_ORDER.format(paused=paused), sorted(self.paused))
+        for scanned, (job_id, name, key) in enumerate(ready):
+            if len(picked) == limit or scanned == CLAIM_SCAN_LIMIT:
+                break
+            if room.get(name, 1) <= 0:
+                continue
+            lim = limits.get(name)
+            if lim is not None and lim.key_concurrency is not None and key is not None:
+                if (name, key) not in by_key:
+                    by_key[name, key] = self._conn.execute(
+                        Q_RUNNING_BY_KEY, (name, key)
+                    ).fetchone()[0]
+                if by_key[name, key] >= lim.key_concurrency:
+                    continue
+                by_key[name, key] += 1
+            if name in room:
+                room[name] -= 1
+            if lim is not None and lim.rate is not None:
+                started.append((name, now))
+            picked.append(job_id)
+        ready.close()
+        if started:
+            self._conn.executemany(Q_RECORD_START, started)
+        if not picked:
+            return []
+        statement = Q_CLAIM_IDS.format(ids=", ".join("?" * len(picked)))
+        return self._conn.execute(statement, [now, *picked]).fetchall()
+
+    def _room(self, now: float, limits: Mapping[str, Limits]) -> dict[str, float]:
+        """How many more jobs of each limited handler may start now."""
+        names = sorted(limits)
+        running = dict(
+            self._conn.execute(
+                Q_RUNNING_BY_NAME.format(names=", ".join("?" * len(names))), names
+            ).fetchall()
+        )
+        room: dict[str, float] = {}
+        self.next_window = None
+        for name, lim in limits.items():
+            room[name] = math.inf
+            if lim.concurrency is not None:
+                room[name] = lim.concurrency - running.get(name, 0)
+            if lim.rate is not None:
+                count, window = lim.rate
+                self._conn.execute(Q_FORGET_STARTS, (name, now - window))
+                recent, oldest = self._conn.execute(Q_STARTS_IN_WINDOW, (name,)).fetchone()
+                room[name] = min(room[name], count - recent)
+                if count - recent <= 0:
+                    opens = oldest + window
+                    if self.next_window is None or opens < self.next_window:
+                        self.next_window = opens
+        return room
+
+    def set_paused(self, name: str, paused: bool) -> bool:
+        """Pause or resume handler ``name``; whether that changed anything."""
+        if (name in self.paused) == paused:
+            return False
+        self._conn.execute(Q_SET_PAUSED, (name, paused))
+        self.paused = self.paused | {name} if paused else self.paused - {name}
+        return True
 
     def record_progress(self, reports: Sequence[tuple[float, str | None, int, int]]) -> None:
         """Write ``(fraction, message, job id, attempt)`` reports of attempts still running."""
@@ -1100,6 +1285,7 @@ class Writer:
             result_json=result_json,
             error=error,
             retry_delay=outcome.retry_delay,
+            retry_priority=outcome.retry_priority,
         )
         duration = _attempt_duration(outcome, now)
         # A completion keeps the error of the failure before it, as the row does.
@@ -1122,6 +1308,7 @@ class Writer:
         result_json: str | None,
         error: str | None,
         retry_delay: float,
+        retry_priority: int | None = None,
     ) -> JobStatus:
         """Write the end of a running attempt as ``event``; the job's new status."""
         status = decide(JobStatus.RUNNING, event)
@@ -1133,7 +1320,9 @@ class Writer:
             scheduled = retry_delay > 0
             if scheduled:
                 self._schedule(run_at)
-            self._conn.execute(statement, (status, scheduled, run_at, error, job_id))
+            self._conn.execute(
+                statement, (status, scheduled, run_at, error, retry_priority, job_id)
+            )
         elif event in (Event.FAILED, Event.CANCELLED):
             self._conn.execute(statement, (status, error, now, job_id))
         elif event is Event.INTERRUPTED:
@@ -1178,9 +1367,12 @@ class Writer:
         state = self._conn.execute(Q_REQUEUE_STATE, (job_id,)).fetchone()
         if state is None or _STATUSES[state[0]] not in sources_of(Event.REQUEUED):
             return []
-        if self._has_deps and self._conn.execute(Q_FAILED_DEP_OF, (job_id,)).fetchone():
-            return []
-        event = Event.BLOCKED if state[1] > 0 else Event.REQUEUED
+        blockers = state[1]
+        if self._has_deps:
+            if self._conn.execute(Q_FAILED_DEP_OF, (job_id,)).fetchone():
+                return []
+            (blockers,) = self._conn.execute(Q_RECOUNT_BLOCKERS, (job_id,)).fetchone()
+        event = Event.BLOCKED if blockers > 0 else Event.REQUEUED
         status = decide(_STATUSES[state[0]], event)
         (name,) = self._conn.execute(Q_REQUEUE, (status, now, job_id)).fetchone()
         if status is JobStatus.PENDING:
@@ -1195,6 +1387,8 @@ class Writer:
         also run after another failed or cancelled job are cancelled again, by that one."""
         rows = self._conn.execute(Q_REBLOCK, (job_id,)).fetchall()
         changes = [Change(Event.BLOCKED, dep, name, JobStatus.WAITING) for dep, name in rows]
+        for dependent, _ in rows:
+            self._conn.execute(Q_RECOUNT_BLOCKERS, (dependent,))
         for dependent, _ in rows:
             other = self._conn.execute(Q_FAILED_DEP_OF, (dependent,)).fetchone()
             if other is not None:
@@ -1300,6 +1494,12 @@ def _attempt_duration(outcome: Outcome, now: float) -> float | None:
     return None if started_at is None else max(now - started_at, 0.0)
 
 
+def _read_job(conn: sqlite3.Connection, job_id: int) -> Job:
+    job = get_job(conn, job_id)
+    assert job is not None
+    return job
+
+
 def encode_payload(payload: JSON) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
@@ -1344,6 +1544,79 @@ def row_to_schedule(row: Sequence[Any]) -> Schedule:
 def get_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
     row = conn.execute(Q_BY_ID, (job_id,)).fetchone()
     return None if row is None else row_to_job(row)
+
+
+Q_DEPENDENTS: Final = "SELECT job_id FROM job_deps WHERE dep_id = ? ORDER BY job_id"
+
+
+def _in_snapshot(conn: sqlite3.Connection, read: Callable[[], T]) -> T:
+    """``read()`` in one read transaction, so that its statements see one state of the file
+    (the read connection is in autocommit mode)."""
+    conn.execute("BEGIN")
+    try:
+        return read()
+    finally:
+        conn.execute("COMMIT")
+
+
+def get_jobs(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, Job]:
+    """The stored jobs of ``ids``, by id, in one snapshot (purged or unknown ones left out)."""
+    wanted = sorted(set(ids))
+
+    def each() -> dict[int, Job]:
+        found = (get_job(conn, job_id) for job_id in wanted)
+        return {job.id: job for job in found if job is not None}
+
+    return _in_snapshot(conn, each) if wanted else {}
+
+
+def workflow_of(conn: sqlite3.Connection, job_id: int, limit: int) -> tuple[list[Job], bool] | None:
+    """The jobs reachable from ``job_id`` by following ``after`` both ways (the jobs it runs
+    after and those that run after it, transitively), breadth first, at most ``limit``, by id;
+    and whether more were reachable. ``None`` if the job does not exist."""
+
+    def walk() -> tuple[list[Job], bool] | None:
+        root = get_job(conn, job_id)
+        if root is None:
+            return None
+        found = {root.id: root}
+        seen = {root.id}
+        frontier = [root]
+        while frontier:
+            following = []
+            for job in frontier:
+                dependents = [row[0] for row in conn.execute(Q_DEPENDENTS, (job.id,))]
+                for neighbour in (*job.after, *dependents):
+                    if neighbour in seen:
+                        continue
+                    seen.add(neighbour)
+                    other = get_job(conn, neighbour)
+                    if other is None:
+                        continue  # purged: its id stays in the after of those it led to
+                    if len(found) == limit:
+                        return sorted(found.values(), key=lambda j: j.id), True
+                    found[other.id] = other
+                    following.append(other)
+            frontier = following
+        return sorted(found.values(), key=lambda j: j.id), False
+
+    return _in_snapshot(conn, walk)
+
+
+def statuses_of(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, JobStatus]:
+    """The status of each job of ``ids`` that exists."""
+    statuses: dict[int, JobStatus] = {}
+    for start in range(0, len(ids), COMPLETE_CHUNK):
+        chunk = ids[start : start + COMPLETE_CHUNK]
+        rows = conn.execute(
+            f"SELECT id, status FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+        )
+        statuses.update((job_id, _STATUSES[status]) for job_id, status in rows)
+    return statuses
+
+
+def paused_handlers(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute(Q_PAUSED)}
 
 
 def list_schedules(conn: sqlite3.Connection) -> list[Schedule]:

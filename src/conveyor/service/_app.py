@@ -8,11 +8,12 @@ problems (:mod:`._problems`); they keep no state of their own. The app is served
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from importlib import resources
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar, cast
 
 import anyio
 from fastapi import Body, FastAPI, Header, Path, Query, Request
@@ -22,28 +23,50 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .._errors import ConveyorError, JobNotFound, WaitTimeout
-from .._job import Job, JobSpec, JobStatus
-from .._queue import Queue
-from ._guard import DEFAULT_BODY_TIMEOUT, Guard, Hosts
+from .._errors import ConveyorError, JobNotFound
+from .._job import MAX_KEY_LENGTH, Job, JobSpec, JobStatus
+from .._queue import BatchProgress, Queue
+from .._registry import Registry
+from .._workflow import Step, Workflow
+from ._guard import AUTH_SCOPE_KEY, DEFAULT_BODY_TIMEOUT, OLD_COOKIES, Guard, Hosts, Sessions
 from ._metrics import CONTENT_TYPE, Metrics, ThroughputSeries
 from ._models import (
     MAX_ID,
+    MAX_NAME_LENGTH,
+    MAX_PROGRESS_IDS,
+    MAX_PROGRESS_IDS_CHARS,
+    MAX_WORKFLOW,
     Batch,
     BatchIn,
+    Cancelled,
+    HandlerFilterIn,
+    HandlerList,
     Health,
     JobIn,
     JobList,
     JobOut,
+    Paused,
     ProblemOut,
+    ProgressOut,
     Purged,
     PurgeIn,
+    Requeued,
+    ScheduleIn,
+    ScheduleList,
+    ScheduleOut,
+    SessionOut,
     StatsOut,
     Throughput,
+    WorkflowIn,
+    WorkflowOut,
+    handler_to_dict,
     job_summary_dict,
     job_to_dict,
+    progress_state,
+    progress_to_dict,
+    schedule_to_dict,
     stats_to_dict,
 )
 from ._problems import PROBLEM_MEDIA_TYPE, Problem, problem_for
@@ -52,7 +75,15 @@ DEFAULT_MAX_BODY: Final = 1024 * 1024
 MAX_WAIT: Final = 60.0
 READY_TIMEOUT: Final = 5.0
 
+T = TypeVar("T")
+
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")]
+ScheduleKey = Annotated[
+    str, Path(min_length=1, max_length=MAX_KEY_LENGTH, description="The schedule's key.")
+]
+HandlerName = Annotated[
+    str, Path(min_length=1, max_length=MAX_NAME_LENGTH, description="The handler's name.")
+]
 
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     401: {"model": ProblemOut, "description": "Missing or wrong bearer token."},
@@ -88,14 +119,28 @@ _BODY: Final[dict[int | str, dict[str, Any]]] = {
 _CONFLICT: Final[dict[int | str, dict[str, Any]]] = {
     409: {"model": ProblemOut, "description": "The job's status does not allow this."}
 }
+_NO_SCHEDULE: Final[dict[int | str, dict[str, Any]]] = {
+    404: {"model": ProblemOut, "description": "No schedule has this key."}
+}
+_NO_HANDLER: Final[dict[int | str, dict[str, Any]]] = {
+    404: {
+        "model": ProblemOut,
+        "description": "The server runs no handler of this name, and none is paused.",
+    }
+}
+_UNKNOWN_JOBS: Final[dict[int | str, dict[str, Any]]] = {
+    404: {"model": ProblemOut, "description": "One of the ids names no job."}
+}
 
 
 class Service:
     """The HTTP service for ``queue``: :attr:`asgi` is the application to serve.
 
-    ``token`` (if given) is required on every route but ``/healthz``; ``max_body`` bounds request
-    bodies in bytes and ``body_timeout`` the seconds they may take to arrive. Requests are
-    answered only for a ``Host`` naming ``host`` (the address the server listens on; see
+    ``registry`` is the queue's :class:`conveyor.Registry`, which ``GET /handlers`` describes
+    (without it, that route knows handlers only by their jobs and pauses). ``token`` (if given)
+    is required on every route but ``/healthz`` and the dashboard's files; ``max_body`` bounds
+    request bodies in bytes and ``body_timeout`` the seconds they may take to arrive. Requests
+    are answered only for a ``Host`` naming ``host`` (the address the server listens on; see
     :class:`._guard.Hosts`) or one of ``allowed_hosts``. ``clock`` gives wall-clock seconds
     (throughput buckets, dashboard sessions). Building it subscribes its metrics to the queue;
     :meth:`close` undoes that. Raises ``ValueError`` naming a bad token, host or timeout.
@@ -105,6 +150,7 @@ class Service:
         self,
         queue: Queue,
         *,
+        registry: Registry | None = None,
         token: str | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         host: str = "127.0.0.1",
@@ -114,21 +160,38 @@ class Service:
     ) -> None:
         hosts = Hosts.of(host, allowed_hosts)
         self.queue = queue
+        self.registry = registry
         self.metrics = Metrics()
         self.throughput = ThroughputSeries(clock)
+        self.stopped: str | None = None
+        """Why the queue stopped for good, once it has: every request is then a 503."""
         self._waits: set[anyio.CancelScope] = set()
         self._stopping = False
-        queue.subscribe(self.metrics.on_changes)
-        queue.subscribe(self.throughput.on_changes)
         self.app = _build_app(self)
-        self.asgi: ASGIApp = Guard(
-            self.app,
+        guard = Guard(
+            self._unless_stopped,
             token=token,
             max_body=max_body,
             hosts=hosts,
             body_timeout=body_timeout,
             clock=clock,
         )
+        self.sessions: Sessions | None = guard.sessions
+        self.asgi: ASGIApp = guard
+        queue.subscribe(self.metrics.on_changes)
+        queue.subscribe(self.throughput.on_changes)
+
+    async def _unless_stopped(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.stopped is not None and scope["type"] == "http":
+            await _problem_response(_stopped_problem(self.stopped))(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def fail(self, error: BaseException) -> None:
+        """The queue stopped for good with ``error``: answer every request with a 503 problem
+        saying so from now on, and end the long polls (they answer the same)."""
+        self.stopped = str(error)
+        self.stop_waits()
 
     def stop_waits(self) -> None:
         """End every long poll now (they answer with the job as it is), and any later at once.
@@ -145,22 +208,52 @@ class Service:
         self.queue.unsubscribe(self.metrics.on_changes)
         self.queue.unsubscribe(self.throughput.on_changes)
 
-    async def wait(self, job_id: int, timeout: float) -> Job:
-        """The job once finished, or as it is after ``timeout`` s or when the server stops."""
-        with anyio.CancelScope() as scope:
+    @contextlib.contextmanager
+    def _long_poll(self, timeout: float) -> Iterator[None]:
+        """A scope that ends after ``timeout`` s, or when the server stops (see
+        :meth:`stop_waits`); ended because the queue stopped for good, it raises a 503."""
+        with anyio.move_on_after(timeout) as scope:
             if self._stopping:
                 scope.cancel()
             self._waits.add(scope)
             try:
-                return await self.queue.wait(job_id, timeout)
-            except WaitTimeout:
-                pass
+                yield
             finally:
                 self._waits.discard(scope)
+        if scope.cancelled_caught and self.stopped is not None:
+            raise _stopped_problem(self.stopped)
+
+    async def wait(self, job_id: int, timeout: float) -> Job:
+        """The job once finished, or as it is after ``timeout`` s or when the server stops."""
+        with self._long_poll(timeout):
+            return await self.queue.wait(job_id)
         job = await self.queue.get(job_id)
         if job is None:
             raise JobNotFound(f"no job has id {job_id}")
         return job
+
+    async def progress(self, ids: list[int], since: str | None, timeout: float) -> BatchProgress:
+        """Where the jobs of ``ids`` stand: at once if ``since`` is not given or differs from
+        their state (:func:`._models.progress_state`), else once it changes, or as it is after
+        ``timeout`` s or when the server stops."""
+        # Queue.progress is an async generator: closed here, so that it stops following the
+        # jobs as soon as the answer is known.
+        updates = cast(AsyncGenerator[BatchProgress, None], self.queue.progress(ids))
+        try:
+            latest = await anext(updates)
+            if since is None or progress_state(latest) != since:
+                return latest
+            with self._long_poll(timeout):
+                async for latest in updates:
+                    if progress_state(latest) != since:
+                        break
+            return latest
+        finally:
+            await updates.aclose()
+
+
+def _stopped_problem(reason: str) -> Problem:
+    return Problem(503, "unavailable", f"{reason} The server is stopping.")
 
 
 def _spec(job: JobIn, key: str | None = None) -> JobSpec:
@@ -179,26 +272,73 @@ def _spec(job: JobIn, key: str | None = None) -> JobSpec:
         max_attempts=job.max_attempts,
         timeout=job.timeout,
         idempotency_key=key if key is not None else job.idempotency_key,
+        after=job.after,
+        concurrency_key=job.concurrency_key,
     )
     _check_utf8(spec)
     return spec
 
 
+async def _enqueued(stored: Awaitable[T]) -> T:
+    """What an enqueue returns; an ``after`` id that names no job is the request's fault
+    (a 422), not a missing resource."""
+    try:
+        return await stored
+    except JobNotFound as exc:
+        raise Problem(422, "unknown-job", str(exc)) from None
+
+
+def _workflow(body: WorkflowIn) -> Workflow:
+    """The request's steps as a :class:`Workflow`; a 422 naming the first step that runs
+    after itself or a later step."""
+    flow = Workflow()
+    steps: list[Step] = []
+    for index, step in enumerate(body.steps):
+        for earlier in step.after_steps:
+            if earlier >= index:
+                which = "itself" if earlier == index else f"step {earlier}, a later step"
+                earlier_steps = "step 0" if index == 1 else f"steps 0 to {index - 1}"
+                detail = (
+                    f"step {index} runs after {which}: after_steps names earlier steps of the "
+                    f"same request (here {earlier_steps}), so that a workflow has no cycle"
+                    if index
+                    else f"step 0 runs after {which}: the first step can only run after stored "
+                    f"jobs (after)"
+                )
+                raise Problem(
+                    422,
+                    "invalid",
+                    detail,
+                    errors=[
+                        {
+                            "loc": f"body.steps.{index}.after_steps",
+                            "msg": detail,
+                            "type": "forward_reference",
+                        }
+                    ],
+                )
+        steps.append(flow.add_spec(_spec(step), after=[steps[i] for i in step.after_steps]))
+    return flow
+
+
 def _check_utf8(spec: JobSpec) -> None:
+    _check_text_fields(
+        "job",
+        {"name": spec.name, "payload": spec.payload, "idempotency_key": spec.idempotency_key},
+    )
+
+
+def _check_text_fields(owner: str, fields: dict[str, Any]) -> None:
     # JSON escapes can carry lone surrogates ("\ud800"), which Python accepts but UTF-8, and
-    # so SQLite, cannot store: refuse them here, naming where they are.
-    for what, value in (
-        ("name", spec.name),
-        ("payload", spec.payload),
-        ("idempotency_key", spec.idempotency_key),
-    ):
+    # so SQLite (and a problem's detail), cannot hold: refuse them here, naming where they are.
+    for what, value in fields.items():
         try:
             json.dumps(value, ensure_ascii=False).encode()
         except UnicodeEncodeError:
             raise Problem(
                 422,
                 "not-json",
-                f"the job's {what} contains a lone UTF-16 surrogate, which cannot be stored "
+                f"the {owner}'s {what} contains a lone UTF-16 surrogate, which cannot be stored "
                 f"as UTF-8 text",
             ) from None
 
@@ -231,7 +371,7 @@ def _build_app(service: Service) -> FastAPI:
         redoc_url=None,
     )
     queue = service.queue
-    _add_error_handlers(app)
+    _add_error_handlers(app, service)
 
     @app.post(
         "/jobs",
@@ -247,15 +387,19 @@ def _build_app(service: Service) -> FastAPI:
         ] = None,
     ) -> Response:
         spec = _spec(job, idempotency_key)
-        created = await queue.enqueue(
-            spec.name,
-            spec.payload,
-            priority=spec.priority,
-            delay=spec.delay,
-            run_at=spec.run_at,
-            max_attempts=spec.max_attempts,
-            timeout=spec.timeout,
-            idempotency_key=spec.idempotency_key,
+        created = await _enqueued(
+            queue.enqueue(
+                spec.name,
+                spec.payload,
+                priority=spec.priority,
+                delay=spec.delay,
+                run_at=spec.run_at,
+                max_attempts=spec.max_attempts,
+                timeout=spec.timeout,
+                idempotency_key=spec.idempotency_key,
+                after=spec.after,
+                concurrency_key=spec.concurrency_key,
+            )
         )
         return _job_response(created, 201)
 
@@ -267,8 +411,51 @@ def _build_app(service: Service) -> FastAPI:
         summary="Enqueue many jobs in one transaction (all or none)",
     )
     async def enqueue_batch(batch: BatchIn) -> Response:
-        jobs = await queue.enqueue_many([_spec(job) for job in batch.jobs])
+        jobs = await _enqueued(queue.enqueue_many([_spec(job) for job in batch.jobs]))
         return JSONResponse({"jobs": [job_to_dict(job) for job in jobs]}, status_code=201)
+
+    @app.post(
+        "/workflows",
+        status_code=201,
+        response_model=Batch,
+        responses={**_ERRORS, **_BODY, **_WRITE},
+        summary="Enqueue a workflow: jobs that run after others, in one transaction",
+        description="Each step is a job (as `POST /jobs` takes it) with `after_steps`, the "
+        "positions of earlier steps it runs after, and `after`, ids of stored jobs it runs "
+        "after. A step is `waiting` until all of them completed. Answers the jobs in step "
+        "order; all or none are stored.",
+    )
+    async def enqueue_workflow(body: WorkflowIn) -> Response:
+        jobs = await _enqueued(queue.enqueue_workflow(_workflow(body)))
+        return JSONResponse({"jobs": [job_to_dict(job) for job in jobs]}, status_code=201)
+
+    @app.post(
+        "/jobs/requeue-failed",
+        response_model=Requeued,
+        responses={**_ERRORS, **_BODY, **_WRITE},
+        summary="Requeue every failed job, or those of one handler (attempts reset)",
+        description="In one transaction; the jobs their failure cancelled go back to "
+        "`waiting`. Answers how many were requeued.",
+    )
+    async def requeue_failed(
+        body: Annotated[HandlerFilterIn | None, Body()] = None,
+    ) -> Requeued:
+        name = None if body is None else body.name
+        return Requeued(requeued=await queue.requeue_failed(name))
+
+    @app.post(
+        "/jobs/cancel-pending",
+        response_model=Cancelled,
+        responses={**_ERRORS, **_BODY, **_WRITE},
+        summary="Cancel every pending and waiting job, or those of one handler",
+        description="In one transaction; the jobs that run after them are cancelled too, and "
+        "counted only if they match. Answers how many were cancelled.",
+    )
+    async def cancel_pending(
+        body: Annotated[HandlerFilterIn | None, Body()] = None,
+    ) -> Cancelled:
+        name = None if body is None else body.name
+        return Cancelled(cancelled=await queue.cancel_pending(name))
 
     @app.post(
         "/jobs/purge",
@@ -302,6 +489,41 @@ def _build_app(service: Service) -> FastAPI:
         )
 
     @app.get(
+        "/jobs/progress",
+        response_model=ProgressOut,
+        responses={
+            **_ERRORS,
+            **_UNKNOWN_JOBS,
+            431: {
+                "description": "The URL (its ids) exceeds the 16 KiB of request head the "
+                "server reads; answered by the server, with no body."
+            },
+        },
+        summary="Where a batch of jobs stands (long poll for a change)",
+        description="Counts the jobs of `ids` by status. Without `since`, answers at once; "
+        "with `since` (the `state` of an earlier answer), answers once the counts differ "
+        "from it, all jobs are finished, or `timeout` seconds (at most 60) have passed. Ask "
+        "again with the new `state` until `finished` equals `total`.",
+    )
+    async def batch_progress(
+        ids: Annotated[
+            str,
+            Query(
+                min_length=1,
+                max_length=MAX_PROGRESS_IDS_CHARS,
+                pattern=r"^[0-9]+(,[0-9]+)*$",
+                description=f"Job ids, comma-separated (at most {MAX_PROGRESS_IDS}, and "
+                f"{MAX_PROGRESS_IDS_CHARS} characters).",
+            ),
+        ],
+        since: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        timeout: Annotated[float, Query(ge=0, le=MAX_WAIT, allow_inf_nan=False)] = 30.0,
+    ) -> Response:
+        job_ids = _progress_ids(ids)
+        progress = await service.progress(job_ids, since, timeout)
+        return JSONResponse(progress_to_dict(progress))
+
+    @app.get(
         "/jobs/{job_id:int}",
         response_model=JobOut,
         responses={**_ERRORS, **_NOT_FOUND},
@@ -327,6 +549,28 @@ def _build_app(service: Service) -> FastAPI:
     ) -> Response:
         return _job_response(await service.wait(job_id, timeout))
 
+    @app.get(
+        "/jobs/{job_id:int}/workflow",
+        response_model=WorkflowOut,
+        responses={**_ERRORS, **_NOT_FOUND},
+        summary="The job's workflow: the jobs connected to it through after, both ways",
+        description="The jobs it runs after and those that run after it, transitively, at "
+        f"most `limit` (up to {MAX_WORKFLOW}), found breadth first from it and listed by id. "
+        "Items are those of `GET /jobs`; each one's `after` gives the edges.",
+    )
+    async def get_workflow(
+        job_id: JobId,
+        limit: Annotated[int, Query(ge=1, le=MAX_WORKFLOW)] = MAX_WORKFLOW,
+    ) -> Response:
+        graph = await queue.workflow(job_id, limit=limit)
+        return JSONResponse(
+            {
+                "job_id": job_id,
+                "jobs": [job_summary_dict(job) for job in graph.jobs],
+                "truncated": graph.truncated,
+            }
+        )
+
     @app.post(
         "/jobs/{job_id:int}/cancel",
         response_model=JobOut,
@@ -348,6 +592,162 @@ def _build_app(service: Service) -> FastAPI:
     async def requeue_job(job_id: JobId) -> Response:
         changed = await queue.requeue(job_id)
         return await _job_after(queue, changed, job_id, "requeued", "failed or cancelled")
+
+    @app.post(
+        "/schedules",
+        response_model=ScheduleOut,
+        responses={**_ERRORS, **_BODY, **_WRITE},
+        summary="Create or replace the schedule stored under a key",
+        description="Each tick enqueues one job of handler `name`, exactly once across "
+        "crashes and restarts; the job's `schedule_key` names the schedule. Replacing a "
+        "schedule computes its next tick anew. Answers the schedule as stored.",
+    )
+    async def set_schedule(body: ScheduleIn) -> Response:
+        _check_text_fields(
+            "schedule",
+            {
+                "key": body.key,
+                "name": body.name,
+                "payload": body.payload,
+                "cron": body.cron,
+                "timezone": body.timezone,
+            },
+        )
+        schedule = await queue.schedule(
+            body.key,
+            body.name,
+            body.payload,
+            every=body.every,
+            cron=body.cron,
+            timezone=body.timezone,
+            catch_up=body.catch_up,
+            priority=body.priority,
+            max_attempts=body.max_attempts,
+            timeout=body.timeout,
+        )
+        # A replaced schedule keeps its last tick and job.
+        last = None if schedule.last_job_id is None else await queue.get(schedule.last_job_id)
+        return JSONResponse(schedule_to_dict(schedule, last))
+
+    @app.get(
+        "/schedules",
+        response_model=ScheduleList,
+        responses=_ERRORS,
+        summary="List schedules, by key",
+        description="Each with its next tick, its last tick and the status of the last job "
+        "it enqueued.",
+    )
+    async def list_schedules() -> Response:
+        schedules = await queue.schedules()
+        last = await queue.get_many(s.last_job_id for s in schedules if s.last_job_id is not None)
+        return JSONResponse(
+            {
+                "schedules": [
+                    schedule_to_dict(s, None if s.last_job_id is None else last.get(s.last_job_id))
+                    for s in schedules
+                ]
+            }
+        )
+
+    @app.delete(
+        "/schedules/{key:path}",
+        status_code=204,
+        response_class=Response,
+        responses={**_ERRORS, **_NO_SCHEDULE, **_WRITE},
+        summary="Delete a schedule (the jobs it enqueued stay)",
+    )
+    async def delete_schedule(key: ScheduleKey) -> Response:
+        if not await queue.unschedule(key):
+            raise Problem(404, "schedule-not-found", f"no schedule has key {key!r}")
+        return Response(status_code=204)
+
+    @app.get(
+        "/handlers",
+        response_model=HandlerList,
+        responses=_ERRORS,
+        summary="List handlers, by name",
+        description="Each handler the server runs, with its options and limits, whether it "
+        "is paused, and its jobs by status; and any other handler the file holds jobs or a "
+        "pause of (`registered` false, `options` null).",
+    )
+    async def list_handlers() -> Response:
+        stats = await queue.stats()
+        paused = await queue.paused()
+        registry = service.registry
+        names = set(stats.by_name) | paused | set(registry or ())
+        handlers = [
+            handler_to_dict(
+                name,
+                registry[name] if registry is not None and name in registry else None,
+                name in paused,
+                stats.by_name.get(name, {}),
+            )
+            for name in sorted(names)
+        ]
+        return JSONResponse({"handlers": handlers})
+
+    async def _set_paused(name: str, pause: bool) -> Response:
+        registry = service.registry
+        if registry is not None and name not in registry and name not in await queue.paused():
+            known = ", ".join(sorted(registry)) or "none"
+            raise Problem(
+                404,
+                "handler-not-found",
+                f"no handler named {name!r} is registered or paused (registered: {known})",
+            )
+        changed = await (queue.pause(name) if pause else queue.resume(name))
+        return JSONResponse({"name": name, "paused": pause, "changed": changed})
+
+    @app.post(
+        "/handlers/{name:path}/pause",
+        response_model=Paused,
+        responses={**_ERRORS, **_NO_HANDLER, **_WRITE},
+        summary="Pause a handler: its pending jobs are not started until it is resumed",
+        description="Running jobs finish. Stored, so the pause holds across restarts; no job "
+        "of the handler starts once this answered. `changed` is false if it was paused "
+        "already. Percent-encode a `/` in the name.",
+    )
+    async def pause_handler(name: HandlerName) -> Response:
+        return await _set_paused(name, True)
+
+    @app.post(
+        "/handlers/{name:path}/resume",
+        response_model=Paused,
+        responses={**_ERRORS, **_NO_HANDLER, **_WRITE},
+        summary="Resume a paused handler: its pending jobs start again",
+        description="`changed` is false if it was not paused.",
+    )
+    async def resume_handler(name: HandlerName) -> Response:
+        return await _set_paused(name, False)
+
+    @app.post(
+        "/session",
+        response_model=SessionOut,
+        responses={
+            **_ERRORS,
+            **_WRITE,
+            409: {"model": ProblemOut, "description": "This server has no token."},
+        },
+        summary="Trade the token for a dashboard session",
+        description="Authenticated by the token itself (`Authorization: Bearer <token>`), "
+        "not by a session. The session value is derived from the token (it never reveals it) "
+        "and lasts 24 hours; send it as `Authorization: Bearer <session>`. The dashboard keeps "
+        "it in its tab's sessionStorage, never in a cookie.",
+    )
+    async def new_session(request: Request) -> Response:
+        sessions = service.sessions
+        if sessions is None:
+            raise Problem(409, "no-token", "this server has no token: its API needs no login")
+        if request.scope.get(AUTH_SCOPE_KEY) != "token":
+            raise Problem(
+                401,
+                "unauthorized",
+                "a session is made from the token itself: send 'Authorization: Bearer <token>'",
+            )
+        value, expires = sessions.new()
+        return JSONResponse(
+            {"session": value, "expires_at": expires}, headers={"cache-control": "no-store"}
+        )
 
     @app.get("/stats", response_model=StatsOut, responses=_ERRORS, summary="Queue statistics")
     async def stats() -> Response:
@@ -405,7 +805,11 @@ def _build_app(service: Service) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> HTMLResponse:
-        return HTMLResponse(index)
+        page = HTMLResponse(index)
+        # Cookies of earlier versions reach every port of this host: drop them.
+        for name in OLD_COOKIES:
+            page.delete_cookie(name, path="/")
+        return page
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -423,6 +827,26 @@ def _build_app(service: Service) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _progress_ids(text: str) -> list[int]:
+    """The job ids of ``GET /jobs/progress``; a 422 naming what is wrong with them."""
+    parts = text.split(",")
+    # A 20-digit part already exceeds the largest id (and int() refuses thousands of digits).
+    ids = [int(part) if len(part) < 20 else MAX_ID + 1 for part in parts]
+    detail = None
+    if len(ids) > MAX_PROGRESS_IDS:
+        detail = f"at most {MAX_PROGRESS_IDS} ids, not {len(ids)}"
+    elif not all(1 <= job_id <= MAX_ID for job_id in ids):
+        detail = f"a job id is within 1..{MAX_ID}"
+    if detail is not None:
+        raise Problem(
+            422,
+            "invalid",
+            f"query.ids: {detail}",
+            errors=[{"loc": "query.ids", "msg": detail, "type": "value_error"}],
+        )
+    return ids
 
 
 def _problems_as_problem_json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -460,7 +884,7 @@ def _allowed_methods(app: FastAPI, request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, service: Service) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Problem)
         return _problem_response(exc)
@@ -509,6 +933,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         return response
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if service.stopped is not None:
+            return _problem_response(_stopped_problem(service.stopped))
         return _problem_response(
             Problem(500, "internal", f"{type(exc).__name__} while serving {request.url.path}")
         )

@@ -8,8 +8,10 @@ could not be reached, 2 a wrong command line).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NoReturn
@@ -18,20 +20,36 @@ import click
 import trio
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .._errors import ConveyorError
+from .._job import JobStatus
 from .._registry import Registry
 from ._app import DEFAULT_MAX_BODY
 from ._client import DEFAULT_URL, Answer, Client, Exit, ServiceError
 from ._demo import DEMO_DB, run_workload
 from ._demo import registry as demo_registry
-from ._format import job_table, jobs_table, parse_duration, stats_tables
+from ._format import (
+    handlers_table,
+    job_table,
+    jobs_table,
+    parse_duration,
+    progress_counts,
+    schedule_table,
+    schedules_table,
+    stats_tables,
+)
 from ._guard import DEFAULT_BODY_TIMEOUT, Hosts, check_bind
 from ._inspect import InspectError, inspect_file
+from ._models import MAX_PROGRESS_IDS, MAX_PROGRESS_IDS_CHARS
 from ._server import DEFAULT_PORT, LoadError, Running, ServeOptions, load_registry, serve
 
 console = Console()
 errors = Console(stderr=True)
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_log_handler: logging.Handler | None = None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,16 +96,40 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
                 type=click.FloatRange(min=0, min_open=True),
                 help="Seconds a request body may take to arrive.",
             ),
+            click.option(
+                "--log-level",
+                default="info",
+                show_default=True,
+                type=click.Choice(LOG_LEVELS, case_sensitive=False),
+                help="The least severe of conveyor's log records printed on stderr.",
+            ),
         ]
     ):
         function = option(function)
     return function
 
 
+def log_to_stderr(level: str) -> None:
+    """Print the ``conveyor`` logger's records of ``level`` and above on stderr (recoveries from
+    storage faults and memory pressure are INFO). The HTTP server's own records (it announces
+    its address, which the serve line already gives) only from WARNING, or with ``debug``."""
+    global _log_handler
+    logger = logging.getLogger("conveyor")
+    if _log_handler is not None:
+        logger.removeHandler(_log_handler)
+    _log_handler = logging.StreamHandler(sys.stderr)
+    _log_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger.addHandler(_log_handler)
+    logger.setLevel(level.upper())
+    http_level = logging.DEBUG if level.lower() == "debug" else logging.WARNING
+    logging.getLogger("conveyor.service.http").setLevel(http_level)
+
+
 def _run_server(
     options: ServeOptions,
     registry: Registry,
     after_start: Callable[[Running], Any],
+    log_level: str,
 ) -> None:
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -99,6 +141,7 @@ def _run_server(
         Hosts.of(options.host, options.allowed_hosts)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    log_to_stderr(log_level)
     try:
         trio.run(run)
     except (ConveyorError, OSError) as exc:
@@ -121,7 +164,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 @click.option("--db", default="jobs.db", show_default=True, help="The queue's SQLite file.")
 @click.option("--handlers", required=True, help="The Registry to run, as module:attribute.")
 @_serve_options
-def serve_command(db: str, handlers: str, **kwargs: Any) -> None:
+def serve_command(db: str, handlers: str, log_level: str, **kwargs: Any) -> None:
     """Run the queue and its HTTP API (with dashboard and metrics) in one process."""
     try:
         registry = load_registry(handlers)
@@ -130,19 +173,23 @@ def serve_command(db: str, handlers: str, **kwargs: Any) -> None:
     options = ServeOptions(db=db, **kwargs)
 
     async def announce(running: Running) -> None:
+        # One unwrapped line, whatever the terminal's width and the path's length: scripts
+        # (and the tests) read the URL from it.
         errors.print(
-            f"conveyor: serving [bold]{db}[/] with {options.workers} workers on {running.url} "
-            f"(dashboard {running.url}/, API schema {running.url}/openapi.json). Ctrl-C stops."
+            f"conveyor: serving [bold]{escape(db)}[/] with {options.workers} workers on "
+            f"{running.url} (dashboard {running.url}/, API schema {running.url}/openapi.json). "
+            f"Ctrl-C stops.",
+            soft_wrap=True,
         )
 
-    _run_server(options, registry, announce)
+    _run_server(options, registry, announce, log_level)
 
 
 @main.command("demo")
 @click.option("--db", default=DEMO_DB, show_default=True, help="Recreated on every run.")
 @click.option("--keep-serving", is_flag=True, help="Keep serving once the workload is done.")
 @_serve_options
-def demo_command(db: str, keep_serving: bool, **kwargs: Any) -> None:
+def demo_command(db: str, keep_serving: bool, log_level: str, **kwargs: Any) -> None:
     """Serve built-in demo handlers and run a mixed workload, shown live."""
     for suffix in ("", "-wal", "-shm", ".lock"):
         if os.path.exists(db + suffix):
@@ -151,9 +198,10 @@ def demo_command(db: str, keep_serving: bool, **kwargs: Any) -> None:
 
     async def drive(running: Running) -> None:
         console.print(
-            f"conveyor demo: serving [bold]{db}[/] on {running.url}\n"
+            f"conveyor demo: serving [bold]{escape(db)}[/] on {running.url}\n"
             f"  dashboard: [link={running.url}/]{running.url}/[/link]   "
-            f"metrics: {running.url}/metrics   API: {running.url}/openapi.json"
+            f"metrics: {running.url}/metrics   API: {running.url}/openapi.json",
+            soft_wrap=True,
         )
         done = await run_workload(running.queue, console)
         if done and keep_serving:
@@ -162,7 +210,7 @@ def demo_command(db: str, keep_serving: bool, **kwargs: Any) -> None:
             console.print("Run with --keep-serving to keep the dashboard up.")
             running.stop()
 
-    _run_server(options, demo_registry, drive)
+    _run_server(options, demo_registry, drive, log_level)
 
 
 # --- client commands ----------------------------------------------------------------------------
@@ -265,12 +313,70 @@ def get(job_id: int, url: str, token: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@JOB_ID
+@click.argument("job_ids", nargs=-1, required=True, type=_job_id, metavar="ID...")
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help=f"Wait for every job given (at most {MAX_PROGRESS_IDS}), showing a progress bar.",
+)
 @click.option("--timeout", type=float, help="Give up after this many seconds (exit code 5).")
 @_client_options
-def wait(job_id: int, timeout: float | None, url: str, token: str | None, as_json: bool) -> None:
-    """Wait until a job is finished, then show it."""
-    _show(_call(url, token, lambda c: c.wait(job_id, timeout)), as_json, job_table)
+def wait(
+    job_ids: tuple[int, ...],
+    all_: bool,
+    timeout: float | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Wait until a job is finished, then show it; with --all, until every job given is."""
+    if not all_:
+        if len(job_ids) != 1:
+            raise click.UsageError("give one job ID, or --all to wait for several")
+        (job_id,) = job_ids
+        _show(_call(url, token, lambda c: c.wait(job_id, timeout)), as_json, job_table)
+        return
+    ids = list(dict.fromkeys(job_ids))
+    if len(ids) > MAX_PROGRESS_IDS or len(",".join(map(str, ids))) > MAX_PROGRESS_IDS_CHARS:
+        raise click.UsageError(
+            f"--all follows at most {MAX_PROGRESS_IDS} jobs ({MAX_PROGRESS_IDS_CHARS} characters "
+            f"of ids), not {len(ids)}"
+        )
+    _show(_call(url, token, lambda c: _follow(c, ids, timeout, as_json)), as_json, _finished)
+
+
+def _follow(client: Client, ids: list[int], timeout: float | None, as_json: bool) -> Answer:
+    """Follow the batch with a progress bar (none with ``as_json``); its last answer."""
+    bar = Progress(
+        TextColumn("jobs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=as_json,
+    )
+    answer = Answer(Exit.ERROR, None, "no answer")
+    task = bar.add_task("jobs", total=len(ids), counts="")
+    try:
+        for answer in client.progress(ids, timeout):
+            body = answer.body
+            if isinstance(body, dict) and "finished" in body:
+                bar.start()  # once the batch is known: an error shows no empty bar
+                bar.update(
+                    task,
+                    total=body["total"],
+                    completed=body["finished"],
+                    counts=progress_counts(body),
+                )
+    finally:
+        bar.stop()
+    return answer
+
+
+def _finished(body: dict[str, Any]) -> str:
+    return f"{body['finished']} of {body['total']} jobs finished: {progress_counts(body)}"
 
 
 @main.command()
@@ -292,10 +398,7 @@ def requeue(job_id: int, url: str, token: str | None, as_json: bool) -> None:
 
 
 @main.command("list")
-@click.option(
-    "--status",
-    type=click.Choice(["pending", "running", "completed", "failed", "cancelled"]),
-)
+@click.option("--status", type=click.Choice([status.value for status in JobStatus]))
 @click.option("--name", help="Only jobs of this handler.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--cursor", type=int, help="next_cursor of the previous page.")
@@ -340,6 +443,192 @@ def purge(older_than: str, url: str, token: str | None, as_json: bool) -> None:
         url, token, lambda c: c.call("POST", "/jobs/purge", json={"older_than": seconds})
     )
     _show(answer, as_json, lambda body: f"deleted {body['deleted']} finished jobs")
+
+
+def _handler_filter(name: str | None) -> dict[str, str] | None:
+    return None if name is None else {"name": name}
+
+
+def _of_handler(name: str | None) -> str:
+    return "" if name is None else f" of handler {escape(name)}"
+
+
+@main.command("requeue-failed")
+@click.option("--name", help="Only jobs of this handler.")
+@_client_options
+def requeue_failed(name: str | None, url: str, token: str | None, as_json: bool) -> None:
+    """Requeue every failed job (attempts reset); the jobs their failure cancelled wait again."""
+    answer = _call(
+        url,
+        token,
+        lambda c: c.call("POST", "/jobs/requeue-failed", json=_handler_filter(name)),
+    )
+    _show(
+        answer,
+        as_json,
+        lambda body: f"requeued {body['requeued']} failed jobs{_of_handler(name)}",
+    )
+
+
+@main.command("cancel-pending")
+@click.option("--name", help="Only jobs of this handler.")
+@_client_options
+def cancel_pending(name: str | None, url: str, token: str | None, as_json: bool) -> None:
+    """Cancel every pending and waiting job (and the jobs that run after them)."""
+    answer = _call(
+        url,
+        token,
+        lambda c: c.call("POST", "/jobs/cancel-pending", json=_handler_filter(name)),
+    )
+    _show(
+        answer,
+        as_json,
+        lambda body: f"cancelled {body['cancelled']} pending and waiting jobs{_of_handler(name)}",
+    )
+
+
+# --- handlers -----------------------------------------------------------------------------------
+@main.command()
+@_client_options
+def handlers(url: str, token: str | None, as_json: bool) -> None:
+    """List handlers: paused or not, their limits, and their jobs by status."""
+    answer = _call(url, token, lambda c: c.call("GET", "/handlers"))
+    _show(
+        answer,
+        as_json,
+        lambda body: handlers_table(body["handlers"]) if body["handlers"] else "no handlers",
+    )
+
+
+def _set_paused(name: str, action: str, url: str, token: str | None, as_json: bool) -> None:
+    path = f"/handlers/{urllib.parse.quote(name, safe='')}/{action}"
+    answer = _call(url, token, lambda c: c.call("POST", path))
+    done = {"pause": "paused", "resume": "resumed"}[action]
+    already = {"pause": "was already paused", "resume": "was not paused"}[action]
+    _show(
+        answer,
+        as_json,
+        lambda body: (
+            f"{done} handler {escape(name)}"
+            if body["changed"]
+            else f"handler {escape(name)} {already}"
+        ),
+    )
+
+
+@main.command()
+@click.argument("name")
+@_client_options
+def pause(name: str, url: str, token: str | None, as_json: bool) -> None:
+    """Pause handler NAME: its pending jobs are not started until it is resumed (running ones
+    finish). The pause is stored: it holds across restarts."""
+    _set_paused(name, "pause", url, token, as_json)
+
+
+@main.command()
+@click.argument("name")
+@_client_options
+def resume(name: str, url: str, token: str | None, as_json: bool) -> None:
+    """Resume handler NAME: its pending jobs start again."""
+    _set_paused(name, "resume", url, token, as_json)
+
+
+# --- schedules ----------------------------------------------------------------------------------
+@main.group()
+def schedule() -> None:
+    """Recurring jobs: add (or replace), list and remove schedules."""
+
+
+@schedule.command("add")
+@click.argument("key")
+@click.argument("name")
+@click.option("--payload", default="null", help="Each job's payload, as JSON.")
+@click.option("--every", help="Period between ticks: 90s, 15m, 12h, 1d (at least 1s).")
+@click.option("--cron", help="Five cron fields, quoted: '0 3 * * *' (minute hour day month wday).")
+@click.option(
+    "--timezone", default="UTC", show_default=True, help="IANA time zone the cron is read in."
+)
+@click.option(
+    "--catch-up",
+    type=click.Choice(["latest", "all", "none"]),
+    default="latest",
+    show_default=True,
+    help="Ticks missed while no process had the file open: one job, one per tick, or none.",
+)
+@click.option("--priority", type=int, default=5, show_default=True, help="1 (first) to 10.")
+@click.option("--max-attempts", type=int, help="Attempts per job (default: the handler's).")
+@click.option("--timeout", type=float, help="Seconds each job may run (default: the handler's).")
+@_client_options
+def schedule_add(
+    key: str,
+    name: str,
+    payload: str,
+    every: str | None,
+    cron: str | None,
+    timezone: str,
+    catch_up: str,
+    priority: int,
+    max_attempts: int | None,
+    timeout: float | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Store a schedule under KEY that enqueues a job for handler NAME at each tick
+    (replacing the schedule stored under KEY). Give --every or --cron."""
+    if (every is None) == (cron is None):
+        raise click.UsageError("give exactly one of --every and --cron")
+    try:
+        value = json.loads(payload)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    body: dict[str, Any] = {
+        "key": key,
+        "name": name,
+        "payload": value,
+        "timezone": timezone,
+        "catch_up": catch_up,
+        "priority": priority,
+    }
+    if every is not None:
+        try:
+            body["every"] = parse_duration(every)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--every") from None
+    else:
+        body["cron"] = cron
+    if max_attempts is not None:
+        body["max_attempts"] = max_attempts
+    if timeout is not None:
+        body["timeout"] = timeout
+    answer = _call(url, token, lambda c: c.call("POST", "/schedules", json=body))
+    _show(answer, as_json, schedule_table)
+
+
+@schedule.command("list")
+@_client_options
+def schedule_list(url: str, token: str | None, as_json: bool) -> None:
+    """List schedules: cadence, next and last tick, and the last job's status."""
+    answer = _call(url, token, lambda c: c.call("GET", "/schedules"))
+    _show(
+        answer,
+        as_json,
+        lambda body: schedules_table(body["schedules"]) if body["schedules"] else "no schedules",
+    )
+
+
+@schedule.command("rm")
+@click.argument("key")
+@_client_options
+def schedule_rm(key: str, url: str, token: str | None, as_json: bool) -> None:
+    """Remove the schedule stored under KEY (the jobs it enqueued stay)."""
+
+    def request(client: Client) -> Answer:
+        answer = client.call("DELETE", f"/schedules/{urllib.parse.quote(key, safe='')}")
+        return Answer(Exit.OK, {"removed": key}) if answer.exit is Exit.OK else answer
+
+    answer = _call(url, token, request)
+    _show(answer, as_json, lambda body: f"removed schedule {escape(body['removed'])}")
 
 
 # --- the file, without a server -----------------------------------------------------------------

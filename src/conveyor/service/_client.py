@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Iterator
 from typing import Any, Final
 
 import attrs
@@ -106,3 +107,29 @@ class Client:
                     answer.body,
                     f"job {job_id} did not finish within {timeout:g} s",
                 )
+
+    def progress(self, job_ids: list[int], timeout: float | None) -> Iterator[Answer]:
+        """Follow a batch: each answer of ``GET /jobs/progress`` as its counts change (long
+        polls), until every job is finished; the last answer is an error, the finished batch,
+        or (after ``timeout`` s) :attr:`Exit.TIMEOUT` with the batch as it is."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ids = ",".join(str(job_id) for job_id in job_ids)
+        since: str | None = None
+        while True:
+            left = LONG_POLL if deadline is None else deadline - time.monotonic()
+            params = {"ids": ids, "since": since, "timeout": max(min(LONG_POLL, left), 0.0)}
+            answer = self.call("GET", "/jobs/progress", params=params)
+            body = answer.body
+            if answer.exit is not Exit.OK or body["finished"] >= body["total"]:
+                yield answer
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                yield Answer(
+                    Exit.TIMEOUT,
+                    body,
+                    f"{body['total'] - body['finished']} of the {body['total']} jobs did not "
+                    f"finish within {timeout:g} s",
+                )
+                return
+            yield answer
+            since = body["state"]

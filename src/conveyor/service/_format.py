@@ -1,4 +1,5 @@
-"""What the CLI prints: jobs, pages and statistics as rich tables; durations parsed. Pure."""
+"""What the CLI prints: jobs, pages, statistics and schedules as rich tables; durations parsed.
+Pure."""
 
 from __future__ import annotations
 
@@ -38,6 +39,22 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+def format_every(seconds: float) -> str:
+    """A period in the largest unit that holds it whole (``90s``, ``12h``, ``7d``); seconds
+    otherwise."""
+    for unit, size in sorted(_UNITS.items(), key=lambda item: -item[1]):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def cadence(schedule: Mapping[str, Any]) -> str:
+    """When a schedule ticks: ``every 1h``, or ``cron 0 3 * * * (Europe/Paris)``."""
+    if schedule.get("every") is not None:
+        return f"every {format_every(schedule['every'])}"
+    return f"cron {schedule['cron']} ({schedule['timezone']})"
+
+
 def format_time(seconds: float | None) -> str:
     """A wall-clock time as local ISO text, to the second; ``-`` for none."""
     if seconds is None:
@@ -59,11 +76,15 @@ def _first_line(error: str | None) -> str:
 
 def job_table(job: Mapping[str, Any]) -> Table:
     """One job, field by field."""
+    return _fields_table(job)
+
+
+def _fields_table(document: Mapping[str, Any]) -> Table:
     table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    for key, value in job.items():
-        if key == "status":
+    for key, value in document.items():
+        if (key == "status" or key.endswith("_status")) and value is not None:
             table.add_row(key, _status(str(value)))
         elif key.endswith("_at"):
             table.add_row(key, format_time(value))
@@ -123,3 +144,84 @@ def stats_tables(stats: Mapping[str, Any]) -> list[Table]:
     for name, counts in sorted(stats["by_name"].items()):
         by_name.add_row(name, *(str(counts.get(status, 0)) for status in statuses))
     return [summary, minute, by_name]
+
+
+def schedule_table(schedule: Mapping[str, Any]) -> Table:
+    """One schedule, field by field."""
+    return _fields_table(schedule)
+
+
+def schedules_table(schedules: Sequence[Mapping[str, Any]]) -> Table:
+    """Schedules, one a row: key, handler, cadence, next and last tick, and the last job."""
+    table = Table()
+    for column in ("key", "handler", "cadence", "next run", "last run", "last job"):
+        table.add_column(column, overflow="fold")
+    for schedule in schedules:
+        last = schedule.get("last_job_id")
+        last_job = Text("-")
+        if last is not None:
+            status = schedule.get("last_job_status")
+            last_job = Text(f"{last} ")
+            last_job.append_text(_status(status) if status else Text("(purged)"))
+        # Text, not str: a key or cron expression holding brackets is not rich markup.
+        table.add_row(
+            Text(schedule["key"]),
+            Text(schedule["name"]),
+            Text(cadence(schedule)),
+            format_time(schedule["next_run_at"]),
+            format_time(schedule["last_run_at"]),
+            last_job,
+        )
+    return table
+
+
+def progress_counts(progress: Mapping[str, Any]) -> str:
+    """A batch's counts by status, in words: ``2 completed, 1 failed, 3 running``."""
+    parts = [
+        f"{progress[status]} {status}"
+        for status in ("completed", "failed", "cancelled", "running", "pending")
+        if progress.get(status)
+    ]
+    return ", ".join(parts) or "none yet"
+
+
+def _limits_text(options: Mapping[str, Any] | None) -> str:
+    if options is None:
+        return "(not run by this server)"
+    limits = options["limits"]
+    parts = []
+    if limits["concurrency"] is not None:
+        parts.append(f"concurrency {limits['concurrency']}")
+    if limits["key_concurrency"] is not None:
+        parts.append(f"per key {limits['key_concurrency']}")
+    rate = limits["rate_limit"]
+    if rate is not None:
+        parts.append(f"{rate['count']} per {format_every(rate['seconds'])}")
+    if limits["retry_priority_step"]:
+        parts.append(f"retry priority +{limits['retry_priority_step']}")
+    if options["process"]:
+        parts.append("process")
+    return ", ".join(parts) or "-"
+
+
+HANDLER_COUNTS: Final = ("pending", "running", "completed", "failed")
+"""The statuses ``conveyor handlers`` counts (``--json`` gives them all)."""
+
+
+def handlers_table(handlers: Sequence[Mapping[str, Any]]) -> Table:
+    """Handlers, one a row: name, paused or active, limits, and jobs by status."""
+    table = Table()
+    table.add_column("handler", overflow="fold")
+    table.add_column("state")
+    table.add_column("limits", overflow="fold")
+    for status in HANDLER_COUNTS:
+        table.add_column(status, justify="right")
+    for handler in handlers:
+        state = Text("paused", style="bold yellow") if handler["paused"] else Text("active")
+        table.add_row(
+            Text(handler["name"]),
+            state,
+            Text(_limits_text(handler["options"])),
+            *(str(handler["counts"].get(status, 0)) for status in HANDLER_COUNTS),
+        )
+    return table

@@ -6,14 +6,16 @@ What it enforces, in order, and why:
 1. **Host.** A request whose ``Host`` header names neither the address the server listens on nor
    an allowed name is refused (421): a page on ``attacker.example``, a name the attacker later
    points at 127.0.0.1 (DNS rebinding), would otherwise read and change jobs as same-origin.
-2. **Auth.** With a token, every route but ``/healthz`` needs ``Authorization: Bearer <token>``
-   (compared in constant time) or the dashboard's session cookie. Browsers cannot send a bearer
-   header when they load a page, so ``/?token=...`` with the right token sets an HttpOnly,
-   SameSite=Strict cookie holding a session value derived from the token (an HMAC with an
-   expiry), never the token: cookies ignore ports, so any server on the same host receives it.
-3. **CSRF.** A state-changing request not authenticated by a bearer header (so by the cookie, or
-   on a server without a token) is refused (403) if its ``Origin`` is not this server's; with the
-   cookie and no ``Origin`` it must carry :data:`CSRF_HEADER`, which the dashboard sends and
+2. **Auth.** With a token, every route but ``/healthz`` and the dashboard's own files (``/``,
+   ``/static/...``: the same for everyone, they hold no data) needs ``Authorization: Bearer``
+   with the token (compared in constant time) or a dashboard session. No cookie is set or read:
+   cookies ignore ports, so a server on another port of the same host would receive one. The
+   dashboard trades the token for a session value (``POST /session``: an HMAC of an expiry
+   keyed by the token, never the token), keeps it in ``sessionStorage``, which is per origin
+   and so per port, and sends it as the bearer value.
+3. **CSRF.** A state-changing request not authenticated by the token itself (so by a session,
+   or on a server without a token) is refused (403) if its ``Origin`` is not this server's; with
+   a session and no ``Origin`` it must carry :data:`CSRF_HEADER`, which the dashboard sends and
    which a foreign page cannot add without a CORS preflight this server never grants. Bodies of
    the types an HTML form or a no-CORS ``fetch`` can send are refused (415): the API takes JSON.
 4. **Body.** A body must fit in ``max_body`` bytes (413) and arrive within ``body_timeout``
@@ -42,11 +44,18 @@ from ._problems import PROBLEM_MEDIA_TYPE, Problem
 
 OPEN_PATHS: Final = frozenset({"/healthz"})
 """Answered to anyone, whatever the ``Host``: they reveal nothing (health checkers)."""
-COOKIE: Final = "conveyor_session"
-OLD_COOKIE: Final = "conveyor_token"
-"""The cookie earlier versions set, which held the raw token: logging in again clears it."""
+PAGE_PATHS: Final = frozenset({"/"})
+PAGE_PREFIX: Final = "/static/"
+"""The dashboard's page and files: answered without auth (a browser cannot send a header when
+it loads a page, and they hold no data), but only for this server's hosts."""
+OLD_COOKIES: Final = ("conveyor_session", "conveyor_token")
+"""Cookies earlier versions set (the session value; before it, the raw token): the dashboard's
+page clears them, since a browser sends a host's cookies to every port of it."""
 SESSION_SECONDS: Final = 24 * 3600
 """How long a dashboard login lasts."""
+AUTH_SCOPE_KEY: Final = "conveyor.auth"
+"""Where the guard tells the app how a request was authenticated: ``"token"``, ``"session"``,
+or ``None`` (the server has no token)."""
 CSRF_HEADER: Final = "X-Conveyor-Request"
 """Sent by the dashboard with every request; a foreign page cannot add it."""
 DEFAULT_BODY_TIMEOUT: Final = 30.0
@@ -201,13 +210,10 @@ def _plain(name: str) -> bool:
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
-    """The request's headers, first value of each; cookies of split headers joined."""
+    """The request's headers, first value of each."""
     found: dict[bytes, bytes] = {}
     for key, value in scope["headers"]:
-        if key == b"cookie" and key in found:
-            found[key] += b"; " + value
-        else:
-            found.setdefault(key, value)
+        found.setdefault(key, value)
     return found
 
 
@@ -233,7 +239,7 @@ def same_origin(origin: str, host: str, scheme: str) -> bool:
 
 
 def session_value(token: bytes, expires: int) -> str:
-    """The dashboard's cookie value for a login that lasts until ``expires`` (epoch s).
+    """The dashboard's session value for a login that lasts until ``expires`` (epoch s).
 
     An HMAC of the expiry keyed by the token: it proves a login without revealing the token,
     and a new token ends every session.
@@ -243,7 +249,7 @@ def session_value(token: bytes, expires: int) -> str:
 
 
 def session_valid(token: bytes, value: bytes, now: float) -> bool:
-    """Whether a cookie value is a session of ``token`` that has not expired at ``now``."""
+    """Whether ``value`` is a session of ``token`` that has not expired at ``now``."""
     expires_text, _, _ = value.partition(b".")
     if not (0 < len(expires_text) <= 12 and expires_text.isdigit()):
         return False
@@ -251,6 +257,23 @@ def session_valid(token: bytes, value: bytes, now: float) -> bool:
     if not now < expires <= now + SESSION_SECONDS:
         return False
     return hmac.compare_digest(session_value(token, expires).encode(), value)
+
+
+@attrs.frozen
+class Sessions:
+    """Dashboard sessions of ``token``: made by ``POST /session``, checked by the guard;
+    ``clock`` gives wall-clock seconds."""
+
+    token: bytes
+    clock: Callable[[], float] = time.time
+
+    def new(self) -> tuple[str, int]:
+        """A new session value and when it expires (epoch s)."""
+        expires = int(self.clock()) + SESSION_SECONDS
+        return session_value(self.token, expires), expires
+
+    def valid(self, value: bytes) -> bool:
+        return session_valid(self.token, value, self.clock())
 
 
 class _BodyTooLarge(Exception):
@@ -262,7 +285,7 @@ class Guard:
     cross-site writes, bounds request bodies in size and time, and adds security headers.
 
     ``hosts`` says which ``Host`` values are answered; ``clock`` (wall-clock seconds) dates
-    dashboard sessions.
+    dashboard sessions (:attr:`sessions`, ``None`` without a token).
     """
 
     def __init__(
@@ -280,23 +303,21 @@ class Guard:
             raise ValueError(f"the body timeout must be > 0 seconds, not {body_timeout!r}")
         self._app = app
         self._token = None if token is None else token.encode()
+        self.sessions = None if self._token is None else Sessions(self._token, clock)
         self._max_body = max_body
         self._hosts = hosts
         self._body_timeout = body_timeout
-        self._clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
         send = _with_security_headers(send)
-        problem, extra = self._refusal(scope)
+        problem, extra, auth = self._refusal(scope)
         if problem is not None:
             await _answer(send, problem, extra)
             return
-        if self._token is not None and scope["path"] == "/" and self._login(scope):
-            await _redirect_with_session(send, self._new_session(), scope["scheme"] == "https")
-            return
+        scope = {**scope, AUTH_SCOPE_KEY: auth}
         if scope["method"] not in SAFE_METHODS:
             read = await self._read_body(scope, receive)
             if isinstance(read, Problem):
@@ -305,80 +326,97 @@ class Guard:
             receive = _replay(read, receive)
         await self._app(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> tuple[Problem | None, list[tuple[bytes, bytes]]]:
-        """Why the request is refused before it reaches the app (and the answer's headers)."""
-        if scope["path"] in OPEN_PATHS:
-            return None, []
+    def _authenticate(self, headers: dict[bytes, bytes]) -> str | None:
+        """``"token"`` or ``"session"``: what the bearer value of the request is, if either."""
+        assert self._token is not None
+        assert self.sessions is not None
+        authorization = headers.get(b"authorization")
+        if authorization is None or authorization[:7].lower() != b"bearer ":
+            return None
+        given = authorization[7:].strip()
+        if hmac.compare_digest(given, self._token):
+            return "token"
+        return "session" if self.sessions.valid(given) else None
+
+    def _refusal(
+        self, scope: Scope
+    ) -> tuple[Problem | None, list[tuple[bytes, bytes]], str | None]:
+        """Why the request is refused before it reaches the app (and the answer's headers), and
+        how it was authenticated."""
+        path: str = scope["path"]
+        if path in OPEN_PATHS:
+            return None, [], None
         headers = _headers(scope)
         host = headers.get(b"host", b"").decode("latin-1")
         if not self._hosts.allows(host):
-            return Problem(
-                421,
-                "wrong-host",
-                f"this server does not answer for host {host!r}: give the address it listens "
-                f"on, or start it with --allowed-host NAME for each name clients use",
-            ), []
-        by_bearer = False
+            return (
+                Problem(
+                    421,
+                    "wrong-host",
+                    f"this server does not answer for host {host!r}: give the address it "
+                    f"listens on, or start it with --allowed-host NAME for each name clients use",
+                ),
+                [],
+                None,
+            )
+        auth = None
         if self._token is not None:
-            authorization = headers.get(b"authorization")
-            if authorization is not None and authorization[:7].lower() == b"bearer ":
-                by_bearer = hmac.compare_digest(authorization[7:].strip(), self._token)
-                authenticated = by_bearer
-            else:
-                authenticated = self._has_session(headers.get(b"cookie", b""))
-            if not authenticated and not (scope["path"] == "/" and self._login(scope)):
-                return Problem(
-                    401,
-                    "unauthorized",
-                    "this server requires 'Authorization: Bearer <token>' (the token given to "
-                    "conveyor serve with --token or CONVEYOR_TOKEN); in a browser, open "
-                    "/?token=<token> to log the dashboard in",
-                ), [(b"www-authenticate", b'Bearer realm="conveyor"')]
+            auth = self._authenticate(headers)
+            is_page = path in PAGE_PATHS or path.startswith(PAGE_PREFIX)
+            if auth is None and not (is_page and scope["method"] in SAFE_METHODS):
+                return (
+                    Problem(
+                        401,
+                        "unauthorized",
+                        "this server requires 'Authorization: Bearer <token>' (the token given "
+                        "to conveyor serve with --token or CONVEYOR_TOKEN); in a browser, open "
+                        "the dashboard and give it the token",
+                    ),
+                    [(b"www-authenticate", b'Bearer realm="conveyor"')],
+                    None,
+                )
         if scope["method"] in SAFE_METHODS:
-            return None, []
-        if not by_bearer:
+            return None, [], auth
+        if auth != "token":
             origin = headers.get(b"origin")
             if origin is not None:
                 origin_text = origin.decode("latin-1")
                 if not same_origin(origin_text, host, scope["scheme"]):
-                    return Problem(
+                    return (
+                        Problem(
+                            403,
+                            "cross-origin",
+                            f"a {scope['method']} from a page of {origin_text!r} is refused: "
+                            f"only this server's own pages may change jobs (API clients send no "
+                            f"Origin, or authenticate with 'Authorization: Bearer <token>')",
+                        ),
+                        [],
+                        auth,
+                    )
+            elif auth == "session" and CSRF_HEADER.lower().encode() not in headers:
+                return (
+                    Problem(
                         403,
                         "cross-origin",
-                        f"a {scope['method']} from a page of {origin_text!r} is refused: only "
-                        f"this server's own pages may change jobs (API clients send no Origin, "
-                        f"or authenticate with 'Authorization: Bearer <token>')",
-                    ), []
-            elif self._token is not None and CSRF_HEADER.lower().encode() not in headers:
-                return Problem(
-                    403,
-                    "cross-origin",
-                    f"a {scope['method']} authenticated by the dashboard's cookie needs a "
-                    f"same-origin Origin header or the {CSRF_HEADER} header",
-                ), []
+                        f"a {scope['method']} authenticated by a dashboard session needs a "
+                        f"same-origin Origin header or the {CSRF_HEADER} header",
+                    ),
+                    [],
+                    auth,
+                )
         content_type = headers.get(b"content-type", b"")
         media_type = content_type.partition(b";")[0].strip().lower()
         if media_type in FORM_TYPES:
-            return Problem(
-                415,
-                "unsupported-media-type",
-                f"the body must be application/json, not {media_type.decode('latin-1')}",
-            ), []
-        return None, []
-
-    def _has_session(self, cookie_header: bytes) -> bool:
-        assert self._token is not None
-        value = _cookie(cookie_header, COOKIE)
-        return value is not None and session_valid(self._token, value, self._clock())
-
-    def _new_session(self) -> str:
-        assert self._token is not None
-        return session_value(self._token, int(self._clock()) + SESSION_SECONDS)
-
-    def _login(self, scope: Scope) -> bool:
-        assert self._token is not None
-        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        given = query.get("token", [""])[0].encode("latin-1", "replace")
-        return bool(given) and hmac.compare_digest(given, self._token)
+            return (
+                Problem(
+                    415,
+                    "unsupported-media-type",
+                    f"the body must be application/json, not {media_type.decode('latin-1')}",
+                ),
+                [],
+                auth,
+            )
+        return None, [], auth
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | Problem:
         too_large = Problem(
@@ -415,14 +453,6 @@ class Guard:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
-
-
-def _cookie(header: bytes, name: str) -> bytes | None:
-    for part in header.split(b";"):
-        key, _, value = part.strip().partition(b"=")
-        if key == name.encode():
-            return urllib.parse.unquote_to_bytes(value)
-    return None
 
 
 def _with_security_headers(send: Send) -> Send:
@@ -465,21 +495,3 @@ async def _answer(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-async def _redirect_with_session(send: Send, session: str, secure: bool) -> None:
-    flags = "; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 303,
-            "headers": [
-                (b"location", b"/"),
-                (b"set-cookie", f"{COOKIE}={session}{flags}; Max-Age={SESSION_SECONDS}".encode()),
-                (b"set-cookie", f"{OLD_COOKIE}={flags}; Max-Age=0".encode()),
-                (b"cache-control", b"no-store"),
-                (b"content-length", b"0"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": b""})

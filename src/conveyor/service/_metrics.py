@@ -1,8 +1,9 @@
 """Prometheus metrics and the dashboard's throughput series, both fed by the queue's changes.
 
 :meth:`Metrics.on_changes` is a :meth:`conveyor.Queue.subscribe` listener: it runs right after
-each commit, on the event loop, so it only counts. Gauges of pending and running jobs are read
-from :meth:`conveyor.Queue.stats` when Prometheus scrapes (:meth:`Metrics.render`).
+each commit, on the event loop, so it only counts. Gauges (pending and running jobs, whether
+memory is short) are read from :meth:`conveyor.Queue.stats` when Prometheus scrapes
+(:meth:`Metrics.render`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ class Metrics:
             ["name"],
             registry=self.registry,
         )
+        self._memory_limited = Gauge(
+            "conveyor_memory_limited",
+            "1 while memory in use is at or above the queue's high-water mark (at most one job "
+            "runs at a time), else 0.",
+            registry=self.registry,
+        )
 
     def on_changes(self, changes: Sequence[Change]) -> None:
         """Count one commit's changes (a :meth:`conveyor.Queue.subscribe` listener).
@@ -96,6 +103,7 @@ class Metrics:
         for name, counts in stats.by_name.items():
             self._pending.labels(name).set(counts[JobStatus.PENDING])
             self._running.labels(name).set(counts[JobStatus.RUNNING])
+        self._memory_limited.set(1 if stats.memory_limited else 0)
         return generate_latest(self.registry)
 
 

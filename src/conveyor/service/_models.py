@@ -7,10 +7,11 @@ wrong type instead of having it guessed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Annotated, Any, Final
+import zoneinfo
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .._job import (
     MAX_DELAY,
@@ -22,13 +23,29 @@ from .._job import (
     JobStatus,
     check_run_at,
 )
-from .._queue import Stats
+from .._queue import BatchProgress, Stats
+from .._registry import Handler
+from .._schedule import Schedule
 
 MAX_ID: Final = 2**63 - 1
 """SQLite's largest integer: ids beyond it cannot exist."""
 
 MAX_ATTEMPTS_LIMIT: Final = 1_000_000
 MAX_BATCH: Final = 1000
+MAX_AFTER: Final = 1000
+"""The most jobs one job may run after, over HTTP."""
+MIN_EVERY: Final = 1.0
+"""The shortest ``every`` a schedule takes over HTTP, in seconds: a schedule is durable
+bookkeeping (one transaction per tick), not a timer loop."""
+MAX_WORKFLOW: Final = 200
+"""The most jobs ``GET /jobs/{id}/workflow`` answers with."""
+MAX_PROGRESS_IDS: Final = 1000
+"""The most jobs ``GET /jobs/progress`` follows at once."""
+MAX_PROGRESS_IDS_CHARS: Final = 12_000
+"""The longest ``ids`` of ``GET /jobs/progress``: the request's head must stay well within
+what the HTTP server reads (16 KiB)."""
+MAX_NAME_LENGTH: Final = 200
+"""The longest handler name the API takes."""
 
 PREVIEW_CHARS: Final = 200
 """The longest preview of a payload, result or error in a list of jobs."""
@@ -36,8 +53,23 @@ PREVIEW_CHARS: Final = 200
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+JobIdIn = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
 def _run_at_in_range(value: float | None) -> float | None:
     check_run_at(value)  # InvalidArgument is a ValueError: pydantic reports it at body...run_at
+    return value
+
+
+def _known_timezone(value: str) -> str:
+    # Checked here too, to name the field: the file lookup behind ZoneInfo also fails with
+    # OSError (a directory such as "America", a name too long for the file system).
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(
+            f"unknown timezone {value!r} (an IANA name such as 'Europe/Paris')"
+        ) from None
     return value
 
 
@@ -74,6 +106,19 @@ class JobIn(BaseModel):
         max_length=MAX_KEY_LENGTH,
         description="An enqueue with a key a job already holds returns that job.",
     )
+    after: list[JobIdIn] = Field(
+        default_factory=list,
+        max_length=MAX_AFTER,
+        description="Ids of stored jobs this one runs after: it is `waiting` until all of them "
+        "completed, and is cancelled if one fails or is cancelled. An unknown id is a 422.",
+    )
+    concurrency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="Groups jobs for the handler's `key_concurrency`: at most that many jobs "
+        "of the handler with the same key run at once.",
+    )
 
 
 class BatchIn(BaseModel):
@@ -82,6 +127,79 @@ class BatchIn(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     jobs: list[JobIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class StepIn(JobIn):
+    """A step of a workflow: a job, and the earlier steps of the same request it runs after."""
+
+    after_steps: list[Annotated[int, Field(ge=0, lt=MAX_BATCH)]] = Field(
+        default_factory=list,
+        max_length=MAX_AFTER,
+        description="Positions (0-based) in `steps` of earlier steps this one runs after; a "
+        "step cannot run after itself or a later step. `after` takes ids of stored jobs.",
+    )
+
+
+class WorkflowIn(BaseModel):
+    """Jobs that run after one another, enqueued in one transaction: all or none."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    steps: list[StepIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class HandlerFilterIn(BaseModel):
+    """Which jobs a bulk operation takes: those of one handler, or (no name) all."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Only jobs of this handler."
+    )
+
+
+class ScheduleIn(BaseModel):
+    """A recurring job, stored under ``key`` (replacing the schedule there). Give exactly one
+    of ``every`` and ``cron``."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    key: str = Field(min_length=1, max_length=MAX_KEY_LENGTH, description="The schedule's name.")
+    name: str = Field(min_length=1, max_length=200, description="The handler's name.")
+    payload: Any = Field(default=None, description="Any JSON value, passed to each job.")
+    every: float | None = Field(
+        default=None,
+        ge=MIN_EVERY,
+        le=MAX_DELAY,
+        allow_inf_nan=False,
+        description=f"Seconds between ticks (at least {MIN_EVERY:g}); the first tick is this "
+        "long from now.",
+    )
+    cron: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Five fields (minute hour day month weekday), read in `timezone`.",
+    )
+    timezone: Annotated[str, AfterValidator(_known_timezone)] = Field(
+        default="UTC", min_length=1, max_length=100, description="An IANA time zone name."
+    )
+    catch_up: Literal["latest", "all", "none"] = Field(
+        default="latest",
+        description="Ticks missed while no process had the file open: enqueue one job for the "
+        "latest, one per tick (the latest 1000 at most), or none.",
+    )
+    priority: int = Field(
+        default=5, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="1 runs first; 10 runs last."
+    )
+    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_cadence(self) -> ScheduleIn:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of every (seconds) and cron (five fields)")
+        return self
 
 
 class PurgeIn(BaseModel):
@@ -112,6 +230,11 @@ class JobOut(BaseModel):
     progress_message: str | None
     timeout: float | None
     idempotency_key: str | None
+    after: list[int] = Field(description="Ids of the jobs it runs after.")
+    schedule_key: str | None = Field(description="The schedule that enqueued it, if one did.")
+    concurrency_key: str | None = Field(
+        description="The key its handler's key_concurrency counts it under, if given."
+    )
 
 
 class JobSummary(BaseModel):
@@ -132,6 +255,11 @@ class JobSummary(BaseModel):
     progress_message: str | None
     timeout: float | None
     idempotency_key: str | None
+    after: list[int] = Field(description="Ids of the jobs it runs after.")
+    schedule_key: str | None = Field(description="The schedule that enqueued it, if one did.")
+    concurrency_key: str | None = Field(
+        description="The key its handler's key_concurrency counts it under, if given."
+    )
     payload_preview: str = Field(
         description=f"The payload as JSON text, cut to {PREVIEW_CHARS} characters."
     )
@@ -158,6 +286,54 @@ class Batch(BaseModel):
     jobs: list[JobOut]
 
 
+class WorkflowOut(BaseModel):
+    """The jobs connected to ``job_id`` through ``after``, in both directions, by id.
+
+    Each job's ``after`` gives the edges; ids in it that are not among ``jobs`` were purged
+    or lie beyond the bound. ``truncated``: more jobs are connected than the answer holds.
+    """
+
+    job_id: int
+    jobs: list[JobSummary]
+    truncated: bool
+
+
+class ScheduleOut(BaseModel):
+    """A stored schedule. Times are wall-clock seconds since the epoch."""
+
+    key: str
+    name: str
+    payload: Any
+    every: float | None
+    cron: str | None
+    timezone: str
+    catch_up: Literal["latest", "all", "none"]
+    priority: int
+    max_attempts: int | None
+    timeout: float | None
+    next_run_at: float = Field(description="When it ticks next.")
+    last_run_at: float | None = Field(description="The tick of the last job it enqueued.")
+    last_job_id: int | None = Field(description="The last job it enqueued.")
+    last_job_status: JobStatus | None = Field(
+        description="That job's status now (null: no job yet, or it was purged)."
+    )
+    paused: bool
+
+
+class ScheduleList(BaseModel):
+    """Every schedule, by key."""
+
+    schedules: list[ScheduleOut]
+
+
+class Requeued(BaseModel):
+    requeued: int
+
+
+class Cancelled(BaseModel):
+    cancelled: int
+
+
 class StatsOut(BaseModel):
     """Counts by status and by handler name, and the last minute's throughput."""
 
@@ -167,6 +343,91 @@ class StatsOut(BaseModel):
     avg_duration: float | None
     success_rate: float | None
     oldest_pending_age: float | None
+    memory_limited: bool = Field(
+        description="Memory in use is at or above the queue's high-water mark: at most one "
+        "job runs at a time."
+    )
+
+
+class RateLimitOut(BaseModel):
+    """At most ``count`` starts in any window of ``seconds``."""
+
+    count: int
+    seconds: float
+
+
+class LimitsOut(BaseModel):
+    """A handler's limits, held when jobs are claimed (null: no limit)."""
+
+    concurrency: int | None = Field(description="At most this many of its jobs run at once.")
+    key_concurrency: int | None = Field(
+        description="At most this many of its jobs with the same concurrency_key run at once."
+    )
+    rate_limit: RateLimitOut | None
+    retry_priority_step: int = Field(
+        description="Each retry runs at the last attempt's priority plus this (capped at 10)."
+    )
+
+
+class HandlerOptions(BaseModel):
+    """How a handler is registered: its job defaults, where it runs, and its limits."""
+
+    max_attempts: int = Field(description="Attempts per job, unless the job gives its own.")
+    timeout: float | None = Field(description="Seconds an attempt may run, unless the job says.")
+    process: bool = Field(description="Whether it runs in a worker process.")
+    memory_limit: int | None = Field(
+        description="Bytes of resident memory an attempt's worker process may use."
+    )
+    limits: LimitsOut
+
+
+class HandlerOut(BaseModel):
+    """A handler: whether it is paused, how it is registered, and its jobs by status."""
+
+    name: str
+    registered: bool = Field(
+        description="Whether this server runs it; the file may hold jobs, or a pause, of a "
+        "handler it does not run (then options is null)."
+    )
+    paused: bool = Field(description="Its pending jobs are not started until it is resumed.")
+    options: HandlerOptions | None
+    counts: dict[str, int] = Field(description="Its jobs by status.")
+
+
+class HandlerList(BaseModel):
+    """Every handler the server runs, and any other that has jobs or a pause, by name."""
+
+    handlers: list[HandlerOut]
+
+
+class Paused(BaseModel):
+    """A handler after a pause or resume; ``changed`` is false if it already was so."""
+
+    name: str
+    paused: bool
+    changed: bool
+
+
+class ProgressOut(BaseModel):
+    """Where a batch of jobs stands (``pending`` counts the waiting jobs too)."""
+
+    total: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    finished: int = Field(description="completed + failed + cancelled.")
+    state: str = Field(
+        description="These counts as one value: pass it as `since` to wait for a change."
+    )
+
+
+class SessionOut(BaseModel):
+    """A dashboard session: send it as `Authorization: Bearer <session>` until it expires."""
+
+    session: str
+    expires_at: float
 
 
 class Bucket(BaseModel):
@@ -220,6 +481,9 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "progress_message": job.progress_message,
         "timeout": job.timeout,
         "idempotency_key": job.idempotency_key,
+        "after": list(job.after),
+        "schedule_key": job.schedule_key,
+        "concurrency_key": job.concurrency_key,
     }
 
 
@@ -243,12 +507,37 @@ def job_summary_dict(job: Job) -> dict[str, Any]:
         "progress_message": job.progress_message,
         "timeout": job.timeout,
         "idempotency_key": job.idempotency_key,
+        "after": list(job.after),
+        "schedule_key": job.schedule_key,
+        "concurrency_key": job.concurrency_key,
         "payload_preview": payload_preview,
         "payload_truncated": payload_truncated,
         "result_preview": result_preview,
         "result_truncated": result_truncated,
         "error_preview": error,
         "error_truncated": error_truncated,
+    }
+
+
+def schedule_to_dict(schedule: Schedule, last_job: Job | None) -> dict[str, Any]:
+    """A schedule as the API's JSON object (the fields of :class:`ScheduleOut`), with the
+    status of ``last_job``, its last job as read now (``None``: none, or purged)."""
+    return {
+        "key": schedule.key,
+        "name": schedule.name,
+        "payload": schedule.payload,
+        "every": schedule.every,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "catch_up": schedule.catch_up,
+        "priority": schedule.priority,
+        "max_attempts": schedule.max_attempts,
+        "timeout": schedule.timeout,
+        "next_run_at": schedule.next_run_at,
+        "last_run_at": schedule.last_run_at,
+        "last_job_id": schedule.last_job_id,
+        "last_job_status": None if last_job is None else last_job.status.value,
+        "paused": schedule.paused,
     }
 
 
@@ -321,4 +610,57 @@ def stats_to_dict(stats: Stats) -> dict[str, Any]:
         "avg_duration": stats.avg_duration,
         "success_rate": stats.success_rate,
         "oldest_pending_age": stats.oldest_pending_age,
+        "memory_limited": stats.memory_limited,
+    }
+
+
+def handler_to_dict(
+    name: str, handler: Handler | None, paused: bool, counts: Mapping[JobStatus, int]
+) -> dict[str, Any]:
+    """A handler as the API's JSON object (the fields of :class:`HandlerOut`); ``handler`` is
+    its registration, ``None`` if this server does not run it."""
+    options = None
+    if handler is not None:
+        limits = handler.limits
+        rate = None if limits.rate is None else {"count": limits.rate[0], "seconds": limits.rate[1]}
+        options = {
+            "max_attempts": handler.max_attempts,
+            "timeout": handler.timeout,
+            "process": handler.process,
+            "memory_limit": handler.memory_limit,
+            "limits": {
+                "concurrency": limits.concurrency,
+                "key_concurrency": limits.key_concurrency,
+                "rate_limit": rate,
+                "retry_priority_step": limits.retry_priority_step,
+            },
+        }
+    return {
+        "name": name,
+        "registered": handler is not None,
+        "paused": paused,
+        "options": options,
+        "counts": {status.value: counts.get(status, 0) for status in JobStatus},
+    }
+
+
+def progress_state(progress: BatchProgress) -> str:
+    """A batch's counts as one value, to compare with a client's ``since``."""
+    return (
+        f"{progress.total}.{progress.pending}.{progress.running}.{progress.completed}."
+        f"{progress.failed}.{progress.cancelled}"
+    )
+
+
+def progress_to_dict(progress: BatchProgress) -> dict[str, Any]:
+    """A batch's progress as the API's JSON object (the fields of :class:`ProgressOut`)."""
+    return {
+        "total": progress.total,
+        "pending": progress.pending,
+        "running": progress.running,
+        "completed": progress.completed,
+        "failed": progress.failed,
+        "cancelled": progress.cancelled,
+        "finished": progress.finished,
+        "state": progress_state(progress),
     }

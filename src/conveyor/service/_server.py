@@ -4,6 +4,11 @@ The first SIGINT or SIGTERM stops taking requests, ends long polls, lets request
 finish, then closes the queue gracefully (running jobs get the shutdown grace, then go back to
 pending; DESIGN §6). A second signal stops at once: the queue is cancelled like a crash, and
 jobs that were running are recovered when the file is next opened, so none is lost.
+
+If the queue stops for good while serving (its file deleted or replaced, say: ``open_queue``
+raises :class:`conveyor.DatabaseError`), the HTTP server, which runs beside the queue rather
+than inside it, answers the requests in flight and any new one with a 503 problem saying why,
+stops gracefully, and the error is raised (``conveyor serve`` prints it as one line).
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from typing import Final
 
 import attrs
@@ -22,6 +26,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from .._errors import ConveyorError
 from .._queue import Queue
 from .._registry import Registry
 from .._runtime import open_queue
@@ -158,35 +163,68 @@ async def _serve_queue(
     # hypercorn closes a keep-alive connection after 1,000 requests by default, without telling
     # the client in time: a busy producer then sees "server disconnected" mid-request.
     config.keep_alive_max_requests = 2**31
-    async with open_queue(
-        options.db,
-        handlers=registry,
-        workers=options.workers,
-        shutdown_grace=options.shutdown_grace,
-    ) as queue:
-        service = Service(
-            queue,
-            token=options.token,
-            max_body=options.max_body,
-            host=options.host,
-            allowed_hosts=options.allowed_hosts,
-            body_timeout=options.body_timeout,
-        )
+    # The HTTP server runs beside the queue, not inside its block: if the queue stops for good
+    # (its file deleted, say), the block is cancelled, and the server must outlive it to answer
+    # the requests in flight with a 503 instead of dropping their connections.
+    http_stop = trio.Event()
+    http_done = trio.Event()
+    service: Service | None = None
+    async with trio.open_nursery() as http:
         try:
-            async with trio.open_nursery() as nursery:
-                binds = await nursery.start(
-                    partial(
-                        hypercorn.trio.serve,
-                        service.asgi,  # type: ignore[arg-type]
-                        config,
-                        shutdown_trigger=stop_requested.wait,
-                    )
+            async with open_queue(
+                options.db,
+                handlers=registry,
+                workers=options.workers,
+                shutdown_grace=options.shutdown_grace,
+            ) as queue:
+                service = Service(
+                    queue,
+                    registry=registry,
+                    token=options.token,
+                    max_body=options.max_body,
+                    host=options.host,
+                    allowed_hosts=options.allowed_hosts,
+                    body_timeout=options.body_timeout,
                 )
+                binds = await http.start(_run_http, service, config, http_stop, http_done)
                 task_status.started(Running(binds[0], queue, service, stop_requested.set))
                 await stop_requested.wait()
+                # Requests in flight finish while the queue still runs; long polls end now.
                 service.stop_waits()
+                http_stop.set()
+                await http_done.wait()
+        except ConveyorError as error:
+            # The queue stopped for good: answer 503 until the server has stopped, then say why.
+            if service is not None:
+                service.fail(error)
+                http_stop.set()
+                await http_done.wait()
+            raise
         finally:
-            service.close()
+            if service is not None:
+                service.close()
+            http_stop.set()
+
+
+async def _run_http(
+    service: Service,
+    config: hypercorn.config.Config,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """hypercorn serving ``service`` until ``stop`` is set (then gracefully); sets ``done``
+    once it has stopped."""
+    try:
+        await hypercorn.trio.serve(
+            service.asgi,  # type: ignore[arg-type]
+            config,
+            shutdown_trigger=stop.wait,
+            task_status=task_status,
+        )
+    finally:
+        done.set()
 
 
 def _bind(host: str, port: int) -> str:
