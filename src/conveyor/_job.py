@@ -269,15 +269,21 @@ def _check_name(_: object, __: object, value: str) -> None:
     check_text("a job's handler name", value)
 
 
-def _check_key(_: object, __: object, value: str | None) -> None:
+def check_key(what: str, value: str | None) -> None:
+    """Refuse a key (``None`` or a non-empty text of at most :data:`MAX_KEY_LENGTH`
+    characters) that is anything else, naming it ``what``."""
     if value is None:
         return
     if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
         raise InvalidArgument(
-            f"idempotency_key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
+            f"{what} must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
             f"not {value!r}"
         )
-    check_text("idempotency_key", value)
+    check_text(what, value)
+
+
+def _check_key(_: object, __: object, value: str | None) -> None:
+    check_key("idempotency_key", value)
 
 
 def job_ids(value: object) -> tuple[int, ...]:
@@ -294,14 +300,7 @@ def job_ids(value: object) -> tuple[int, ...]:
 
 
 def _check_concurrency_key(_: object, __: object, value: str | None) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
-        raise InvalidArgument(
-            f"concurrency_key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
-            f"not {value!r}"
-        )
-    check_text("concurrency_key", value)
+    check_key("concurrency_key", value)
 
 
 @attrs.frozen

@@ -38,6 +38,7 @@ from ._job import (
     Job,
     JobSpec,
     JobStatus,
+    check_key,
     check_max_attempts,
     check_seconds,
     check_text,
@@ -322,11 +323,9 @@ class Queue:
         (the latest 1000 at most), ``"none"`` none. Raises :class:`InvalidArgument` naming
         the problem, and :class:`UnknownHandler`.
         """
-        if not isinstance(key, str) or not key or len(key) > 255:
-            raise InvalidArgument(
-                f"a schedule's key must be a non-empty str of at most 255 characters, not {key!r}"
-            )
-        check_text("a schedule's key", key)
+        if key is None:
+            raise InvalidArgument("a schedule needs a key")
+        check_key("a schedule's key", key)
         if isinstance(every, datetime.timedelta):
             every = every.total_seconds()
         if every is not None and (isinstance(every, bool) or not isinstance(every, int | float)):
