@@ -10,7 +10,7 @@ every timer fires at its exact virtual time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -85,6 +85,8 @@ class RealQueue:
         self.path = path
         self.scripts = scripts
         self.events: list[Event] = []
+        self.dependency_results: dict[tuple[int, int], object] = {}
+        """What ``current_job().dependency_results`` held in each (job id, attempt)."""
         self.generation = 0
         self.clock = trio.testing.MockClock()
         self.queue: conveyor.Queue | None = None
@@ -187,10 +189,13 @@ class RealQueue:
             await self._closed.wait()
             self._scope = None
 
-    def crash_and_reopen(self, workers: int) -> None:
-        """Tear the queue down abruptly (no graceful shutdown), then open the file again."""
+    def crash_and_reopen(self, workers: int, *, closed_for: float = 0.0) -> None:
+        """Tear the queue down abruptly (no graceful shutdown), let ``closed_for`` seconds
+        pass with no process on the file, then open it again."""
         self.run(self._crash)
         self.generation += 1
+        if closed_for:
+            self.jump_to(self.now() + closed_for)
         self.run(self._open, workers)
 
     # --- steps -------------------------------------------------------------------------------
@@ -222,6 +227,14 @@ class RealQueue:
         assert job is not None
         event.attempts = job.attempts
         event.while_running = job.error == "cancelled while running"
+
+    def requeued(self, job_ids: Iterable[int]) -> None:
+        """Log jobs a bulk requeue moved (the call answers with their number only)."""
+        self.events += [Requeued(job_id) for job_id in job_ids]
+
+    def cancelled(self, job_ids: Iterable[int]) -> None:
+        """Log jobs a bulk cancel ended before they ran (it answers with their number only)."""
+        self.events += [Cancelled(job_id) for job_id in job_ids]
 
     def requeue(self, job_id: int) -> bool:
         async def requeue(queue: conveyor.Queue) -> bool:
@@ -313,6 +326,9 @@ class RealQueue:
 
         self.run(step)
 
+    def schedules(self) -> list[conveyor.Schedule]:
+        return self.call(lambda queue: queue.schedules())
+
     def jobs(self) -> dict[int, conveyor.Job]:
         async def read(queue: conveyor.Queue) -> dict[int, conveyor.Job]:
             found: dict[int, conveyor.Job] = {}
@@ -337,6 +353,7 @@ class RealQueue:
         context = conveyor.current_job()
         tag, attempt = payload["tag"], context.attempt
         self.events.append(Start(self.generation, trio.current_time(), context.id, attempt))
+        self.dependency_results[context.id, attempt] = context.dependency_results
         behaviour = self.scripts[tag][attempt - 1]
         if behaviour.progress is not None:
             context.set_progress(behaviour.progress)

@@ -6,26 +6,46 @@ counterexamples it found (``test_found_regressions.py``).
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Final
 
-from hypothesis import event
+import attrs
+from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 import conveyor
-from harness import HANDLER_NAMES, Cancelled, RealQueue, Requeued
+from harness import EPOCH, HANDLER_NAMES, Cancelled, RealQueue, Requeued
 
-from model import Behaviour, Job, Model, Spec, Start, Status
+from model import (
+    SCHEDULE_PRIORITY,
+    ZONE_OFFSETS,
+    Behaviour,
+    Cadence,
+    Job,
+    Model,
+    Schedule,
+    ScheduleSpec,
+    Spec,
+    Start,
+    Status,
+)
 
 KEYS: Final = ("k1", "k2", "k3")
 """A small pool, so that idempotency keys collide."""
 
+SCHEDULE_KEYS: Final = ("s1", "s2")
+
 MAX_DRAIN_STEPS: Final = 2000
+
+MAX_STEPS: Final = 6
+"""The most steps a workflow has."""
 
 progress = st.sampled_from([None, None, 0.25, 1.0])
 behaviours = st.one_of(
@@ -50,8 +70,23 @@ behaviours = st.one_of(
 )
 
 
+steps_behaviours = st.one_of(
+    st.just(Behaviour("return")),
+    st.builds(Behaviour, st.just("sleep"), duration=st.integers(0, 3).map(lambda n: n + 0.5)),
+    behaviours,
+)
+"""What a workflow's step does: more often than other jobs, it completes (so that the steps
+after it run)."""
+
+
 @st.composite
-def specs(draw: st.DrawFn, *, ready: bool = False, keyed: bool = True) -> Spec:
+def specs(
+    draw: st.DrawFn,
+    *,
+    ready: bool = False,
+    keyed: bool = True,
+    scripts: st.SearchStrategy[Behaviour] = behaviours,
+) -> Spec:
     return Spec(
         name=draw(st.sampled_from(HANDLER_NAMES)),
         tag=0,  # the machine numbers its enqueues
@@ -60,8 +95,33 @@ def specs(draw: st.DrawFn, *, ready: bool = False, keyed: bool = True) -> Spec:
         max_attempts=draw(st.one_of(st.none(), st.integers(1, 4))),
         timeout=draw(st.one_of(st.none(), st.integers(1, 5).map(float))),
         key=draw(st.one_of(st.none(), st.sampled_from(KEYS))) if keyed else None,
-        script=tuple(draw(st.lists(behaviours, min_size=4, max_size=4))),
+        script=tuple(draw(st.lists(scripts, min_size=4, max_size=4))),
     )
+
+
+cadences = st.one_of(
+    st.builds(Cadence, every=st.sampled_from([2.5, 4.0, 7.5])),
+    st.builds(
+        Cadence,
+        cron=st.sampled_from(["* * * * *", "*/2 * * * *", "1-59/3 * * * *"]),
+        timezone=st.sampled_from(sorted(ZONE_OFFSETS)),
+    ),
+)
+schedule_specs = st.builds(
+    ScheduleSpec,
+    key=st.sampled_from(SCHEDULE_KEYS),
+    name=st.sampled_from(HANDLER_NAMES),
+    tag=st.just(0),  # the machine numbers its schedules' scripts with its enqueues
+    cadence=cadences,
+    catch_up=st.sampled_from(["latest", "all", "none"]),
+    script=st.lists(behaviours, min_size=4, max_size=4).map(tuple),
+)
+
+
+def event(text: str) -> None:
+    """Count ``text`` in Hypothesis's statistics (when a replayed example runs, do nothing)."""
+    if currently_in_test_context():
+        hypothesis_event(text)
 
 
 def to_job_spec(spec: Spec) -> conveyor.JobSpec:
@@ -73,45 +133,110 @@ def to_job_spec(spec: Spec) -> conveyor.JobSpec:
         max_attempts=spec.max_attempts,
         timeout=spec.timeout,
         idempotency_key=spec.key,
+        after=spec.after,
     )
 
 
-def differences(model: Model, real: RealQueue) -> list[str]:
-    """Where the real queue's jobs and handler starts differ from what the model allows."""
+def to_workflow(steps: list[Spec]) -> conveyor.Workflow:
+    flow = conveyor.Workflow()
+    added: list[conveyor.Step] = []
+    for spec in steps:
+        after: list[conveyor.Step | int] = [added[index] for index in spec.after_steps]
+        added.append(
+            flow.add(
+                spec.name,
+                {"tag": spec.tag},
+                after=[*after, *spec.after],
+                priority=spec.priority,
+                delay=spec.delay,
+                max_attempts=spec.max_attempts,
+                timeout=spec.timeout,
+                idempotency_key=spec.key,
+            )
+        )
+    return flow
+
+
+def differences(
+    model: Model, real: RealQueue, jobs: dict[int, conveyor.Job] | None = None
+) -> list[str]:
+    """Where the real queue's jobs (``jobs``, if read already), schedules and handler starts
+    differ from what the model allows."""
     found: list[str] = []
     if real.now() != model.now:
         found.append(f"virtual time: real {real.now()} != model {model.now}")
-    jobs = real.jobs()
+    if jobs is None:
+        jobs = real.jobs()
     if set(jobs) != set(model.jobs):
         found.append(f"job ids: real {sorted(jobs)} != model {sorted(model.jobs)}")
     for job_id, expected in model.jobs.items():
         job = jobs.get(job_id)
         if job is None:
             continue
-        actual = _observed(job, expected.error)
+        fragments = [] if expected.error is None else [expected.error]
+        actual = _observed(job, fragments + [error for _, error in expected.causes])
         wanted = _expected(expected)
         if actual != wanted:
             found.append(f"job {job_id}: real {actual} != model {wanted}")
     real_starts = [event for event in real.events if isinstance(event, Start)]
     if _by_instant(real_starts, model) != _by_instant(model.starts, model):
         found.append(f"starts: real {real_starts} != model {model.starts}")
+    schedules = {schedule.key: _observed_schedule(schedule) for schedule in real.schedules()}
+    wanted = {key: _expected_schedule(schedule) for key, schedule in model.schedules.items()}
+    if schedules != wanted:
+        found.append(f"schedules: real {schedules} != model {wanted}")
     return found
 
 
-def _observed(job: conveyor.Job, error_fragment: str | None) -> dict[str, object]:
+def _observed_schedule(schedule: conveyor.Schedule) -> dict[str, object]:
+    return {
+        "name": schedule.name,
+        "payload": schedule.payload,
+        "every": schedule.every,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "catch_up": schedule.catch_up,
+        "priority": schedule.priority,
+        "next_run_at": schedule.next_run_at - EPOCH,
+        "last_run_at": None if schedule.last_run_at is None else schedule.last_run_at - EPOCH,
+        "last_job_id": schedule.last_job_id,
+    }
+
+
+def _expected_schedule(schedule: Schedule) -> dict[str, object]:
+    spec = schedule.spec
+    return {
+        "name": spec.name,
+        "payload": {"tag": spec.tag},
+        "every": spec.cadence.every,
+        "cron": spec.cadence.cron,
+        "timezone": spec.cadence.timezone,
+        "catch_up": spec.catch_up,
+        "priority": SCHEDULE_PRIORITY,
+        "next_run_at": schedule.next_run_at,
+        "last_run_at": schedule.last_run_at,
+        "last_job_id": schedule.last_job_id,
+    }
+
+
+def _observed(job: conveyor.Job, fragments: list[str]) -> dict[str, object]:
+    """``job`` as the model describes one: its error as the first of ``fragments`` (what the
+    model says it holds; the others, what it may hold instead) when it holds one of them."""
     pending = job.status is conveyor.JobStatus.PENDING
+    error = job.error
+    if error is not None and any(fragment in error for fragment in fragments):
+        error = fragments[0]
     return {
         "status": job.status.value,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "priority": job.priority,
-        "run_at": job.run_at - 1_800_000_000.0 if pending else None,
+        "run_at": job.run_at - EPOCH if pending else None,
+        "created_at": job.created_at - EPOCH,
+        "after": tuple(sorted(job.after)),
+        "schedule_key": job.schedule_key,
         "result": job.result,
-        "error": (
-            job.error
-            if job.error is None or error_fragment is None or error_fragment not in job.error
-            else error_fragment
-        ),
+        "error": error,
         "progress": job.progress,
     }
 
@@ -123,6 +248,9 @@ def _expected(job: Job) -> dict[str, object]:
         "max_attempts": job.max_attempts,
         "priority": job.priority,
         "run_at": job.run_at if job.status is Status.PENDING else None,
+        "created_at": job.created_at,
+        "after": tuple(sorted(job.after)),
+        "schedule_key": job.schedule_key,
         "result": job.result,
         "error": job.error,
         "progress": job.progress,
@@ -144,12 +272,16 @@ def _by_instant(starts: Iterable[Start], model: Model) -> dict[tuple[int, float]
 
 
 class QueueMachine(RuleBasedStateMachine):
-    """Enqueues, cancels, requeues, time passing, crashes, and racing cancels, on the real queue.
+    """Enqueues, workflows, schedules, cancels, requeues (one by one and in bulk), time passing,
+    crashes (with time passing while no process has the file open), and racing cancels, on the
+    real queue.
 
-    After every step the real jobs (status, attempts, run_at, result, error, progress) and the
+    After every step the real jobs (status, attempts, run_at, created_at, result, error,
+    progress, after, schedule_key), the stored schedules (next and last tick, last job) and the
     handler starts (at their exact virtual times; in exact order where one worker runs) must be
-    what the model allows. At the end, time runs until every job is finished and invariants
-    1-7 of DESIGN §4 are checked on what the real queue did.
+    what the model allows. At the end the schedules are removed, time runs until every job is
+    finished, and invariants 1-3, 6, 7, 9 and 10 of DESIGN §4 are checked on what the real
+    queue did (see the module docstring of ``test_state_machine``).
     """
 
     def __init__(self) -> None:
@@ -184,6 +316,44 @@ class QueueMachine(RuleBasedStateMachine):
         self.check()
 
     @rule(data=st.data())
+    def enqueue_workflow(self, data: st.DataObject) -> None:
+        """A random DAG: each step runs after some earlier steps and some stored jobs (now and
+        then one that does not exist)."""
+        steps = []
+        stored = self.model.next_id - 1
+        for index in range(data.draw(st.integers(1, MAX_STEPS), label="steps")):
+            spec = data.draw(specs(scripts=steps_behaviours), label=f"step {index}")
+            earlier = st.lists(st.integers(0, index - 1), unique=True, max_size=3)
+            after_steps = data.draw(earlier, label="after steps") if index else []
+            ids = (
+                st.lists(st.integers(1, stored), unique=True, max_size=2) if stored else st.just([])
+            )
+            after = data.draw(ids, label="after")
+            steps.append(attrs.evolve(spec, after=tuple(after), after_steps=tuple(after_steps)))
+        if data.draw(st.sampled_from([False] * 9 + [True]), label="after a job that is not"):
+            unknown = self.model.next_id + len(steps)
+            steps[-1] = attrs.evolve(steps[-1], after=(*steps[-1].after, unknown))
+        self.enqueue_steps(steps)
+
+    def enqueue_steps(self, steps: list[Spec]) -> None:
+        steps = [self._tagged(spec) for spec in steps]
+        flow = to_workflow(steps)
+        unknown = self.model.unknown_dependencies(steps)
+        if unknown:
+            refusal = self._refusal(lambda queue: queue.enqueue_workflow(flow))
+            assert isinstance(refusal, conveyor.JobNotFound), f"stored after {unknown}: {refusal}"
+            assert all(str(job_id) in str(refusal) for job_id in unknown), refusal
+            self.check()
+            return
+        ids = self.model.enqueue(steps)
+        if any(self.model.jobs[job_id].cancelled_by is not None for job_id in ids):
+            event("workflow after a failed or cancelled job")
+        jobs = self.real.call(lambda queue: queue.enqueue_workflow(flow))
+        assert [job.id for job in jobs] == ids
+        self.answers += [(spec.key, job.id) for spec, job in zip(steps, jobs, strict=True)]
+        self.check()
+
+    @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         self.cancel_job(data.draw(self._job_ids(), label="job_id"))
 
@@ -196,18 +366,106 @@ class QueueMachine(RuleBasedStateMachine):
         self.requeue_job(data.draw(self._job_ids(), label="job_id"))
 
     def requeue_job(self, job_id: int) -> None:
-        assert self.real.requeue(job_id) is self.model.requeue(job_id)
+        back = [job.id for job in self.model.jobs.values() if job.cancelled_by == job_id]
+        requeued = self.model.requeue(job_id)
+        assert self.real.requeue(job_id) is requeued
+        if requeued and back:
+            event("requeue brought back the jobs that run after it")
+        self.check()
+
+    @precondition(lambda self: bool(self._requeue_roots()))
+    @rule(data=st.data())
+    def requeue_failed_dependency(self, data: st.DataObject) -> None:
+        """Requeue a job whose failure or cancel cancelled jobs that run after it."""
+        self.requeue_job(data.draw(st.sampled_from(self._requeue_roots()), label="job_id"))
+
+    @rule(name=st.one_of(st.none(), st.sampled_from(HANDLER_NAMES)))
+    def requeue_failed(self, name: str | None) -> None:
+        expected = self.model.copy().requeue_failed(name)
+
+        async def requeue(queue: conveyor.Queue) -> int:
+            count = await queue.requeue_failed(name)
+            self.real.requeued(expected)  # logged before any of them may start again
+            return count
+
+        assert self.real.call(requeue) == len(expected)
+        assert self.model.requeue_failed(name) == expected
+        self.check()
+
+    @rule(name=st.one_of(st.none(), st.sampled_from(HANDLER_NAMES)))
+    def cancel_pending(self, name: str | None) -> None:
+        expected, count = self.model.copy().cancel_pending(name)
+
+        async def cancel(queue: conveyor.Queue) -> int:
+            answer = await queue.cancel_pending(name)
+            self.real.cancelled(expected)  # logged before any handler may start
+            return answer
+
+        answer = self.real.call(cancel)
+        assert self.model.cancel_pending(name) == (expected, count)
+        assert answer == count, f"cancel_pending answered {answer}; it cancelled {count} jobs"
+        self.check()
+
+    @rule(spec=schedule_specs)
+    def schedule(self, spec: ScheduleSpec) -> None:
+        self.set_schedule(spec)
+
+    def set_schedule(self, spec: ScheduleSpec) -> None:
+        self.tags += 1
+        self.scripts[self.tags] = spec.script
+        spec = attrs.evolve(spec, tag=self.tags)
+        stored = self.real.call(
+            lambda queue: queue.schedule(
+                spec.key,
+                spec.name,
+                {"tag": spec.tag},
+                every=spec.cadence.every,
+                cron=spec.cadence.cron,
+                timezone=spec.cadence.timezone,
+                catch_up=spec.catch_up,
+                priority=SCHEDULE_PRIORITY,
+            )
+        )
+        expected = self.model.schedule(spec)
+        assert _observed_schedule(stored) == _expected_schedule(expected)
+        self.check()
+
+    @rule(key=st.sampled_from(SCHEDULE_KEYS))
+    def unschedule(self, key: str) -> None:
+        assert self.real.call(lambda queue: queue.unschedule(key)) is self.model.unschedule(key)
         self.check()
 
     @rule(seconds=st.integers(1, 24).map(lambda n: n / 2))
     def advance_time(self, seconds: float) -> None:
         self._advance_to(self.model.now + seconds)
 
+    @precondition(lambda self: bool(self.model.schedules))
+    @rule(seconds=st.sampled_from([30.0, 60.0, 90.0, 150.0]))
+    def advance_a_while(self, seconds: float) -> None:
+        """Long enough for cron schedules, which tick on minutes."""
+        self._advance_to(self.model.now + seconds)
+
     @rule(workers=st.integers(1, 4))
     def crash_and_reopen(self, workers: int) -> None:
+        self.crash_then_reopen(workers, 0.0)
+
+    @rule(workers=st.integers(1, 4), closed_for=st.sampled_from([2.5, 10.0, 45.0, 75.0, 130.0]))
+    def crash_and_reopen_later(self, workers: int, closed_for: float) -> None:
+        """No process has the file open for a while: ticks are missed, jobs come due."""
+        self.crash_then_reopen(workers, closed_for)
+
+    def crash_then_reopen(self, workers: int, closed_for: float) -> None:
         self.zombies += self.model.crash()
-        self.real.crash_and_reopen(workers)
+        self.real.crash_and_reopen(workers, closed_for=closed_for)
+        self.model.advance_to(self.model.now + closed_for)
+        due = [
+            s.spec.catch_up
+            for s in self.model.schedules.values()
+            if s.next_run_at <= self.model.now
+        ]
         self.model.reopen(workers)
+        for catch_up in due:
+            event(f"ticks due at reopen, catch_up={catch_up}")
         self.check()
 
     @rule(spec=specs(ready=True, keyed=False), checkpoints=st.integers(0, 4))
@@ -307,13 +565,18 @@ class QueueMachine(RuleBasedStateMachine):
 
     # --- checks ------------------------------------------------------------------------------
     def check(self) -> None:
-        found = differences(self.model, self.real)
+        self.verified = False  # a failed check leaves nothing for the teardown to drain
+        jobs = self.real.jobs()
+        self.model.resolve({job.id: job.error for job in jobs.values()})
+        found = differences(self.model, self.real, jobs)
         assert not found, "\n".join(found)
         self.verified = True
 
     def teardown(self) -> None:
         try:
             if self.verified and self.real.failure is None:
+                for key in list(self.model.schedules):
+                    self.unschedule(key)
                 self._drain()
                 self._check_invariants()
         finally:
@@ -331,13 +594,17 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.model.all_terminal()
 
     def _advance_to(self, target: float) -> None:
-        """Jump to every deadline up to ``target`` in turn, checking after each."""
+        """Jump to every deadline up to ``target`` in turn, checking after each at which the
+        model has something happen (the timer also wakes every second while anything is due,
+        to look at the wall clock), and at ``target``."""
         self.verified = False
         while (deadline := self.real.next_deadline()) <= target:
             assert deadline > self.real.now(), f"a deadline that does not move: {deadline}"
             self.real.jump_to(deadline)
+            following = self.model.next_event()
             self.model.advance_to(deadline)
-            self.check()
+            if following is not None and following <= deadline:
+                self.check()
         self.real.jump_to(target)
         self.model.advance_to(target)
         self.check()
@@ -357,6 +624,53 @@ class QueueMachine(RuleBasedStateMachine):
             assert [job.id for job in jobs.values() if job.idempotency_key == key] == list(ids)
         for job_id, job in jobs.items():
             self._check_job_history(job_id, job)
+        self._check_dependencies(jobs)
+        self._check_ticks(jobs)
+        after = [job for job in jobs.values() if job.after]
+        if any(job.status is conveyor.JobStatus.COMPLETED for job in after):
+            event("a job that ran after others completed")
+        if any("it runs after job" in (job.error or "") for job in after):
+            event("a job was cancelled by one it runs after")
+        if self.model.ticks:
+            event("a schedule ticked")
+
+    def _check_dependencies(self, jobs: dict[int, conveyor.Job]) -> None:
+        """Invariant 9: a job never starts before all of its dependencies completed; a failed or
+        cancelled dependency cancels exactly its transitive dependents."""
+        for start in (logged for logged in self.real.events if isinstance(logged, Start)):
+            job = jobs[start.job_id]
+            for dep in (jobs[dep_id] for dep_id in job.after):
+                assert dep.status is conveyor.JobStatus.COMPLETED, (start, dep)
+                assert dep.finished_at is not None, dep
+                assert dep.finished_at <= EPOCH + start.time, (start, dep)
+            results = self.real.dependency_results[start.job_id, start.attempt]
+            assert results == {dep: jobs[dep].result for dep in job.after}, (start, results)
+        for job in jobs.values():
+            ended = [dep for dep in job.after if jobs[dep].status in _ENDED_BADLY]
+            if ended:
+                assert job.status is conveyor.JobStatus.CANCELLED, (job, ended)
+            match = re.search(r"it runs after job (\d+) ", job.error or "")
+            if job.status is conveyor.JobStatus.CANCELLED and match:
+                root = int(match[1])
+                assert root in _upstream(jobs, job.id), (job, root)
+                assert jobs[root].status in _ENDED_BADLY, (job, jobs[root])
+
+    def _check_ticks(self, jobs: dict[int, conveyor.Job]) -> None:
+        """Invariant 10: each tick of a schedule yields exactly one job, across crashes and
+        restarts, and never before its time."""
+        ticks = []
+        for job in jobs.values():
+            if job.schedule_key is None:
+                continue
+            assert job.idempotency_key is not None, job
+            prefix, key, tick = job.idempotency_key.rsplit(":", 2)
+            assert (prefix, key) == ("schedule", job.schedule_key), job
+            assert float(tick) <= job.created_at, f"tick {tick} enqueued early: {job}"
+            ticks.append((key, float(tick)))
+        twice = [tick for tick, count in Counter(ticks).items() if count > 1]
+        assert not twice, f"ticks enqueued more than once: {twice}"
+        expected = [(tick.key, round(EPOCH + tick.tick, 3)) for tick in self.model.ticks]
+        assert sorted(ticks) == sorted(expected), (ticks, expected)
 
     def _check_job_history(self, job_id: int, job: conveyor.Job) -> None:
         """Invariants 2, 3 and 6 over one job's starts, epoch by epoch (a requeue starts one)."""
@@ -394,17 +708,43 @@ class QueueMachine(RuleBasedStateMachine):
     def _tagged(self, spec: Spec) -> Spec:
         self.tags += 1
         self.scripts[self.tags] = spec.script
-        return Spec(
-            name=spec.name,
-            tag=self.tags,
-            priority=spec.priority,
-            delay=spec.delay,
-            max_attempts=spec.max_attempts,
-            timeout=spec.timeout,
-            key=spec.key,
-            script=spec.script,
-        )
+        return attrs.evolve(spec, tag=self.tags)
 
     def _job_ids(self) -> st.SearchStrategy[int]:
         # Known ids mostly, and now and then one no job has.
         return st.integers(1, self.model.next_id)
+
+    def _refusal(
+        self, operation: Callable[[conveyor.Queue], Awaitable[object]]
+    ) -> BaseException | None:
+        """What ``operation`` raised, if anything."""
+        try:
+            self.real.call(operation)
+        except conveyor.ConveyorError as exc:
+            return exc
+        return None
+
+    def _requeue_roots(self) -> list[int]:
+        """Failed or cancelled jobs whose end cancelled jobs that run after them."""
+        return sorted(
+            {
+                job.cancelled_by
+                for job in self.model.jobs.values()
+                if job.cancelled_by is not None and job.status is Status.CANCELLED
+            }
+        )
+
+
+_ENDED_BADLY: Final = (conveyor.JobStatus.FAILED, conveyor.JobStatus.CANCELLED)
+
+
+def _upstream(jobs: dict[int, conveyor.Job], job_id: int) -> set[int]:
+    """Every job that ``job_id`` runs after, directly or through others."""
+    found: set[int] = set()
+    todo = list(jobs[job_id].after)
+    while todo:
+        dep = todo.pop()
+        if dep not in found:
+            found.add(dep)
+            todo += jobs[dep].after
+    return found

@@ -5,6 +5,14 @@ It knows nothing about SQL, actors or channels. It is a discrete-event simulatio
 free it starts the best ready job, ordered by ``(priority, run_at, id)``; a handler's behaviour for
 each attempt is known in advance, so the model knows when and how every attempt ends. Times are
 seconds on the test's virtual clock.
+
+Dependencies follow the README and DESIGN §2, stated here without conveyor's counters: a job is
+``waiting`` while one of the jobs it runs after has not completed, and ``pending`` from the moment
+all of them have (its delay counted from then); a job that ends ``failed`` or ``cancelled``
+cancels every ``waiting`` job below it, directly or through others, naming itself in their error,
+and its ``requeue`` brings those back to ``waiting``. Schedules tick by the model's own arithmetic
+(``every`` seconds, or the minutes a cron minute field matches in a fixed-offset time zone), not
+by conveyor's ``_schedule`` module.
 """
 
 from __future__ import annotations
@@ -92,7 +100,11 @@ def fail_message(tag: int, attempt: int) -> str:
 
 @attrs.frozen
 class Spec:
-    """A job to enqueue, as the state machine drew it."""
+    """A job to enqueue, as the state machine drew it.
+
+    ``after`` holds ids of stored jobs it runs after; ``after_steps`` the positions of the jobs
+    of the same enqueue (a workflow's earlier steps) it runs after.
+    """
 
     name: str
     tag: int
@@ -102,6 +114,99 @@ class Spec:
     timeout: float | None
     key: str | None
     script: tuple[Behaviour, ...]
+    after: tuple[int, ...] = ()
+    after_steps: tuple[int, ...] = ()
+
+
+MISSED_AFTER: Final = 60.0
+"""A tick more than this many seconds late is *missed* (README): ``catch_up="none"`` skips it."""
+
+MAX_CATCH_UP: Final = 1000
+
+SCHEDULE_PRIORITY: Final = 10
+"""The priority the machine gives its schedules' jobs: the lowest, so that a tick that falls in
+the very instant another job frees a slot or becomes ready never competes with it (which of the
+two the real queue sees first is up to the scheduler)."""
+
+ZONE_OFFSETS: Final = {"UTC": 0, "Asia/Kathmandu": 5 * 60 + 45}
+"""Minutes east of UTC of the time zones the machine uses: fixed offsets, no daylight saving."""
+
+EPOCH_MINUTE: Final = 30_000_000
+"""The UTC minute (since 1970) at virtual time 0: the mock wall clock starts on a minute."""
+
+
+@attrs.frozen
+class Cadence:
+    """When a schedule ticks: every ``every`` seconds from when it was set, or at the minutes
+    the cron expression's minute field matches in ``timezone`` (its other fields are ``*``).
+
+    The minute field is ``*``, ``*/n`` or ``a-b/n``: enough to tell local minutes from UTC
+    ones in a zone 45 minutes off the hour.
+    """
+
+    every: float | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+
+    def _minutes(self) -> frozenset[int]:
+        assert self.cron is not None
+        field, *rest = self.cron.split()
+        assert rest == ["*"] * 4, self.cron
+        span, _, step = field.partition("/")
+        first, last = (0, 59) if span == "*" else map(int, span.split("-"))
+        return frozenset(range(first, last + 1, int(step or 1)))
+
+    def _matches(self, minute: int) -> bool:
+        """Whether virtual minute ``minute`` (virtual time ``60 * minute``) is a tick."""
+        local = EPOCH_MINUTE + minute + ZONE_OFFSETS[self.timezone]
+        return local % 60 in self._minutes()
+
+    def first_after(self, moment: float) -> float:
+        if self.every is not None:
+            return moment + self.every
+        minute = int(moment // 60) + 1
+        while not self._matches(minute):
+            minute += 1
+        return 60.0 * minute
+
+    def ticks_between(self, first: float, last: float) -> list[float]:
+        """Every tick from ``first`` (a tick) to ``last``, in order."""
+        ticks = []
+        tick = first
+        while tick <= last:
+            ticks.append(tick)
+            tick = self.first_after(tick)
+        return ticks
+
+
+@attrs.frozen
+class ScheduleSpec:
+    """A schedule to set, as the state machine drew it: its jobs run ``script``."""
+
+    key: str
+    name: str
+    tag: int
+    cadence: Cadence
+    catch_up: Literal["latest", "all", "none"]
+    script: tuple[Behaviour, ...]
+
+
+@attrs.define
+class Schedule:
+    spec: ScheduleSpec
+    next_run_at: float
+    last_run_at: float | None = None
+    last_job_id: int | None = None
+
+
+@attrs.frozen
+class Tick:
+    """Schedule ``key``'s tick at ``tick`` enqueued job ``job_id`` at ``time``."""
+
+    key: str
+    tick: float
+    job_id: int
+    time: float
 
 
 @attrs.define
@@ -122,11 +227,28 @@ class Job:
     progress: float | None = None
     ends_at: float | None = None  # while running: when the attempt ends by itself
     times_out: bool = False  # while running: whether that end is the timeout
+    created_at: float = 0.0
+    after: tuple[int, ...] = ()  # the jobs it runs after
+    delay: float = 0.0  # counted from its release when it has to wait
+    cancelled_by: int | None = None  # the job whose requeue brings it back to waiting
+    causes: list[tuple[int, str]] = attrs.Factory(list)
+    """When jobs above it ended badly in one instant: each ``(cancelled_by, error)`` the queue
+    may have given it (it cancels it for the first one it handles); the check resolves this by
+    the real error (:meth:`Model.resolve`)."""
+    cancelled_at: float | None = None
+    schedule_key: str | None = None
 
     def move(self, event: Event) -> None:
         status = decide(self.status, event)
         assert (self.status, status) in LEGAL, f"illegal {self.status} -> {status} for {self.id}"
         self.status = status
+
+
+def stored_as(event: Event) -> Status:
+    """The status a job is stored in when ``event`` stores it."""
+    status = decide(None, event)
+    assert (None, status) in LEGAL, f"illegal new job status {status}"
+    return status
 
 
 @attrs.frozen
@@ -150,6 +272,9 @@ class Model:
         self.next_id = 1
         self.starts: list[Start] = []
         self.single_worker_generations: set[int] = {0} if workers == 1 else set()
+        self.dependents: dict[int, list[int]] = {}
+        self.schedules: dict[str, Schedule] = {}
+        self.ticks: list[Tick] = []
 
     def copy(self) -> Model:
         return copy.deepcopy(self)
@@ -170,25 +295,69 @@ class Model:
         return all(job.status in TERMINAL for job in self.jobs.values())
 
     def next_event(self) -> float | None:
-        """When the next attempt ends or scheduled job comes due, if ever."""
+        """When the next attempt ends, scheduled job comes due or schedule ticks, if ever."""
         times = [job.ends_at for job in self.running() if job.ends_at is not None]
         times += [
             job.run_at
             for job in self.jobs.values()
             if job.status is Status.PENDING and job.run_at > self.now
         ]
+        if self.open:
+            times += [schedule.next_run_at for schedule in self.schedules.values()]
         return min(times, default=None)
 
+    def upstream(self, job_id: int) -> set[int]:
+        """Every job that ``job_id`` runs after, directly or through others."""
+        found: set[int] = set()
+        todo = list(self.jobs[job_id].after)
+        while todo:
+            dep = todo.pop()
+            if dep not in found:
+                found.add(dep)
+                todo += self.jobs[dep].after
+        return found
+
     # --- steps -----------------------------------------------------------------------------
-    def enqueue(self, specs: list[Spec], *, fill: bool = True) -> list[int]:
-        """The ids ``enqueue_many(specs)`` answers with; a held key answers with its job."""
-        ids = []
+    def _answers(self, specs: list[Spec]) -> tuple[list[int], list[tuple[int, Spec]]]:
+        """The id answering each of ``specs`` (a held key answers with its job), and the jobs
+        to store with their ids."""
+        answers: list[int] = []
+        fresh: list[tuple[int, Spec]] = []
+        keys = dict(self.keys)
         for spec in specs:
-            if spec.key is not None and spec.key in self.keys:
-                ids.append(self.keys[spec.key])
+            if spec.key is not None and spec.key in keys:
+                answers.append(keys[spec.key])
                 continue
+            job_id = self.next_id + len(fresh)
+            if spec.key is not None:
+                keys[spec.key] = job_id
+            answers.append(job_id)
+            fresh.append((job_id, spec))
+        return answers, fresh
+
+    def unknown_dependencies(self, specs: list[Spec]) -> list[int]:
+        """Ids of jobs that do not exist that a job to store runs after: the enqueue of
+        ``specs`` raises ``JobNotFound`` and writes nothing."""
+        _, fresh = self._answers(specs)
+        return sorted({dep for _, spec in fresh for dep in spec.after if dep not in self.jobs})
+
+    def enqueue(self, specs: list[Spec], *, fill: bool = True) -> list[int]:
+        """The ids ``enqueue_many(specs)`` (or a workflow of these steps) answers with."""
+        assert not self.unknown_dependencies(specs)
+        answers, fresh = self._answers(specs)
+        for spec, answer in zip(specs, answers, strict=True):
+            if spec.key is not None:
+                self.keys.setdefault(spec.key, answer)
+        stored: set[int] = set()
+        for job_id, spec in fresh:
+            after = tuple(dict.fromkeys([*spec.after, *(answers[s] for s in spec.after_steps)]))
+            stored.update(dep for dep in after if dep < self.next_id)
+            waits = any(
+                dep >= self.next_id or self.jobs[dep].status is not Status.COMPLETED
+                for dep in after
+            )
             job = Job(
-                id=self.next_id,
+                id=job_id,
                 name=spec.name,
                 tag=spec.tag,
                 priority=spec.priority,
@@ -197,43 +366,118 @@ class Model:
                 timeout=spec.timeout,
                 key=spec.key,
                 script=spec.script,
+                status=stored_as(Event.BLOCKED if waits else Event.ENQUEUED),
+                created_at=self.now,
+                after=after,
+                delay=spec.delay,
             )
-            self.next_id += 1
-            self.jobs[job.id] = job
-            if spec.key is not None:
-                self.keys[spec.key] = job.id
-            ids.append(job.id)
+            self.jobs[job_id] = job
+            for dep in after:
+                self.dependents.setdefault(dep, []).append(job_id)
+        self.next_id += len(fresh)
+        # Those that run after a job that failed or was cancelled are cancelled at once.
+        for dep in sorted(stored):
+            if self.jobs[dep].status in (Status.FAILED, Status.CANCELLED):
+                self._cancel_below(self.jobs[dep])
         if fill:
             self.fill_slots()
-        return ids
+        return answers
 
     def cancel(self, job_id: int, *, fill: bool = True) -> bool:
         job = self.jobs.get(job_id)
         if job is None or job.status in TERMINAL:
             return False
-        if job.status is Status.PENDING:
+        if job.status in (Status.PENDING, Status.WAITING):
             job.error = "cancelled before it ran"
         else:
             job.error = "cancelled while running"
             job.ends_at = None
         job.move(Event.CANCELLED)
+        self._cancel_below(job)
         if fill:
             self.fill_slots()
         return True
 
-    def requeue(self, job_id: int) -> bool:
+    def cancel_pending(self, name: str | None) -> tuple[list[int], int]:
+        """``cancel_pending(name)``: the ids it cancelled itself (not through a job they run
+        after), and its answer: how many of the pending and waiting jobs (of handler ``name``)
+        it cancelled, those that run after others it cancelled included (README)."""
+        queued = [
+            job.id
+            for job in self.jobs.values()
+            if job.status in (Status.PENDING, Status.WAITING) and name in (None, job.name)
+        ]
+        cancelled = [job_id for job_id in queued if self.cancel(job_id)]
+        return cancelled, len(queued)
+
+    def requeue(self, job_id: int, *, fill: bool = True) -> bool:
         job = self.jobs.get(job_id)
         if job is None or job.status not in (Status.FAILED, Status.CANCELLED):
             return False
-        job.move(Event.REQUEUED)
+        deps = [self.jobs[dep] for dep in job.after]
+        if any(dep.status in (Status.FAILED, Status.CANCELLED) for dep in deps):
+            return False  # requeue the one that failed instead
+        waits = any(dep.status is not Status.COMPLETED for dep in deps)
+        job.move(Event.BLOCKED if waits else Event.REQUEUED)
         job.attempts = 0
         job.run_at = self.now
         job.result = job.error = job.progress = None
-        self.fill_slots()
+        job.cancelled_by = None
+        job.causes = []
+        # The jobs its end cancelled wait again, unless another job they run after failed.
+        back = sorted(
+            other.id
+            for other in self.jobs.values()
+            if other.cancelled_by == job_id and other.status is Status.CANCELLED
+        )
+        for other_id in back:
+            other = self.jobs[other_id]
+            other.move(Event.BLOCKED)
+            other.error = None
+            other.cancelled_by = None
+            other.causes = []
+        for other_id in back:
+            other = self.jobs[other_id]
+            ended = [
+                dep
+                for dep in sorted(other.after)
+                if self.jobs[dep].status in (Status.FAILED, Status.CANCELLED)
+            ]
+            if ended:
+                self._cancel_below(self.jobs[ended[0]])
+            elif other.status is Status.WAITING:
+                self._release(other)
+        if fill:
+            self.fill_slots()
         return True
 
+    def requeue_failed(self, name: str | None) -> list[int]:
+        """``requeue_failed(name)``: the ids it requeued (the count is their number)."""
+        failed = [
+            job.id
+            for job in self.jobs.values()
+            if job.status is Status.FAILED and name in (None, job.name)
+        ]
+        requeued = [job_id for job_id in failed if self.requeue(job_id, fill=False)]
+        self.fill_slots()
+        return requeued
+
+    def schedule(self, spec: ScheduleSpec) -> Schedule:
+        """Set (or replace) the schedule ``spec.key``: it next ticks after now."""
+        next_run_at = spec.cadence.first_after(self.now)
+        schedule = self.schedules.get(spec.key)
+        if schedule is None:
+            schedule = self.schedules[spec.key] = Schedule(spec, next_run_at)
+        else:
+            schedule.spec, schedule.next_run_at = spec, next_run_at
+        return schedule
+
+    def unschedule(self, key: str) -> bool:
+        return self.schedules.pop(key, None) is not None
+
     def advance_to(self, time: float) -> None:
-        """Let time pass until ``time``: attempts end, scheduled jobs come due, slots refill."""
+        """Let time pass until ``time``: attempts end, scheduled jobs come due, schedules tick,
+        slots refill."""
         assert time >= self.now
         while self.open:
             event = self.next_event()
@@ -243,6 +487,7 @@ class Model:
             for job in sorted(self.running(), key=lambda job: job.id):
                 if job.ends_at == event:
                     self._end_sleep(job)
+            self._fire_schedules()
             self.fill_slots()
         self.now = time
 
@@ -252,7 +497,8 @@ class Model:
         return [(job.id, job.attempts) for job in self.running()]
 
     def reopen(self, workers: int, *, cancel_requested: frozenset[int] = frozenset()) -> None:
-        """A new queue opens the file: interrupted attempts count, then slots fill.
+        """A new queue opens the file: interrupted attempts count, due ticks are enqueued
+        (as their schedule's catch-up says), then slots fill.
 
         ``cancel_requested`` holds running jobs whose cancel was committed before the crash
         (and their handler's end was not): they end ``cancelled``.
@@ -276,6 +522,8 @@ class Model:
                     cancel_requested=job.id in cancel_requested,
                 )
             )
+            self._ended(job)
+        self._fire_schedules()
         self.fill_slots()
 
     def fill_slots(self, *, cancel_on_claim: int | None = None) -> bool:
@@ -298,6 +546,95 @@ class Model:
                 self._start(job)
         return claimed
 
+    def resolve(self, errors: dict[int, str | None]) -> None:
+        """Settle which job above it cancelled each job that several may have, by ``errors``
+        (the real error of each job)."""
+        for job in self.jobs.values():
+            if len(job.causes) > 1:
+                real = errors.get(job.id) or ""
+                for cause, error in job.causes:
+                    if error in real:
+                        job.cancelled_by, job.error, job.causes = cause, error, [(cause, error)]
+                        break
+
+    # --- schedules -------------------------------------------------------------------------
+    def _fire_schedules(self) -> None:
+        """Enqueue the due ticks of every schedule, earliest first (then by key)."""
+        due = sorted(
+            (schedule for schedule in self.schedules.values() if schedule.next_run_at <= self.now),
+            key=lambda schedule: (schedule.next_run_at, schedule.spec.key),
+        )
+        for schedule in due:
+            spec = schedule.spec
+            ticks = spec.cadence.ticks_between(schedule.next_run_at, self.now)
+            latest = ticks[-1]
+            if spec.catch_up == "all":
+                enqueued = ticks[-MAX_CATCH_UP:]
+            elif spec.catch_up == "latest" or self.now - latest <= MISSED_AFTER:
+                enqueued = [latest]
+            else:
+                enqueued = []
+            for tick in enqueued:
+                job = Job(
+                    id=self.next_id,
+                    name=spec.name,
+                    tag=spec.tag,
+                    priority=SCHEDULE_PRIORITY,
+                    run_at=tick,
+                    max_attempts=DEFAULT_MAX_ATTEMPTS,
+                    timeout=None,
+                    key=None,
+                    script=spec.script,
+                    status=stored_as(Event.ENQUEUED),
+                    created_at=self.now,
+                    schedule_key=spec.key,
+                )
+                self.next_id += 1
+                self.jobs[job.id] = job
+                self.ticks.append(Tick(spec.key, tick, job.id, self.now))
+                schedule.last_run_at, schedule.last_job_id = tick, job.id
+            schedule.next_run_at = spec.cadence.first_after(latest)
+
+    # --- dependencies ----------------------------------------------------------------------
+    def _ended(self, job: Job) -> None:
+        """What ``job``'s end does to the jobs that run after it."""
+        if job.status is Status.COMPLETED:
+            for dependent in self.dependents.get(job.id, []):
+                self._release(self.jobs[dependent])
+        elif job.status in (Status.FAILED, Status.CANCELLED):
+            self._cancel_below(job)
+
+    def _release(self, job: Job) -> None:
+        """A waiting job all of whose dependencies completed becomes pending."""
+        if job.status is Status.WAITING and all(
+            self.jobs[dep].status is Status.COMPLETED for dep in job.after
+        ):
+            job.move(Event.RELEASED)
+            job.run_at = self.now + job.delay
+
+    def _cancel_below(self, root: Job) -> None:
+        """``root`` failed or was cancelled: every waiting job below it is cancelled."""
+        error = f"it runs after job {root.id} ({root.name!r}), which ended {root.status.value}"
+        cause = root.id if root.cancelled_by is None else root.cancelled_by
+        seen: set[int] = set()
+        todo = list(self.dependents.get(root.id, []))
+        while todo:
+            job_id = todo.pop()
+            if job_id in seen:
+                continue
+            seen.add(job_id)
+            todo += self.dependents.get(job_id, [])
+            job = self.jobs[job_id]
+            if job.status is Status.WAITING:
+                job.move(Event.CANCELLED)
+                job.error, job.cancelled_by = error, cause
+                job.causes, job.cancelled_at = [(cause, error)], self.now
+            elif job.causes and job.cancelled_at == self.now and (cause, error) not in job.causes:
+                # Cancelled in this instant already, for another job above it: which of the
+                # two the queue handled first is up to the order their ends reached it.
+                job.causes.append((cause, error))
+
+    # --- attempts --------------------------------------------------------------------------
     def _start(self, job: Job, *, outcome: bool = True) -> None:
         job.move(Event.STARTED)
         job.attempts += 1
@@ -339,6 +676,7 @@ class Model:
     def _complete(self, job: Job) -> None:
         job.result = result_of(job.tag, job.attempts)
         job.move(Event.COMPLETED)
+        self._ended(job)
 
     def _failed(self, job: Job, retry_delay: float | None) -> None:
         if retry_delay is not None and job.attempts < job.max_attempts:
@@ -346,3 +684,4 @@ class Model:
             job.move(Event.RETRIED)
         else:
             job.move(Event.FAILED)
+            self._ended(job)

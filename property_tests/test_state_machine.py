@@ -1,4 +1,45 @@
-"""The real queue against the reference model, under any interleaving Hypothesis can find."""
+"""The real queue against the reference model, under any interleaving Hypothesis can find.
+
+The machine (``machine.py``) drives a real queue on a SQLite file under virtual time: enqueues
+one by one and in batches, workflows (random DAGs of up to six steps that run after earlier
+steps and after stored jobs, now and then one that does not exist), schedules (``every`` and
+``cron`` in two time zones, each catch-up), cancels and requeues (one by one, of the job whose
+failure cancelled others, and in bulk), time passing, crashes (with or without time passing
+before the file is opened again), cancels racing a claim or a crash, and stale outcomes. The
+model (``model.py``) says what each step must do. What is checked, by invariant of DESIGN §4:
+
+After every step, the real jobs (status, attempts, run_at, created_at, result, error, progress,
+the jobs they run after, their schedule), the stored schedules (next tick, last tick, last job)
+and the handler starts are what the model allows:
+
+- 4 and 5, order and time: every attempt starts at its exact virtual time, in exact order where
+  one worker runs, never before its ``run_at``;
+- 9, dependencies: a job waits until the last job it runs after completed, then starts (its
+  delay counted from then); a job that fails or is cancelled cancels the waiting jobs below it
+  (and no other), with an error naming it; its requeue brings them back to waiting; the requeue
+  of a job whose dependency failed is refused;
+- 10, schedules: each tick enqueues its job at its time, as many as the catch-up says for ticks
+  that fell while no process had the file open.
+
+At the end the schedules are removed, time runs until every job is finished, and these are
+checked on what the real queue did:
+
+1. No loss: every job whose enqueue returned is finished.
+2. and 6. Each attempt runs once, in order, at most ``max_attempts`` of them; a completed job
+   never runs again.
+3. After a successful cancel, no attempt starts but the one already claimed.
+7. Two enqueues with one idempotency key yield one job.
+9. A job never starts before all of its dependencies completed (each dependency finished at or
+   before the start, and the handler saw each one's result); a job one of whose dependencies
+   ended failed or cancelled is cancelled; a job cancelled because of a dependency names one
+   that is upstream of it and did end failed or cancelled: a failed or cancelled dependency
+   cancels every transitive dependent and nothing else.
+10. Each schedule tick yields exactly one job across crashes and reopens, and none is enqueued
+    before its time (its job was created at or after the tick).
+
+``mutants.py`` plants a bug against invariants 9 and 10 each (``test_mutants.py`` shows each one
+caught).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,101 @@
+"""The suite catches the bugs of ``mutants.py``: one against each part of invariants 9 and 10.
+
+Each case is the short sequence of machine steps that the state machine shrank to when it found
+the mutant (planted with ``CONVEYOR_MUTANT``), written the way Hypothesis prints it. It passes on
+the real queue, and fails under its mutant with the difference the machine reported. The
+teardown drains the queue and checks the invariants, as at the end of every generated case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from machine import QueueMachine
+from mutants import MUTANTS
+
+from model import Behaviour, Cadence, ScheduleSpec, Spec
+
+RETURN = Behaviour("return")
+
+
+def job(*script: Behaviour, after_steps: tuple[int, ...] = (), delay: float = 0.0) -> Spec:
+    steps = (*script, *[RETURN] * (4 - len(script)))
+    return Spec("alpha", 0, 5, delay, None, None, None, steps, after_steps=after_steps)
+
+
+def every(seconds: float) -> ScheduleSpec:
+    return ScheduleSpec("s1", "alpha", 0, Cadence(every=seconds), "latest", (RETURN,) * 4)
+
+
+def a_job_after_one_that_failed_never_starts(state: QueueMachine) -> None:
+    state.open_queue(workers=1)
+    state.enqueue_steps([job(Behaviour("fail")), job(after_steps=(0,))])
+
+
+def a_job_after_two_waits_for_the_second(state: QueueMachine) -> None:
+    state.open_queue(workers=2)
+    state.enqueue_steps([job(), job(Behaviour("sleep", duration=2.5)), job(after_steps=(0, 1))])
+    state.advance_time(3.0)
+
+
+def a_tick_enqueued_before_a_crash_is_not_enqueued_again(state: QueueMachine) -> None:
+    state.open_queue(workers=1)
+    state.set_schedule(every(2.5))
+    state.advance_time(3.0)
+    state.crash_and_reopen(workers=1)
+
+
+def a_tick_is_enqueued_at_its_time(state: QueueMachine) -> None:
+    state.open_queue(workers=1)
+    state.set_schedule(every(2.5))
+    state.advance_time(3.0)
+
+
+CASES: list[tuple[str, Callable[[QueueMachine], None], str]] = [
+    # (the mutant, the steps that catch it, what the machine reports under it)
+    (
+        "released_on_failure",
+        a_job_after_one_that_failed_never_starts,
+        r"job 2: real \{'status': 'completed'.* != model \{'status': 'cancelled'",
+    ),
+    (
+        "released_early",
+        a_job_after_two_waits_for_the_second,
+        r"job 3: real \{'status': 'completed'.* != model \{'status': 'waiting'",
+    ),
+    (
+        "tick_twice_after_crash",
+        a_tick_enqueued_before_a_crash_is_not_enqueued_again,
+        r"job ids: real \[1, 2\] != model \[1\]",
+    ),
+    ("tick_early", a_tick_is_enqueued_at_its_time, r"job ids: real \[1, 2\] != model \[1\]"),
+]
+
+
+def replay(steps: Callable[[QueueMachine], None]) -> None:
+    machine = QueueMachine()
+    try:
+        steps(machine)
+    finally:
+        machine.teardown()
+
+
+@pytest.mark.parametrize(("mutant", "steps", "report"), CASES, ids=[case[0] for case in CASES])
+def test_the_steps_that_catch_a_mutant_pass_on_the_real_queue(
+    mutant: str, steps: Callable[[QueueMachine], None], report: str
+) -> None:
+    replay(steps)
+
+
+@pytest.mark.parametrize(("mutant", "steps", "report"), CASES, ids=[case[0] for case in CASES])
+def test_the_machine_catches_the_mutant(
+    mutant: str, steps: Callable[[QueueMachine], None], report: str
+) -> None:
+    with MUTANTS[mutant](), pytest.raises(AssertionError, match=report):
+        replay(steps)
+
+
+def test_every_mutant_has_a_case() -> None:
+    assert sorted(MUTANTS) == sorted(case[0] for case in CASES)
