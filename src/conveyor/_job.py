@@ -276,8 +276,7 @@ def check_key(what: str, value: str | None) -> None:
         return
     if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
         raise InvalidArgument(
-            f"{what} must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
-            f"not {value!r}"
+            f"{what} must be a non-empty str of at most {MAX_KEY_LENGTH} characters, not {value!r}"
         )
     check_text(what, value)
 
