@@ -288,14 +288,17 @@ async def test_progress_follows_a_batch_until_every_job_finished(
         held = await queue.enqueue("hold")
         quick = [await queue.enqueue("step", n) for n in range(2)]
         seen: list[conveyor.BatchProgress] = []
+        first = anyio.Event()
         async with anyio.create_task_group() as tg:
 
             async def follow() -> None:
                 async for progress in queue.progress([held.id, *(job.id for job in quick)]):
                     seen.append(progress)
+                    first.set()
 
             tg.start_soon(follow)
             await gate.entered.wait()
+            await first.wait()  # the held job runs until the gate opens: not all finished yet
             gate.open()
     assert seen[0].total == 3
     assert seen[0].finished < 3
