@@ -132,13 +132,14 @@ async def test_a_failed_dependency_cancels_its_transitive_dependents_and_nothing
 async def test_requeuing_the_failed_dependency_brings_its_dependents_back(
     open_test_queue: QueueOpener,
 ) -> None:
-    record, flaky = Record(), {"fail": True}
+    record, flaky, gate = Record(), {"fail": True}, Gate()
     reg = registry(record)
 
     @reg.handler("flaky", max_attempts=1)
     async def flaky_step(payload: Any) -> str:
         if flaky["fail"]:
             raise Fail("not yet")
+        await gate.pass_through()  # holds the workflow while the test looks at it
         return "fixed"
 
     async with open_test_queue(reg) as queue:
@@ -151,6 +152,7 @@ async def test_requeuing_the_failed_dependency_brings_its_dependents_back(
         flaky["fail"] = False
         assert await queue.requeue(jobs[0].id)
         assert (await queue.get(jobs[2].id)).status is JobStatus.WAITING  # type: ignore[union-attr]
+        gate.open()
         done = await queue.wait_all([job.id for job in jobs], timeout=60)
     assert [job.status for job in done] == [JobStatus.COMPLETED] * 3
     assert record.order == ["second", "third"]
