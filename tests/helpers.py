@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import anyio
 
@@ -31,3 +32,23 @@ class Gate:
 
     def open(self) -> None:
         self._open.set()
+
+
+def service_registry(gate: Gate) -> conveyor.Registry:
+    """The handlers of the service tests: ``echo`` returns its payload, ``explode`` fails for
+    good, ``blocked`` runs until ``gate`` opens."""
+    registry = conveyor.Registry()
+
+    @registry.handler
+    async def echo(payload: Any) -> Any:
+        return payload
+
+    @registry.handler(max_attempts=1)
+    async def explode(payload: Any) -> None:
+        raise conveyor.Fail("boom: the handler gave up")
+
+    @registry.handler
+    async def blocked(payload: Any) -> None:
+        await gate.pass_through()
+
+    return registry

@@ -9,33 +9,17 @@ import anyio
 import httpx
 import pytest
 
-import conveyor
 from conveyor.service import Service
 from conveyor.service._guard import check_bind
 
-from helpers import Gate, QueueOpener
+from helpers import Gate, QueueOpener, service_registry
 
 pytestmark = pytest.mark.anyio
 
 PROBLEM = "application/problem+json"
 
 
-def make_registry(gate: Gate) -> conveyor.Registry:
-    registry = conveyor.Registry()
-
-    @registry.handler
-    async def echo(payload: Any) -> Any:
-        return payload
-
-    @registry.handler(max_attempts=1)
-    async def explode(payload: Any) -> None:
-        raise conveyor.Fail("boom: the handler gave up")
-
-    @registry.handler
-    async def blocked(payload: Any) -> None:
-        await gate.pass_through()
-
-    return registry
+make_registry = service_registry
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import conveyor
 from conveyor.service import Service
 from service_server import CONVEYOR, TESTS, running_server
 
-from helpers import Gate, QueueOpener
+from helpers import Gate, QueueOpener, service_registry
 
 PROBLEM = "application/problem+json"
 TOKEN = "s3cret-token"
@@ -28,22 +28,7 @@ anyio_test = pytest.mark.anyio
 slow = pytest.mark.slow
 
 
-def make_registry(gate: Gate) -> conveyor.Registry:
-    registry = conveyor.Registry()
-
-    @registry.handler
-    async def echo(payload: Any) -> Any:
-        return payload
-
-    @registry.handler(max_attempts=1)
-    async def explode(payload: Any) -> None:
-        raise conveyor.Fail("boom")
-
-    @registry.handler
-    async def blocked(payload: Any) -> None:
-        await gate.pass_through()
-
-    return registry
+make_registry = service_registry
 
 
 @pytest.fixture
