@@ -22,7 +22,7 @@ import conveyor
 from conveyor._actors.messages import Report
 from conveyor._storage.sqlite import Outcome
 
-from model import Behaviour, Start, fail_message, raise_message, result_of
+from model import NO_LIMITS, Behaviour, HandlerLimits, Start, fail_message, raise_message, result_of
 
 T = TypeVar("T")
 
@@ -75,7 +75,23 @@ class Requeued:
     job_id: int
 
 
-Event = Start | Cancelled | Requeued
+@attrs.frozen
+class Ended:
+    """The handler of attempt ``attempt`` of job ``job_id`` returned, raised or was cancelled."""
+
+    job_id: int
+    attempt: int
+
+
+@attrs.frozen
+class Paused:
+    """``pause(name)`` (``paused``) or ``resume(name)`` (not ``paused``) returned."""
+
+    name: str
+    paused: bool
+
+
+Event = Start | Ended | Cancelled | Requeued | Paused
 
 
 class RealQueue:
@@ -99,10 +115,12 @@ class RealQueue:
         self._nursery: trio.Nursery | None = None
         self._budget = StepBudget()
         self._thread = threading.Thread(target=self._thread_main, daemon=True)
-        self.registry = self._registry()
+        self.registry = conveyor.Registry()
 
     # --- life of the event loop --------------------------------------------------------------
-    def start(self, workers: int) -> None:
+    def start(self, workers: int, limits: dict[str, HandlerLimits] | None = None) -> None:
+        """Start the event loop and open the queue, its handlers registered with ``limits``."""
+        self.registry = self._registry(limits or {})
         self._thread.start()
         self._running.wait()
         self.run(self._open, workers)
@@ -236,6 +254,16 @@ class RealQueue:
         """Log jobs a bulk cancel ended before they ran (it answers with their number only)."""
         self.events += [Cancelled(job_id) for job_id in job_ids]
 
+    def set_paused(self, name: str, paused: bool) -> bool:
+        """``pause(name)`` or ``resume(name)``, logged as it returns."""
+
+        async def step(queue: conveyor.Queue) -> bool:
+            changed = await (queue.pause(name) if paused else queue.resume(name))
+            self.events.append(Paused(name, paused))
+            return changed
+
+        return self.call(step)
+
     def requeue(self, job_id: int) -> bool:
         async def requeue(queue: conveyor.Queue) -> bool:
             requeued = await queue.requeue(job_id)
@@ -341,18 +369,31 @@ class RealQueue:
         return self.call(read)
 
     # --- handlers ----------------------------------------------------------------------------
-    def _registry(self) -> conveyor.Registry:
+    def _registry(self, limits: dict[str, HandlerLimits]) -> conveyor.Registry:
         registry = conveyor.Registry()
         for name in HANDLER_NAMES:
+            limit = limits.get(name, NO_LIMITS)
             registry.handler(
-                name, backoff=conveyor.Backoff(initial=1, multiplier=2, maximum=8, jitter=0)
+                name,
+                backoff=conveyor.Backoff(initial=1, multiplier=2, maximum=8, jitter=0),
+                concurrency=limit.concurrency,
+                key_concurrency=limit.key_concurrency,
+                rate_limit=limit.rate,
+                retry_priority_step=limit.retry_priority_step,
             )(self._handle)
         return registry
 
     async def _handle(self, payload: dict[str, int]) -> object:
         context = conveyor.current_job()
+        self.events.append(Start(self.generation, trio.current_time(), context.id, context.attempt))
+        try:
+            return await self._act(payload, context)
+        finally:
+            self.events.append(Ended(context.id, context.attempt))
+
+    async def _act(self, payload: dict[str, int], context: conveyor.JobContext) -> object:
+        """What the script says attempt ``context.attempt`` of the job does."""
         tag, attempt = payload["tag"], context.attempt
-        self.events.append(Start(self.generation, trio.current_time(), context.id, attempt))
         self.dependency_results[context.id, attempt] = context.dependency_results
         behaviour = self.scripts[tag][attempt - 1]
         if behaviour.progress is not None:

@@ -21,13 +21,14 @@ from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 import conveyor
-from harness import EPOCH, HANDLER_NAMES, Cancelled, RealQueue, Requeued
+from harness import EPOCH, HANDLER_NAMES, Cancelled, Ended, Paused, RealQueue, Requeued
 
 from model import (
     SCHEDULE_PRIORITY,
     ZONE_OFFSETS,
     Behaviour,
     Cadence,
+    HandlerLimits,
     Job,
     Model,
     Schedule,
@@ -41,6 +42,8 @@ KEYS: Final = ("k1", "k2", "k3")
 """A small pool, so that idempotency keys collide."""
 
 SCHEDULE_KEYS: Final = ("s1", "s2")
+
+CONCURRENCY_KEYS: Final = ("a1", "a2")
 
 MAX_DRAIN_STEPS: Final = 2000
 
@@ -96,7 +99,22 @@ def specs(
         timeout=draw(st.one_of(st.none(), st.integers(1, 5).map(float))),
         key=draw(st.one_of(st.none(), st.sampled_from(KEYS))) if keyed else None,
         script=tuple(draw(st.lists(scripts, min_size=4, max_size=4))),
+        concurrency_key=draw(st.sampled_from([None, *CONCURRENCY_KEYS, CONCURRENCY_KEYS[0]])),
     )
+
+
+handler_limits = st.one_of(
+    st.just(HandlerLimits()),
+    st.builds(
+        HandlerLimits,
+        concurrency=st.one_of(st.none(), st.integers(1, 2)),
+        key_concurrency=st.one_of(st.none(), st.just(1)),
+        # Windows that end on whole and half seconds, where attempts end too.
+        rate=st.one_of(st.none(), st.sampled_from([(1, 3.0), (2, 5.0), (3, 2.5)])),
+        retry_priority_step=st.sampled_from([0, 1, 4]),
+    ),
+)
+limits_by_handler = st.fixed_dictionaries(dict.fromkeys(HANDLER_NAMES, handler_limits))
 
 
 cadences = st.one_of(
@@ -134,6 +152,7 @@ def to_job_spec(spec: Spec) -> conveyor.JobSpec:
         timeout=spec.timeout,
         idempotency_key=spec.key,
         after=spec.after,
+        concurrency_key=spec.concurrency_key,
     )
 
 
@@ -152,6 +171,7 @@ def to_workflow(steps: list[Spec]) -> conveyor.Workflow:
                 max_attempts=spec.max_attempts,
                 timeout=spec.timeout,
                 idempotency_key=spec.key,
+                concurrency_key=spec.concurrency_key,
             )
         )
     return flow
@@ -235,6 +255,7 @@ def _observed(job: conveyor.Job, fragments: list[str]) -> dict[str, object]:
         "created_at": job.created_at - EPOCH,
         "after": tuple(sorted(job.after)),
         "schedule_key": job.schedule_key,
+        "concurrency_key": job.concurrency_key,
         "result": job.result,
         "error": error,
         "progress": job.progress,
@@ -251,6 +272,7 @@ def _expected(job: Job) -> dict[str, object]:
         "created_at": job.created_at,
         "after": tuple(sorted(job.after)),
         "schedule_key": job.schedule_key,
+        "concurrency_key": job.concurrency_key,
         "result": job.result,
         "error": job.error,
         "progress": job.progress,
@@ -272,15 +294,15 @@ def _by_instant(starts: Iterable[Start], model: Model) -> dict[tuple[int, float]
 
 
 class QueueMachine(RuleBasedStateMachine):
-    """Enqueues, workflows, schedules, cancels, requeues (one by one and in bulk), time passing,
-    crashes (with time passing while no process has the file open), and racing cancels, on the
-    real queue.
+    """Enqueues, workflows, schedules, cancels, requeues (one by one and in bulk), pauses and
+    resumes, time passing, crashes (with time passing while no process has the file open), and
+    racing cancels, on the real queue, its handlers drawn with or without limits.
 
     After every step the real jobs (status, attempts, run_at, created_at, result, error,
     progress, after, schedule_key), the stored schedules (next and last tick, last job) and the
     handler starts (at their exact virtual times; in exact order where one worker runs) must be
     what the model allows. At the end the schedules are removed, time runs until every job is
-    finished, and invariants 1-3, 6, 7, 9 and 10 of DESIGN §4 are checked on what the real
+    finished, and invariants 1-3, 6, 7, 9, 10 and 11 of DESIGN §4 are checked on what the real
     queue did (see the module docstring of ``test_state_machine``).
     """
 
@@ -296,10 +318,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.verified = False
 
     # --- steps -------------------------------------------------------------------------------
-    @initialize(workers=st.integers(1, 4))
-    def open_queue(self, workers: int) -> None:
-        self.model = Model(workers)
-        self.real.start(workers)
+    @initialize(workers=st.integers(1, 4), limits=limits_by_handler)
+    def open_queue(self, workers: int, limits: dict[str, HandlerLimits] | None = None) -> None:
+        self.model = Model(workers, limits)
+        self.real.start(workers, limits)
         self.check()
 
     @rule(spec=specs())
@@ -433,6 +455,16 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(key=st.sampled_from(SCHEDULE_KEYS))
     def unschedule(self, key: str) -> None:
         assert self.real.call(lambda queue: queue.unschedule(key)) is self.model.unschedule(key)
+        self.check()
+
+    @rule(name=st.sampled_from(HANDLER_NAMES))
+    def pause(self, name: str) -> None:
+        assert self.real.set_paused(name, True) is self.model.pause(name)
+        self.check()
+
+    @rule(name=st.sampled_from(HANDLER_NAMES))
+    def resume(self, name: str) -> None:
+        assert self.real.set_paused(name, False) is self.model.resume(name)
         self.check()
 
     @rule(seconds=st.integers(1, 24).map(lambda n: n / 2))
@@ -577,6 +609,8 @@ class QueueMachine(RuleBasedStateMachine):
             if self.verified and self.real.failure is None:
                 for key in list(self.model.schedules):
                     self.unschedule(key)
+                for name in sorted(self.model.paused):
+                    self.resume(name)
                 self._drain()
                 self._check_invariants()
         finally:
@@ -626,6 +660,7 @@ class QueueMachine(RuleBasedStateMachine):
             self._check_job_history(job_id, job)
         self._check_dependencies(jobs)
         self._check_ticks(jobs)
+        self._check_limits(jobs)
         after = [job for job in jobs.values() if job.after]
         if any(job.status is conveyor.JobStatus.COMPLETED for job in after):
             event("a job that ran after others completed")
@@ -671,6 +706,40 @@ class QueueMachine(RuleBasedStateMachine):
         assert not twice, f"ticks enqueued more than once: {twice}"
         expected = [(tick.key, round(EPOCH + tick.tick, 3)) for tick in self.model.ticks]
         assert sorted(ticks) == sorted(expected), (ticks, expected)
+
+    def _check_limits(self, jobs: dict[int, conveyor.Job]) -> None:
+        """Invariant 11 on the handlers' own log: never more of a handler's attempts running
+        at once than its concurrency allows, or of one key than its key concurrency allows;
+        never more starts in a window than its rate limit; no start of a paused handler's job
+        between the return of ``pause`` and that of ``resume``. (That a limited handler never
+        keeps another's ready job from a free slot is checked step by step against the model,
+        which starts the jobs past it.)"""
+        running: dict[int, conveyor.Job] = {}
+        paused: set[str] = set()
+        starts: dict[str, list[float]] = defaultdict(list)
+        for logged in self.real.events:
+            if isinstance(logged, Paused):
+                (paused.add if logged.paused else paused.discard)(logged.name)
+            elif isinstance(logged, Ended):
+                running.pop(logged.job_id, None)
+            elif isinstance(logged, Start):
+                job = jobs[logged.job_id]
+                limits = self.model.limits_of(job.name)
+                assert job.name not in paused, f"{logged} of {job.name!r} while it is paused"
+                running[job.id] = job
+                same = [other for other in running.values() if other.name == job.name]
+                if limits.concurrency is not None:
+                    assert len(same) <= limits.concurrency, (logged, same)
+                if limits.key_concurrency is not None and job.concurrency_key is not None:
+                    keyed = [o for o in same if o.concurrency_key == job.concurrency_key]
+                    assert len(keyed) <= limits.key_concurrency, (logged, keyed)
+                if limits.rate is not None:
+                    count, seconds = limits.rate
+                    starts[job.name].append(logged.time)
+                    window = [t for t in starts[job.name] if t > logged.time - seconds]
+                    assert len(window) <= count, (logged, window)
+        for hold in sorted(self.model.holds):
+            event(f"a ready job was held back by a {hold} while a slot was free")
 
     def _check_job_history(self, job_id: int, job: conveyor.Job) -> None:
         """Invariants 2, 3 and 6 over one job's starts, epoch by epoch (a requeue starts one)."""

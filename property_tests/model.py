@@ -13,6 +13,12 @@ cancels every ``waiting`` job below it, directly or through others, naming itsel
 and its ``requeue`` brings those back to ``waiting``. Schedules tick by the model's own arithmetic
 (``every`` seconds, or the minutes a cron minute field matches in a fixed-offset time zone), not
 by conveyor's ``_schedule`` module.
+
+Limits follow the issue that brought them, again without conveyor's code: a ready job whose
+handler is paused, or whose handler's ``concurrency``, ``key_concurrency`` (per concurrency key)
+or rate limit (starts in the last ``seconds``, a start at ``t`` counting until ``t + seconds``)
+has no room, is passed over, and the next ready job is considered; a retry runs at the last
+attempt's priority plus the handler's ``retry_priority_step``, at most 10.
 """
 
 from __future__ import annotations
@@ -116,7 +122,22 @@ class Spec:
     script: tuple[Behaviour, ...]
     after: tuple[int, ...] = ()
     after_steps: tuple[int, ...] = ()
+    concurrency_key: str | None = None
 
+
+@attrs.frozen
+class HandlerLimits:
+    """What a handler's registration limits: see the module docstring."""
+
+    concurrency: int | None = None
+    key_concurrency: int | None = None
+    rate: tuple[int, float] | None = None
+    retry_priority_step: int = 0
+
+
+NO_LIMITS: Final = HandlerLimits()
+
+LOWEST_PRIORITY: Final = 10
 
 MISSED_AFTER: Final = 60.0
 """A tick more than this many seconds late is *missed* (README): ``catch_up="none"`` skips it."""
@@ -237,6 +258,7 @@ class Job:
     the real error (:meth:`Model.resolve`)."""
     cancelled_at: float | None = None
     schedule_key: str | None = None
+    concurrency_key: str | None = None
 
     def move(self, event: Event) -> None:
         status = decide(self.status, event)
@@ -262,8 +284,12 @@ class Start:
 
 
 class Model:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, limits: dict[str, HandlerLimits] | None = None) -> None:
         self.workers = workers
+        self.limits = limits or {}
+        self.paused: set[str] = set()
+        self.holds: set[str] = set()
+        """What held back a ready job while a slot was free, at some point (for statistics)."""
         self.generation = 0
         self.open = True
         self.now = 0.0
@@ -304,7 +330,44 @@ class Model:
         ]
         if self.open:
             times += [schedule.next_run_at for schedule in self.schedules.values()]
+        times += [opens for opens in self._windows_opening() if opens > self.now]
         return min(times, default=None)
+
+    def _windows_opening(self) -> list[float]:
+        """When the starts that rate limits count now stop counting."""
+        ends = []
+        for start in self.starts:
+            rate = self.limits_of(self.jobs[start.job_id].name).rate
+            if rate is not None:
+                ends.append(start.time + rate[1])
+        return ends
+
+    def limits_of(self, name: str) -> HandlerLimits:
+        return self.limits.get(name, NO_LIMITS)
+
+    def held_by(self, job: Job) -> str | None:
+        """What keeps ``job`` (ready) from starting now, if anything: its handler's pause,
+        ``concurrency``, ``key_concurrency`` or ``rate`` limit."""
+        if job.name in self.paused:
+            return "pause"
+        limits = self.limits_of(job.name)
+        running = [other for other in self.running() if other.name == job.name]
+        if limits.concurrency is not None and len(running) >= limits.concurrency:
+            return "concurrency"
+        if limits.key_concurrency is not None and job.concurrency_key is not None:
+            same_key = [other for other in running if other.concurrency_key == job.concurrency_key]
+            if len(same_key) >= limits.key_concurrency:
+                return "key_concurrency"
+        if limits.rate is not None:
+            count, seconds = limits.rate
+            recent = [
+                start
+                for start in self.starts
+                if start.time > self.now - seconds and self.jobs[start.job_id].name == job.name
+            ]
+            if len(recent) >= count:
+                return "rate"
+        return None
 
     def upstream(self, job_id: int) -> set[int]:
         """Every job that ``job_id`` runs after, directly or through others."""
@@ -370,6 +433,7 @@ class Model:
                 created_at=self.now,
                 after=after,
                 delay=spec.delay,
+                concurrency_key=spec.concurrency_key,
             )
             self.jobs[job_id] = job
             for dep in after:
@@ -475,6 +539,20 @@ class Model:
     def unschedule(self, key: str) -> bool:
         return self.schedules.pop(key, None) is not None
 
+    def pause(self, name: str) -> bool:
+        """``pause(name)``: no job of ``name`` starts until it is resumed; whether it changed."""
+        if name in self.paused:
+            return False
+        self.paused.add(name)
+        return True
+
+    def resume(self, name: str) -> bool:
+        if name not in self.paused:
+            return False
+        self.paused.remove(name)
+        self.fill_slots()
+        return True
+
     def advance_to(self, time: float) -> None:
         """Let time pass until ``time``: attempts end, scheduled jobs come due, schedules tick,
         slots refill."""
@@ -534,10 +612,15 @@ class Model:
         """
         claimed = False
         while self.open and len(self.running()) < self.workers:
-            ready = self.ready()
-            if not ready:
+            job = None
+            for candidate in self.ready():
+                hold = self.held_by(candidate)
+                if hold is None:
+                    job = candidate
+                    break
+                self.holds.add(hold)
+            if job is None:
                 break
-            job = ready[0]
             if job.id == cancel_on_claim:
                 claimed = True
                 self._start(job, outcome=False)
@@ -681,6 +764,8 @@ class Model:
     def _failed(self, job: Job, retry_delay: float | None) -> None:
         if retry_delay is not None and job.attempts < job.max_attempts:
             job.run_at = self.now + retry_delay
+            step = self.limits_of(job.name).retry_priority_step
+            job.priority = min(job.priority + step, LOWEST_PRIORITY)
             job.move(Event.RETRIED)
         else:
             job.move(Event.FAILED)

@@ -21,6 +21,8 @@ import attrs
 
 from conveyor import JobStatus
 from conveyor._events import Change
+from conveyor._job import MAX_PRIORITY
+from conveyor._limits import Limits
 from conveyor._schedule import Cadence, CatchUp, Schedule, due_ticks
 from conveyor._storage import sqlite
 from conveyor._storage.sqlite import NewJob, Writer
@@ -91,11 +93,71 @@ def tick_early() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def concurrency_ignores_running() -> Iterator[None]:
+    """Invariant 11: a handler's concurrency counts only the jobs of the claim at hand, not
+    those already running."""
+    statement = sqlite.Q_RUNNING_BY_NAME
+    assert "GROUP BY name" in statement
+    with _patched(sqlite, "Q_RUNNING_BY_NAME", statement.replace("GROUP BY", "AND 0 GROUP BY")):
+        yield
+
+
+@contextlib.contextmanager
+def key_concurrency_ignores_running() -> Iterator[None]:
+    """Invariant 11: a key's concurrency counts only the jobs of the claim at hand."""
+    with _patched(sqlite, "Q_RUNNING_BY_KEY", sqlite.Q_RUNNING_BY_KEY + " AND 0"):
+        yield
+
+
+@contextlib.contextmanager
+def rate_window_forgets_early() -> Iterator[None]:
+    """Invariant 11: a rate limit stops counting a start one second before its window ends."""
+    statement = sqlite.Q_FORGET_STARTS
+    assert statement.endswith("at <= ?")
+    with _patched(sqlite, "Q_FORGET_STARTS", statement + " + 1"):
+        yield
+
+
+@contextlib.contextmanager
+def pause_not_stored() -> Iterator[None]:
+    """Invariant 11: a pause holds in the process that made it, but is not written: after a
+    restart, the handler's jobs start again."""
+    with _patched(sqlite, "Q_SET_PAUSED", "SELECT ?, ?"):
+        yield
+
+
+@contextlib.contextmanager
+def held_job_blocks_the_line() -> Iterator[None]:
+    """Invariant 11: a claim with limits looks no further than the first ready job, so one
+    held back by its handler's limit keeps every job after it waiting."""
+    with _patched(sqlite, "CLAIM_SCAN_LIMIT", 1):
+        yield
+
+
+@contextlib.contextmanager
+def retry_priority_capped_at_nine() -> Iterator[None]:
+    """Invariant 11's retry rule: a retry's lowered priority is capped one short of the
+    lowest priority."""
+
+    def mutant(self: Limits, priority: int) -> int:
+        return min(priority + self.retry_priority_step, MAX_PRIORITY - 1)
+
+    with _patched(Limits, "retry_priority", mutant):
+        yield
+
+
 MUTANTS: Final[dict[str, Callable[[], contextlib.AbstractContextManager[None]]]] = {
     "released_on_failure": released_on_failure,
     "released_early": released_early,
     "tick_twice_after_crash": tick_twice_after_crash,
     "tick_early": tick_early,
+    "concurrency_ignores_running": concurrency_ignores_running,
+    "key_concurrency_ignores_running": key_concurrency_ignores_running,
+    "rate_window_forgets_early": rate_window_forgets_early,
+    "pause_not_stored": pause_not_stored,
+    "held_job_blocks_the_line": held_job_blocks_the_line,
+    "retry_priority_capped_at_nine": retry_priority_capped_at_nine,
 }
 
 

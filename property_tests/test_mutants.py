@@ -1,4 +1,5 @@
-"""The suite catches the bugs of ``mutants.py``: one against each part of invariants 9 and 10.
+"""The suite catches the bugs of ``mutants.py``: one against each part of invariants 9, 10
+and 11.
 
 Each case is the short sequence of machine steps that the state machine shrank to when it found
 the mutant (planted with ``CONVEYOR_MUTANT``), written the way Hypothesis prints it. It passes on
@@ -15,14 +16,33 @@ import pytest
 from machine import QueueMachine
 from mutants import MUTANTS
 
-from model import Behaviour, Cadence, ScheduleSpec, Spec
+from model import Behaviour, Cadence, HandlerLimits, ScheduleSpec, Spec
 
 RETURN = Behaviour("return")
+LONG = Behaviour("sleep", duration=100.5)
 
 
-def job(*script: Behaviour, after_steps: tuple[int, ...] = (), delay: float = 0.0) -> Spec:
+def job(
+    *script: Behaviour,
+    name: str = "alpha",
+    priority: int = 5,
+    after_steps: tuple[int, ...] = (),
+    delay: float = 0.0,
+    concurrency_key: str | None = None,
+) -> Spec:
     steps = (*script, *[RETURN] * (4 - len(script)))
-    return Spec("alpha", 0, 5, delay, None, None, None, steps, after_steps=after_steps)
+    return Spec(
+        name,
+        0,
+        priority,
+        delay,
+        None,
+        None,
+        None,
+        steps,
+        after_steps=after_steps,
+        concurrency_key=concurrency_key,
+    )
 
 
 def every(seconds: float) -> ScheduleSpec:
@@ -53,6 +73,46 @@ def a_tick_is_enqueued_at_its_time(state: QueueMachine) -> None:
     state.advance_time(3.0)
 
 
+def alpha_limited(**limits: object) -> dict[str, HandlerLimits]:
+    return {"alpha": HandlerLimits(**limits)}  # type: ignore[arg-type]
+
+
+def a_second_job_waits_for_the_concurrency_slot(state: QueueMachine) -> None:
+    state.open_queue(workers=2, limits=alpha_limited(concurrency=1))
+    state.enqueue(job(LONG))
+    state.enqueue(job(LONG))
+
+
+def a_second_job_of_a_key_waits_for_the_key(state: QueueMachine) -> None:
+    state.open_queue(workers=2, limits=alpha_limited(key_concurrency=1))
+    state.enqueue(job(LONG, concurrency_key="a1"))
+    state.enqueue(job(LONG, concurrency_key="a1"))
+
+
+def a_rate_limited_job_waits_for_the_whole_window(state: QueueMachine) -> None:
+    state.open_queue(workers=2, limits=alpha_limited(rate=(1, 3.0)))
+    state.enqueue_many([job(), job()])
+    state.advance_time(2.0)
+    state.enqueue(job(name="beta"))  # a claim before the window ends
+
+
+def a_pause_holds_across_a_restart(state: QueueMachine) -> None:
+    state.open_queue(workers=1)
+    state.pause("alpha")
+    state.enqueue(job())
+    state.crash_and_reopen(workers=1)
+
+
+def another_handler_starts_past_a_held_job(state: QueueMachine) -> None:
+    state.open_queue(workers=2, limits=alpha_limited(concurrency=1))
+    state.enqueue_many([job(LONG), job(), job(name="beta")])
+
+
+def a_retry_goes_down_to_the_lowest_priority(state: QueueMachine) -> None:
+    state.open_queue(workers=1, limits=alpha_limited(retry_priority_step=4))
+    state.enqueue(job(Behaviour("raise"), priority=8))
+
+
 CASES: list[tuple[str, Callable[[QueueMachine], None], str]] = [
     # (the mutant, the steps that catch it, what the machine reports under it)
     (
@@ -71,6 +131,36 @@ CASES: list[tuple[str, Callable[[QueueMachine], None], str]] = [
         r"job ids: real \[1, 2\] != model \[1\]",
     ),
     ("tick_early", a_tick_is_enqueued_at_its_time, r"job ids: real \[1, 2\] != model \[1\]"),
+    (
+        "concurrency_ignores_running",
+        a_second_job_waits_for_the_concurrency_slot,
+        r"job 2: real \{'status': 'running'.* != model \{'status': 'pending'",
+    ),
+    (
+        "key_concurrency_ignores_running",
+        a_second_job_of_a_key_waits_for_the_key,
+        r"job 2: real \{'status': 'running'.* != model \{'status': 'pending'",
+    ),
+    (
+        "rate_window_forgets_early",
+        a_rate_limited_job_waits_for_the_whole_window,
+        r"job 2: real \{'status': 'completed'.* != model \{'status': 'pending'",
+    ),
+    (
+        "pause_not_stored",
+        a_pause_holds_across_a_restart,
+        r"job 1: real \{'status': 'completed'.* != model \{'status': 'pending'",
+    ),
+    (
+        "held_job_blocks_the_line",
+        another_handler_starts_past_a_held_job,
+        r"job 3: real \{'status': 'pending'.* != model \{'status': 'completed'",
+    ),
+    (
+        "retry_priority_capped_at_nine",
+        a_retry_goes_down_to_the_lowest_priority,
+        r"job 1: real \{[^}]*'priority': 9.* != model \{[^}]*'priority': 10",
+    ),
 ]
 
 

@@ -5,8 +5,10 @@ one by one and in batches, workflows (random DAGs of up to six steps that run af
 steps and after stored jobs, now and then one that does not exist), schedules (``every`` and
 ``cron`` in two time zones, each catch-up), cancels and requeues (one by one, of the job whose
 failure cancelled others, and in bulk), time passing, crashes (with or without time passing
-before the file is opened again), cancels racing a claim or a crash, and stale outcomes. The
-model (``model.py``) says what each step must do. What is checked, by invariant of DESIGN §4:
+before the file is opened again), cancels racing a claim or a crash, stale outcomes, and pauses
+and resumes; each handler is drawn with or without limits (``concurrency``, ``key_concurrency``
+over the jobs' concurrency keys, a rate limit, a ``retry_priority_step``). The model
+(``model.py``) says what each step must do. What is checked, by invariant of DESIGN §4:
 
 After every step, the real jobs (status, attempts, run_at, created_at, result, error, progress,
 the jobs they run after, their schedule), the stored schedules (next tick, last tick, last job)
@@ -19,7 +21,11 @@ and the handler starts are what the model allows:
   (and no other), with an error naming it; its requeue brings them back to waiting; the requeue
   of a job whose dependency failed is refused;
 - 10, schedules: each tick enqueues its job at its time, as many as the catch-up says for ticks
-  that fell while no process had the file open.
+  that fell while no process had the file open;
+- 11, limits: a ready job whose handler is paused or has no room under its limits stays
+  ``pending`` in its place while the jobs after it (of the other handler, or of another key)
+  start in free slots; it starts the moment the room opens (a rate window's end wakes the
+  queue); a retry runs at its lowered priority.
 
 At the end the schedules are removed, time runs until every job is finished, and these are
 checked on what the real queue did:
@@ -36,9 +42,13 @@ checked on what the real queue did:
    cancels every transitive dependent and nothing else.
 10. Each schedule tick yields exactly one job across crashes and reopens, and none is enqueued
     before its time (its job was created at or after the tick).
+11. From the handlers' own log of starts and ends: never more attempts of a handler running at
+    once than its concurrency, or of one key than its key concurrency; never more starts in a
+    window than its rate limit; no start of a paused handler's job between the return of
+    ``pause`` and that of ``resume``, across crashes.
 
-``mutants.py`` plants a bug against invariants 9 and 10 each (``test_mutants.py`` shows each one
-caught).
+``mutants.py`` plants bugs against invariants 9, 10 and each part of 11 (``test_mutants.py``
+shows each one caught).
 """
 
 from __future__ import annotations

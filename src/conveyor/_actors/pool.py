@@ -350,7 +350,9 @@ class Pool:
             outcome = Outcome(job, Event.CANCELLED, duration=self._now() - attempt.started)
         elif attempt.reason is None and (cancelled or late):
             duration = self._now() - attempt.started
-            error = _timed_out(job, None if finished is None else finished.duration)
+            error = _timed_out(
+                job, None if finished is None else finished.duration, self._in_process(job)
+            )
             outcome = _failure(job, error, self._backoff_of(job), duration)
         elif finished is not None:
             outcome = finished
@@ -367,6 +369,9 @@ class Pool:
         self._outcomes.append(outcome)
         self._ask_flush()
         return cancelled
+
+    def _in_process(self, job: Job) -> bool:
+        return job.name in self._registry and self._registry[job.name].process
 
     def _backoff_of(self, job: Job) -> Backoff:
         return self._registry[job.name].backoff if job.name in self._registry else Backoff()
@@ -659,9 +664,12 @@ def _failure(job: Job, error: str, backoff: Backoff, duration: float) -> Outcome
     return Outcome(job, Event.RETRIED, error=error, retry_delay=delay, duration=duration)
 
 
-def _timed_out(job: Job, ran_for: float | None) -> str:
+def _timed_out(job: Job, ran_for: float | None, in_process: bool) -> str:
     """The error of an attempt that ran past its timeout; ``ran_for``: how long its handler
-    ran, if it ended by itself (a sync handler, or an async one that blocked the loop)."""
+    ran, if it ended by itself (a sync handler, or an async one that blocked the loop);
+    ``in_process``: whether it ran in a worker process (which the timeout killed)."""
+    if ran_for is None and in_process:
+        return f"timed out after {job.timeout:g} s (its worker process was killed)"
     if ran_for is None:
         return f"timed out after {job.timeout:g} s (attempt cancelled)"
     return f"timed out after {job.timeout:g} s (the handler ran for {ran_for:.3g} s)"
