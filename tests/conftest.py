@@ -70,7 +70,7 @@ def open_test_queue(
     """``open_test_queue(registry, **options)``: ``open_queue`` on this test's file and clock."""
 
     def opener(
-        registry: conveyor.Registry, **options: Any
+        registry: conveyor.Registry | None, **options: Any
     ) -> AbstractAsyncContextManager[conveyor.Queue]:
         options.setdefault("clock", wall_clock)
         options.setdefault("sql_thread", anyio_backend_name != "trio")

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.anyio
     ("options", "message"),
     [
         ({"handlers": {}}, "handlers must be a conveyor.Registry"),
-        ({"workers": 0}, "workers must be an int >= 1"),
+        ({"workers": -1}, "workers must be an int >= 0"),
         ({"shutdown_grace": -1}, "shutdown_grace must be >= 0"),
         ({"max_pending": 0}, "max_pending must be an int >= 1"),
         ({"synchronous": "off"}, "synchronous must be 'normal' or 'full'"),

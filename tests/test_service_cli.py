@@ -163,14 +163,6 @@ def test_serve_refuses_a_public_address_without_a_token(db_path: Path) -> None:
 
 
 @slow
-def test_a_second_server_on_one_file_is_refused(db_path: Path) -> None:
-    with running_server(db_path):
-        result = conveyor("serve", "--db", str(db_path), "--handlers", "service_handlers:registry")
-        assert result.returncode == 1
-        assert "already open for writing" in " ".join(result.stderr.split())
-
-
-@slow
 def test_inspect_reads_the_file_while_a_server_runs(db_path: Path) -> None:
     with running_server(db_path) as server:
         httpx.post(f"{server.url}/jobs", json={"name": "fail_once"})

@@ -22,6 +22,9 @@ NOW = 1_800_000_000.0
 @pytest.fixture
 def writer(tmp_path: Path) -> Iterator[Writer]:
     writer = Writer(str(tmp_path / "jobs.db"))
+    writer.begin()
+    writer.register(NOW, {"noop": (3, None)})
+    writer.commit()
     yield writer
     writer.close()
 

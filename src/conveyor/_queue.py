@@ -204,6 +204,7 @@ class Queue:
     async def _enqueue(
         self, specs: Sequence[JobSpec], steps: Sequence[tuple[int, ...]] = ()
     ) -> list[Job]:
+        await self._runtime.learn_handlers({spec.name for spec in specs})
         now = self._runtime.clock()
         jobs = [
             self._new_job(spec, now, steps[index] if steps else ())
@@ -214,7 +215,7 @@ class Queue:
         return await reply.get()
 
     def _new_job(self, spec: JobSpec, now: float, after_steps: tuple[int, ...] = ()) -> NewJob:
-        handler = self._runtime.registry[spec.name]
+        max_attempts, timeout = self._runtime.defaults(spec.name)
         payload_json = encode_json(spec.payload, f"the payload of a {spec.name!r} job")
         if spec.delay is not None:
             run_at = now + spec.delay
@@ -228,8 +229,8 @@ class Queue:
             # The caller's own value: decoding the text just encoded would only copy it.
             payload=spec.payload,
             priority=spec.priority,
-            max_attempts=spec.max_attempts or handler.max_attempts,
-            timeout=spec.timeout if spec.timeout is not None else handler.timeout,
+            max_attempts=spec.max_attempts or max_attempts,
+            timeout=spec.timeout if spec.timeout is not None else timeout,
             run_at=run_at,
             idempotency_key=spec.idempotency_key,
             after=spec.after,
@@ -342,6 +343,7 @@ class Queue:
         # The job's own checks: handler, payload, priority, attempts, timeout.
         spec = JobSpec(name, payload, priority=priority, max_attempts=max_attempts, timeout=timeout)
         check_max_attempts(max_attempts)
+        await self._runtime.learn_handlers([name])
         job = self._new_job(spec, self._runtime.clock())
         schedule = Schedule(
             key=key,
@@ -516,8 +518,12 @@ class Queue:
             if mine:
                 send.send_nowait(mine)
 
-        # Subscribed before the read, so that no change after it is missed.
+        # Subscribed before the read, so that no change after it is missed (nor one another
+        # process makes).
         self.subscribe(note)
+        following = self._runtime.following
+        following.followers.append(note)
+        following.follow(wanted)
         self._runtime.closers.add(send.close)
         try:
             statuses = await self._read(lambda conn: storage.statuses_of(conn, ids))
@@ -540,6 +546,8 @@ class Queue:
                 yield BatchProgress.of(statuses.values())
         finally:
             self.unsubscribe(note)
+            following.followers.remove(note)
+            following.unfollow(wanted)
             self._runtime.closers.discard(send.close)
             send.close()
             receive.close()

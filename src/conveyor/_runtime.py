@@ -8,25 +8,37 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._actors.messages import Close, InterruptAll, NextDue, PoolMessage, Reply, Stop, StoreCommand
+from ._actors.messages import (
+    Close,
+    Heartbeat,
+    InterruptAll,
+    Look,
+    NextDue,
+    PoolMessage,
+    Reply,
+    Stop,
+    StoreCommand,
+)
 from ._actors.pool import Pool
 from ._actors.store import Listener, Store
 from ._actors.timer import Timer
-from ._errors import DatabaseError, InvalidArgument, QueueClosed
+from ._doorbell import CANCEL, CHANGED, READY, Doorbell
+from ._errors import DatabaseError, InvalidArgument, QueueClosed, UnknownHandler
 from ._events import Change
-from ._job import check_seconds
+from ._job import Event, JobStatus, check_seconds
 from ._memory import MemoryGuard, check_high_water, memory_in_use
 from ._queue import Queue
-from ._registry import Registry
+from ._registry import DEFAULT_MAX_ATTEMPTS, Registry
 from ._sqlthread import SqlThread
 from ._storage import sqlite as storage
-from ._storage.sqlite import Synchronous, Writer
+from ._storage.sqlite import HandlerDefaults, Synchronous, Writer
 
 T = TypeVar("T")
 
@@ -66,6 +78,67 @@ class Waiters:
             for wake in wakes:
                 wake(None)
 
+    def ids(self) -> set[int]:
+        return set(self._waiting)
+
+
+_EVENT_OF: Final = {
+    JobStatus.WAITING: Event.BLOCKED,
+    JobStatus.PENDING: Event.ENQUEUED,
+    JobStatus.RUNNING: Event.STARTED,
+    JobStatus.COMPLETED: Event.COMPLETED,
+    JobStatus.FAILED: Event.FAILED,
+    JobStatus.CANCELLED: Event.CANCELLED,
+}
+"""The event a change seen from another process is told as: only its status is known."""
+
+
+class Following:
+    """The jobs that callers of this process follow (waits, and ``progress``), and what
+    other processes did to them.
+
+    This process's own commits reach followers as they happen. When another process rings
+    that jobs changed, :meth:`look` reads the followed jobs' statuses and tells followers of
+    each one that differs from the last told, as a :class:`Change` that carries only the
+    status (a wait then reads the job).
+    """
+
+    def __init__(self, waiters: Waiters) -> None:
+        self.followers: list[Listener] = [waiters.on_changes]
+        self._waiters = waiters
+        self._counts: Counter[int] = Counter()
+        self._told: dict[int, JobStatus] = {}
+
+    def follow(self, job_ids: Iterable[int]) -> None:
+        self._counts.update(job_ids)
+
+    def unfollow(self, job_ids: Iterable[int]) -> None:
+        self._counts.subtract(job_ids)
+        for job_id in [job_id for job_id, count in self._counts.items() if count <= 0]:
+            del self._counts[job_id]
+
+    def on_changes(self, changes: Sequence[Change]) -> None:
+        """Note the statuses this process's own commits told."""
+        for change in changes:
+            self._told[change.job_id] = change.status
+
+    def followed(self) -> list[int]:
+        return sorted(self._waiters.ids() | set(self._counts))
+
+    def tell(self, statuses: dict[int, JobStatus]) -> None:
+        """Tell followers of the jobs of ``statuses`` whose status differs from the last
+        told."""
+        changes = [
+            Change(_EVENT_OF[status], job_id, "", status)
+            for job_id, status in statuses.items()
+            if self._told.get(job_id) is not status
+        ]
+        self._told = {job_id: self._told[job_id] for job_id in statuses if job_id in self._told}
+        self._told.update(statuses)
+        if changes:
+            for follower in list(self.followers):
+                follower(changes)
+
 
 class Readers:
     """The read connection, used by one dedicated read thread (or inline, in tests); WAL gives
@@ -104,11 +177,15 @@ class Runtime:
         clock: Callable[[], float],
         commands: MemoryObjectSendStream[StoreCommand],
         readers: Readers,
+        known_handlers: Iterable[str] = (),
     ) -> None:
         self.registry = registry
         self.clock = clock
         self.waiters = Waiters()
-        self.listeners: list[Listener] = [self.waiters.on_changes]
+        self.following = Following(self.waiters)
+        self.listeners: list[Listener] = [self.waiters.on_changes, self.following.on_changes]
+        self._known = frozenset(known_handlers)
+        self._declared: dict[str, HandlerDefaults] = {}
         self.memory = MemoryGuard(None)
         """Whether memory is short, as the worker pool last read it."""
         self.closers: set[Callable[[], object]] = set()
@@ -130,6 +207,43 @@ class Runtime:
         if self.closing:
             raise QueueClosed("the queue is closing or closed")
         return await self._readers.run(read)
+
+    async def learn_handlers(self, names: Iterable[str]) -> None:
+        """Make sure each of ``names`` is a handler this queue knows (its own, one that a
+        process declared in the file, or one of ``known_handlers``): the file's declarations
+        are read again when one is not known yet. :class:`UnknownHandler` naming the known
+        ones otherwise."""
+        unknown = {name for name in names if not self._knows(name)}
+        if not unknown:
+            return
+        self._declared = await self.read(storage.declared_handlers)
+        unknown = {name for name in unknown if not self._knows(name)}
+        if unknown:
+            known = ", ".join(sorted({*self.registry, *self._declared, *self._known})) or "none"
+            raise UnknownHandler(
+                f"no handler named {min(unknown)!r} is registered (registered: {known}; "
+                "besides this queue's own, those that worker processes declared in the file "
+                "and its known_handlers count)"
+            )
+
+    def _knows(self, name: str) -> bool:
+        return name in self.registry or name in self._declared or name in self._known
+
+    def defaults(self, name: str) -> HandlerDefaults:
+        """The ``(max_attempts, timeout)`` a job of handler ``name`` gets when its enqueue
+        does not say: its handler's here, else as a worker process declared them, else the
+        library's. :class:`UnknownHandler` if the name is not known (see
+        :meth:`learn_handlers`)."""
+        if name in self.registry or not self._knows(name):
+            handler = self.registry[name]
+            return handler.max_attempts, handler.timeout
+        return self._declared.get(name, (DEFAULT_MAX_ATTEMPTS, None))
+
+    async def look_at_followed(self) -> None:
+        """Another process changed jobs: tell followers of those they follow."""
+        ids = self.following.followed()
+        if ids and not self.closing:
+            self.following.tell(await self._readers.run(lambda c: storage.statuses_of(c, ids)))
 
     async def shutdown(
         self, pool: MemoryObjectSendStream[PoolMessage], store: Store, grace: float
@@ -189,6 +303,44 @@ async def _until_idle_or_stuck(idle: anyio.Event, store: Store) -> None:
             return
 
 
+async def _beat(runtime: Runtime, heartbeat: float) -> None:
+    """Have the store renew the lease every ``heartbeat`` seconds, until the queue closes."""
+    while True:
+        await anyio.sleep(heartbeat)
+        try:
+            await runtime.send(Heartbeat())
+        except QueueClosed:
+            return
+
+
+async def _answer_rings(runtime: Runtime, doorbell: Doorbell) -> None:
+    """Act on what other processes ring: claim or cancel through the store, and tell
+    followers of changed jobs. Rings that arrive meanwhile are merged into one answer."""
+    rung: set[str] = set()
+    arrived = anyio.Event()
+
+    def on_ring(kinds: set[str]) -> None:
+        nonlocal arrived
+        rung.update(kinds)
+        arrived.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(doorbell.listen, on_ring)
+        while True:
+            await arrived.wait()
+            arrived = anyio.Event()
+            kinds = set(rung)
+            rung.clear()
+            try:
+                if READY in kinds or CANCEL in kinds:
+                    await runtime.send(Look(READY in kinds, CANCEL in kinds))
+                if CHANGED in kinds:
+                    await runtime.look_at_followed()
+            except QueueClosed:
+                tg.cancel_scope.cancel()
+                return
+
+
 async def _run_inline(function: Callable[[], T]) -> T:
     return function()
 
@@ -207,11 +359,13 @@ def _check_open_arguments(
     max_pending: object,
     synchronous: object,
     clock: object,
+    heartbeat: object,
 ) -> None:
-    if not isinstance(handlers, Registry):
-        raise InvalidArgument(f"handlers must be a conveyor.Registry, not {handlers!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidArgument(f"workers must be an int >= 1, not {workers!r}")
+    if handlers is not None and not isinstance(handlers, Registry):
+        raise InvalidArgument(f"handlers must be a conveyor.Registry or None, not {handlers!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InvalidArgument(f"workers must be an int >= 0, not {workers!r}")
+    check_seconds("heartbeat", heartbeat, positive=True)  # type: ignore[arg-type]
     check_seconds("shutdown_grace", shutdown_grace)  # type: ignore[arg-type]
     if max_pending is not None and (
         isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1
@@ -229,8 +383,10 @@ def _check_open_arguments(
 async def open_queue(
     path: str | os.PathLike[str] = "conveyor.db",
     *,
-    handlers: Registry,
+    handlers: Registry | None = None,
     workers: int = 4,
+    known_handlers: Iterable[str] = (),
+    heartbeat: float = 2.0,
     clock: Callable[[], float] | None = None,
     shutdown_grace: float = 10.0,
     max_pending: int | None = None,
@@ -246,7 +402,17 @@ async def open_queue(
     ``memory_reader`` returns the fraction in use (default: psutil's reading).
 
     ``handlers`` is the :class:`Registry` of the jobs this process runs; ``workers`` is how
-    many jobs run at once. ``clock`` returns wall-clock seconds (default :func:`time.time`);
+    many jobs run at once. Without handlers (or with ``workers=0``) the queue is a
+    *producer*: it enqueues, cancels, requeues, reads and waits, and runs nothing; it checks
+    handler names against those that worker processes declared in the file, and
+    ``known_handlers``.
+
+    Any number of processes may open one file; each with handlers claims only the jobs of
+    its own handlers. Each registers as an *owner* and renews its lease every ``heartbeat``
+    seconds: the running jobs of a process that died (found at once by the lock it held) or
+    stopped renewing for two heartbeats are taken over by another process and return to
+    ``pending`` (the attempt counts); an outcome from an owner whose jobs were taken over is
+    refused. ``clock`` returns wall-clock seconds (default :func:`time.time`);
     tests pass one driven by a mock clock. ``max_pending`` bounds pending jobs
     (:class:`QueueFull` beyond it). ``synchronous`` is SQLite's durability level: ``"normal"``
     (default) loses nothing committed when the process crashes, but a power loss or OS crash
@@ -265,7 +431,12 @@ async def open_queue(
     Raises :class:`DatabaseInUse` if another queue holds the file, :class:`SchemaTooNew` or
     :class:`DatabaseError` if the file cannot be used.
     """
-    _check_open_arguments(handlers, workers, shutdown_grace, max_pending, synchronous, clock)
+    _check_open_arguments(
+        handlers, workers, shutdown_grace, max_pending, synchronous, clock, heartbeat
+    )
+    known = _known_handlers(known_handlers)
+    registry = handlers if handlers is not None else Registry()
+    runs = registry if workers > 0 else Registry()
     memory = MemoryGuard(check_high_water(memory_high_water), memory_reader or memory_in_use)
     wall_clock = clock or time.time
     path = os.fspath(path)
@@ -287,10 +458,17 @@ async def open_queue(
             stack.push_async_callback(_shielded, run_sql, writer.close)
         readers = Readers(path, in_thread=sql_thread)
         stack.callback(readers.close)
-        await run_sql(lambda: _recover(writer, wall_clock()))
+        doorbell = Doorbell()
+        stack.callback(doorbell.close)
+        lease = 2 * heartbeat
+        owned = {name: (runs[name].max_attempts, runs[name].timeout) for name in runs}
+        await run_sql(lambda: _register(writer, owned, doorbell, wall_clock(), lease))
         async with _running_actors(
             writer,
-            handlers,
+            registry,
+            known_handlers=known,
+            doorbell=doorbell,
+            heartbeat=heartbeat,
             workers=workers,
             clock=wall_clock,
             max_pending=max_pending,
@@ -303,11 +481,29 @@ async def open_queue(
             yield queue
 
 
-def _recover(writer: Writer, now: float) -> None:
+def _known_handlers(names: object) -> frozenset[str]:
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise InvalidArgument(f"known_handlers must be handler names, not {names!r}")
+    known = frozenset(names)
+    for name in known:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"known_handlers must hold handler names, not {name!r}")
+    return known
+
+
+def _register(
+    writer: Writer,
+    handlers: dict[str, HandlerDefaults],
+    doorbell: Doorbell,
+    now: float,
+    lease: float,
+) -> None:
+    """Register this process as an owner, and take over the jobs of owners that are gone."""
     try:
         writer.begin()
         try:
-            writer.recover_running(now)
+            writer.register(now, handlers, doorbell.name)
+            writer.recover_running(now, lease)
             writer.commit()
         except BaseException:
             writer.rollback()
@@ -322,6 +518,9 @@ async def _running_actors(
     writer: Writer,
     registry: Registry,
     *,
+    known_handlers: frozenset[str],
+    doorbell: Doorbell,
+    heartbeat: float,
     workers: int,
     clock: Callable[[], float],
     max_pending: int | None,
@@ -337,7 +536,13 @@ async def _running_actors(
     store_tx, store_rx = anyio.create_memory_object_stream[StoreCommand](COMMAND_BUFFER)
     pool_tx, pool_rx = anyio.create_memory_object_stream[PoolMessage](math.inf)
     timer_tx, timer_rx = anyio.create_memory_object_stream[NextDue](math.inf)
-    runtime = Runtime(registry=registry, clock=clock, commands=store_tx, readers=readers)
+    runtime = Runtime(
+        registry=registry,
+        clock=clock,
+        commands=store_tx,
+        readers=readers,
+        known_handlers=known_handlers,
+    )
     runtime.memory = memory
     store = Store(
         writer,
@@ -350,6 +555,8 @@ async def _running_actors(
         max_pending=max_pending,
         inline_small=inline_small,
         limits=registry.limits(),
+        doorbell=doorbell,
+        lease=2 * heartbeat,
     )
     pool = Pool(
         registry=registry,
@@ -367,6 +574,8 @@ async def _running_actors(
                 tg.start_soon(store.run)
                 tg.start_soon(pool.run)
                 tg.start_soon(Timer(clock=clock, inbox=timer_rx, store=store_tx.clone()).run)
+                tg.start_soon(_beat, runtime, heartbeat)
+                tg.start_soon(_answer_rings, runtime, doorbell)
                 try:
                     yield queue
                 except anyio.get_cancelled_exc_class():

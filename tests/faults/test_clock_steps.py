@@ -98,11 +98,12 @@ async def test_a_step_back_keeps_a_job_from_starting_before_the_clock_reaches_it
 
 
 @pytest.mark.trio_only
-async def test_an_idle_queue_sets_no_deadline(open_test_queue: QueueOpener) -> None:
-    """Nothing scheduled, nothing running: no task wakes by itself (no polling)."""
-    async with open_test_queue(conveyor.Registry()):
+async def test_an_idle_queue_wakes_only_for_its_heartbeat(open_test_queue: QueueOpener) -> None:
+    """Nothing scheduled, nothing running: no task wakes by itself but to renew the lease
+    (no polling)."""
+    async with open_test_queue(conveyor.Registry(), heartbeat=30.0):
         await trio.testing.wait_all_tasks_blocked()
-        assert trio.lowlevel.current_statistics().seconds_to_next_deadline == float("inf")
+        assert trio.lowlevel.current_statistics().seconds_to_next_deadline == 30.0
 
 
 @pytest.mark.trio_only

@@ -88,6 +88,21 @@ class Tick:
 
 
 @attrs.frozen
+class Heartbeat:
+    """From the heartbeat task: renew this process's lease, and take over the running jobs
+    of owners that are gone."""
+
+
+@attrs.frozen
+class Look:
+    """Another process rang: it may have made jobs ready (``ready``), or asked to cancel
+    jobs this process runs (``cancels``)."""
+
+    ready: bool
+    cancels: bool
+
+
+@attrs.frozen
 class Cancel:
     job_id: int
     reply: Reply[bool]
@@ -163,6 +178,8 @@ StoreCommand = (
     Enqueue
     | Report
     | Tick
+    | Heartbeat
+    | Look
     | Cancel
     | Requeue
     | RequeueFailed
@@ -194,6 +211,9 @@ class News:
     dependency_results: dict[int, dict[int, JSON]] = attrs.Factory(dict)
     paused: list[str] = attrs.Factory(list)
     """Handlers just paused: claimed jobs of theirs that have not started go back."""
+    fenced: bool = False
+    """This process lost its lease and its jobs were taken over: every attempt it runs is
+    stopped (their outcomes would be refused), and claimed jobs are dropped."""
 
 
 @attrs.frozen

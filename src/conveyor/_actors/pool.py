@@ -198,6 +198,9 @@ class Pool:
                 self._job_arrived = self._fast.event()
             for job_id in message.cancel:
                 self._cancel(job_id, "cancel")
+            if message.fenced:
+                for job_id in [*self._running, *(job.id for job in self._ready)]:
+                    self._cancel(job_id, "cancel")
             if message.paused:
                 self._give_back(lambda job: job.name in message.paused)
         elif isinstance(message, Flush):

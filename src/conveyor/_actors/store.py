@@ -29,6 +29,7 @@ import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._doorbell import CANCEL, CHANGED, READY, Doorbell
 from .._errors import DatabaseError, DatabaseUnavailable, JobNotFound, QueueClosed, QueueFull
 from .._events import Change
 from .._job import JSON, Event, Job, JobStatus
@@ -47,6 +48,8 @@ from .messages import (
     CancelQueued,
     DropSchedule,
     Enqueue,
+    Heartbeat,
+    Look,
     News,
     NextDue,
     Ping,
@@ -125,6 +128,11 @@ class Effects:
     stopped: bool = False
     limited: bool = False
     """Limits or pauses apply to claims: any attempt's end may let a held-back job start."""
+    rings: set[str] = attrs.Factory(set)
+    """The news for the other processes on the file (the kinds of :mod:`.._doorbell`)."""
+    doorbells: list[tuple[str, bool]] = attrs.Factory(list)
+    """The other owners' doorbells, each with whether it runs handlers, read if news rings."""
+    fenced: bool = False
 
     def wake(self) -> None:
         """Jobs may have become ready: the batch's end claims for the slots the pool wants."""
@@ -145,6 +153,7 @@ def apply_batch(
     *,
     wait_for_lock: bool = True,
     limits: Mapping[str, Limits] | None = None,
+    lease: float = math.inf,
 ) -> Effects:
     """Apply ``commands`` in one transaction, claim for the pool's free slots (within the
     handlers' ``limits``), and commit.
@@ -155,14 +164,15 @@ def apply_batch(
     fails its own reply only and the others still commit. When the database itself fails
     (I/O, disk full, locked), the batch is rolled back and the error raised. With
     ``wait_for_lock=False``, a write lock held by another connection raises
-    :class:`WriterBusy` before anything is done.
+    :class:`WriterBusy` before anything is done. ``lease``: how long an owner's heartbeat
+    holds its jobs (a :class:`Heartbeat` takes over the jobs of owners past it).
     """
     writer.begin(wait=wait_for_lock)
     limited = bool(writer.paused) or any(lim.limits_claims for lim in (limits or {}).values())
     try:
         try:
             effects = _apply_all(
-                writer, commands, now, max_pending, Effects(claims, limited=limited)
+                writer, commands, now, max_pending, Effects(claims, limited=limited), lease
             )
         except _DATABASE_FAULTS:
             raise
@@ -170,12 +180,19 @@ def apply_batch(
             writer.rollback()
             writer.begin()
             effects = _replay_one_by_one(
-                writer, commands, now, max_pending, Effects(claims, limited=limited)
+                writer, commands, now, max_pending, Effects(claims, limited=limited), lease
             )
         if writer.next_tick is not None and writer.next_tick <= now:
-            effects.changes += writer.fire_schedules(now)
+            fired = writer.fire_schedules(now)
+            effects.changes += fired
             effects.wake()
+            if fired:
+                effects.rings.add(READY)
         _claim_for_pool(writer, now, effects, limits)
+        if effects.changes:
+            effects.rings.add(CHANGED)
+        if effects.rings:
+            effects.doorbells = writer.doorbells()
         writer.commit()
     except BaseException:
         writer.rollback()
@@ -189,12 +206,13 @@ def _apply_all(
     now: float,
     max_pending: float,
     effects: Effects,
+    lease: float,
 ) -> Effects:
     for command in commands:
         if effects.stopped:
             _refuse_after_stop(command, effects)
         else:
-            _apply(writer, command, now, max_pending, effects)
+            _apply(writer, command, now, max_pending, effects, lease)
     return effects
 
 
@@ -204,6 +222,7 @@ def _replay_one_by_one(
     now: float,
     max_pending: float,
     effects: Effects,
+    lease: float,
 ) -> Effects:
     for command in commands:
         if effects.stopped:
@@ -211,7 +230,7 @@ def _replay_one_by_one(
             continue
         own = Effects(effects.claims, limited=effects.limited)
         with writer.savepoint() as undone:
-            _apply(writer, command, now, max_pending, own)
+            _apply(writer, command, now, max_pending, own, lease)
         if undone.error is None:
             _merge(effects, own)
         else:
@@ -229,6 +248,8 @@ def _merge(effects: Effects, own: Effects) -> None:
     effects.cancel_running += own.cancel_running
     effects.changes += own.changes
     effects.stopped = own.stopped
+    effects.rings |= own.rings
+    effects.fenced = effects.fenced or own.fenced
 
 
 def _answer_failed_command(
@@ -255,11 +276,11 @@ def _answer_failed_command(
         )
         own = Effects(effects.claims, limited=effects.limited)
         with writer.savepoint() as fallback:
-            _apply(writer, plain, now, max_pending, own)
+            _apply(writer, plain, now, max_pending, own, math.inf)
         if fallback.error is not None:
             raise fallback.error
         _merge(effects, own)
-    elif isinstance(command, Tick | Stop):
+    elif isinstance(command, Tick | Stop | Heartbeat | Look):
         raise error
     elif (reply := getattr(command, "reply", None)) is not None:
         effects.failures.append(
@@ -273,15 +294,22 @@ def _refuse_after_stop(command: StoreCommand, effects: Effects) -> None:
 
 
 def _apply(
-    writer: Writer, command: StoreCommand, now: float, max_pending: float, effects: Effects
+    writer: Writer,
+    command: StoreCommand,
+    now: float,
+    max_pending: float,
+    effects: Effects,
+    lease: float,
 ) -> None:
     if isinstance(command, Report):
         changes = writer.end_attempts(command.outcomes, now)
-        if any(change.status is JobStatus.PENDING for change in changes) or (
-            command.outcomes and effects.limited
-        ):
+        if any(change.status is JobStatus.PENDING for change in changes):
             # A retry without delay, a job given back by shutdown, or a job released: ready
-            # again at once. Under limits, any end may make room for a job held back.
+            # again at once.
+            effects.wake()
+            effects.rings.add(READY)
+        elif command.outcomes and effects.limited:
+            # Under limits, any end may make room for a job held back.
             effects.wake()
         effects.changes += changes
         if command.progress:
@@ -297,21 +325,34 @@ def _apply(
             return
         effects.replies.append((command.reply, results))
         effects.changes += changes
+        if inserted:
+            # Other processes claim the ready ones, and learn when the others come due.
+            effects.rings.add(READY)
         if any(job.status is JobStatus.PENDING and job.run_at <= now for job in inserted):
             effects.wake()
     elif isinstance(command, Tick):
         effects.wake()
+    elif isinstance(command, Heartbeat):
+        _beat(writer, now, lease, effects)
+    elif isinstance(command, Look):
+        if command.ready:
+            effects.wake()
+        if command.cancels:
+            effects.cancel_running += writer.cancels_requested()
     elif isinstance(command, Cancel):
         outcome, changes = writer.cancel(command.job_id, now)
         effects.changes += changes
         if outcome == CancelResult.RUNNING:
             effects.cancel_running.append(command.job_id)
+        elif outcome == CancelResult.RUNNING_ELSEWHERE:
+            effects.rings.add(CANCEL)
         effects.replies.append((command.reply, outcome != CancelResult.NOT_CANCELLABLE))
     elif isinstance(command, Requeue):
         changes = writer.requeue(command.job_id, now)
         effects.changes += changes
         if changes:
             effects.wake()
+            effects.rings.add(READY)
         effects.replies.append((command.reply, bool(changes)))
     elif isinstance(command, RequeueFailed):
         requeued = 0
@@ -321,6 +362,7 @@ def _apply(
             effects.changes += changes
         if requeued:
             effects.wake()
+            effects.rings.add(READY)
         effects.replies.append((command.reply, requeued))
     elif isinstance(command, CancelQueued):
         matching = writer.queued_ids([JobStatus.PENDING, JobStatus.WAITING], command.name)
@@ -337,9 +379,11 @@ def _apply(
             effects.paused.append(command.name)
         elif changed:
             effects.wake()
+            effects.rings.add(READY)
         effects.replies.append((command.reply, changed))
     elif isinstance(command, SetSchedule):
         stored = writer.upsert_schedule(command.schedule)
+        effects.rings.add(READY)  # the others learn its next tick
         effects.replies.append((command.reply, stored))
     elif isinstance(command, DropSchedule):
         effects.replies.append((command.reply, writer.delete_schedule(command.key)))
@@ -349,8 +393,32 @@ def _apply(
         writer.touch()
         effects.replies.append((command.reply, None))
     elif isinstance(command, Stop):
+        writer.retire()
         effects.stopped = True
         effects.replies.append((command.reply, None))
+
+
+def _beat(writer: Writer, now: float, lease: float, effects: Effects) -> None:
+    """Renew this process's lease (registering anew if it was lost: its jobs were taken
+    over, so the pool stops them), take over the jobs of owners that are gone, and claim for
+    free slots: news a lost ring did not bring is found here."""
+    if not writer.beat(now):
+        old = writer.owner
+        writer.reregister(now)
+        effects.fenced = True
+        logger.warning(
+            "conveyor lost its lease on %s (owner %s, no heartbeat written for too long): "
+            "other processes took over its running jobs, which are stopped here and whose "
+            "outcomes are refused; it goes on as owner %s",
+            writer.path,
+            old,
+            writer.owner,
+        )
+    rescued = writer.rescue(now, lease)
+    if rescued:
+        effects.changes += rescued
+        effects.rings.add(READY)
+    effects.wake()
 
 
 def pages_written(rows: int) -> int:
@@ -475,10 +543,16 @@ class Store:
         max_pending: int | None,
         inline_small: bool,
         limits: Mapping[str, Limits] | None = None,
+        doorbell: Doorbell | None = None,
+        lease: float = math.inf,
     ) -> None:
         """``run_sql`` runs database work on the SQL thread (or inline, in tests);
-        ``inline_small`` lets batches of at most :data:`INLINE_ROWS` rows run on the loop."""
+        ``inline_small`` lets batches of at most :data:`INLINE_ROWS` rows run on the loop;
+        ``doorbell`` rings the other processes on the file after a commit with news for them;
+        ``lease``: how long an owner without a heartbeat keeps its jobs."""
         self._writer = writer
+        self._doorbell = doorbell
+        self._lease = lease
         self._run_sql = run_sql
         self._inline_small = inline_small
         self._limits = limits or {}
@@ -637,11 +711,23 @@ class Store:
         rows = rows_written(batch, claims)
         self._unchecked_pages += pages_written(rows)
         checkpoint = self._unchecked_pages >= CHECKPOINT_PAGES or self._episode is not None
-        writer, max_pending, limits = self._writer, self._max_pending, self._limits
+        writer, max_pending, limits, lease = (
+            self._writer,
+            self._max_pending,
+            self._limits,
+            self._lease,
+        )
         if self._inline_small and rows <= INLINE_ROWS:
             try:
                 effects = apply_batch(
-                    writer, batch, now, max_pending, claims, wait_for_lock=False, limits=limits
+                    writer,
+                    batch,
+                    now,
+                    max_pending,
+                    claims,
+                    wait_for_lock=False,
+                    limits=limits,
+                    lease=lease,
                 )
             except WriterBusy:
                 pass  # another connection writes: wait for it off the loop
@@ -651,7 +737,9 @@ class Store:
                 return effects
 
         def apply_and_checkpoint() -> Effects:
-            effects = apply_batch(writer, batch, now, max_pending, claims, limits=limits)
+            effects = apply_batch(
+                writer, batch, now, max_pending, claims, limits=limits, lease=lease
+            )
             if checkpoint:
                 self._checkpoint()
             return effects
@@ -680,7 +768,13 @@ class Store:
             reply.set(value)
         for reply, error in effects.failures:
             reply.fail(error)
-        if effects.claimed or effects.reports or effects.cancel_running or effects.paused:
+        if (
+            effects.claimed
+            or effects.reports
+            or effects.cancel_running
+            or effects.paused
+            or effects.fenced
+        ):
             tell(
                 self._pool,
                 News(
@@ -690,9 +784,12 @@ class Store:
                     effects.cancel_running,
                     effects.dependency_results,
                     effects.paused,
+                    effects.fenced,
                 ),
             )
         self._tell_timer(now)
+        if self._doorbell is not None and effects.doorbells:
+            self._ring(effects)
         if effects.changes:
             for listener in list(self._listeners):
                 try:
@@ -700,6 +797,17 @@ class Store:
                 except Exception:
                     # A subscriber's bug must not stop the queue; it is logged and skipped.
                     logger.exception("a conveyor listener raised; it stays subscribed")
+
+    def _ring(self, effects: Effects) -> None:
+        """Ring the other owners with the batch's news: jobs made ready only those that run
+        handlers."""
+        assert self._doorbell is not None
+        others = "".join(sorted(effects.rings - {READY}))
+        everything = "".join(sorted(effects.rings))
+        workers = [doorbell for doorbell, runs in effects.doorbells if runs]
+        producers = [doorbell for doorbell, runs in effects.doorbells if not runs]
+        self._doorbell.ring(workers, everything)
+        self._doorbell.ring(producers, others)
 
     def _tell_timer(self, now: float) -> None:
         """Tell the timer the next deadline still ahead (a job coming due, a schedule's tick,

@@ -22,7 +22,9 @@ import json
 import logging
 import math
 import os
+import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 
@@ -47,7 +49,7 @@ logger = logging.getLogger("conveyor")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 APPLICATION_ID: Final = 0x434F4E56  # "CONV": marks the file as a conveyor database
 
 Synchronous = Literal["normal", "full"]
@@ -208,7 +210,28 @@ _LIMITS: Final = """
     CREATE INDEX starts_by_name ON starts (name, at)
 """
 
-_CREATE: Final = f"{_JOBS_TABLE};{_LIMITS}"
+_OWNERS: Final = """
+    -- The processes open on the file. Each claims jobs as their owner and keeps its lease
+    -- by its heartbeat, and by the lock it holds on a file of its own beside this one.
+    CREATE TABLE owners (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        pid          INTEGER NOT NULL,
+        host         TEXT    NOT NULL,
+        started_at   REAL    NOT NULL,
+        heartbeat_at REAL    NOT NULL,
+        handlers     TEXT    NOT NULL,
+        doorbell     TEXT
+    );
+    -- The owner that claimed the job's latest attempt: the fencing token, with the attempt.
+    ALTER TABLE jobs ADD COLUMN owner INTEGER;
+    -- When a process with this handler last opened the file, and the handler's defaults:
+    -- producers check names by them and give the jobs they enqueue these defaults.
+    ALTER TABLE handler_state ADD COLUMN declared_at REAL;
+    ALTER TABLE handler_state ADD COLUMN max_attempts INTEGER;
+    ALTER TABLE handler_state ADD COLUMN timeout REAL
+"""
+
+_CREATE: Final = f"{_JOBS_TABLE};{_LIMITS};{_OWNERS}"
 """A new file gets the latest schema at once."""
 
 _UPGRADES: Final[dict[int, str]] = {
@@ -250,6 +273,8 @@ _UPGRADES: Final[dict[int, str]] = {
     """,
     # Version 4: concurrency keys, paused handlers and rate-limit windows.
     4: _LIMITS,
+    # Version 5: owners, their leases, and declared handlers: many processes on one file.
+    5: _OWNERS,
 }
 """``version -> statements`` that bring a file of ``version - 1`` to ``version``."""
 
@@ -365,11 +390,12 @@ Q_RECORD_START: Final = "INSERT INTO starts (name, at) VALUES (?, ?)"
 Q_READY_IN_ORDER: Final = f"""
     SELECT id, name, concurrency_key FROM jobs
     WHERE {_status_allows(Event.STARTED)} AND scheduled = 0 AND name NOT IN ({{paused}})
+          AND name IN ({{names}})
     ORDER BY priority, run_at, id
 """
 Q_CLAIM_IDS: Final = f"""
     UPDATE jobs SET status = '{decide(JobStatus.PENDING, Event.STARTED)}',
-                    attempts = attempts + 1, started_at = ?, progress = NULL,
+                    attempts = attempts + 1, started_at = ?, owner = ?, progress = NULL,
                     progress_message = NULL
     WHERE id IN ({{ids}})
     RETURNING {_COLUMNS}
@@ -390,32 +416,57 @@ Q_PROMOTE_DUE: Final = "UPDATE jobs SET scheduled = 0 WHERE scheduled = 1 AND ru
 Q_NEXT_DUE: Final = "SELECT min(run_at) FROM jobs WHERE scheduled = 1"
 Q_CLAIM: Final = f"""
     UPDATE jobs SET status = '{decide(JobStatus.PENDING, Event.STARTED)}',
-                    attempts = attempts + 1, started_at = ?, progress = NULL,
+                    attempts = attempts + 1, started_at = ?, owner = ?, progress = NULL,
                     progress_message = NULL
     WHERE id IN (SELECT id FROM jobs
                  WHERE {_status_allows(Event.STARTED)} AND scheduled = 0
+                       AND name IN ({{names}})
                  ORDER BY priority, run_at, id LIMIT ?)
     RETURNING {_COLUMNS}
 """
+"""Claims up to ``LIMIT`` of the best ready jobs of the handlers ``{names}`` for owner ``?``:
+a process claims only jobs it has the handler of."""
 Q_COMPLETE_ALL: Final = f"""
     UPDATE jobs SET status = '{decide(JobStatus.RUNNING, Event.COMPLETED)}',
                     result = done.column3, finished_at = ?
     FROM (VALUES {{attempts}}) AS done
-    WHERE jobs.id = done.column1 AND jobs.attempts = done.column2
+    WHERE jobs.id = done.column1 AND jobs.attempts = done.column2 AND jobs.owner = ?
           AND NOT jobs.cancel_requested AND {_status_allows(Event.COMPLETED)}
     RETURNING jobs.id
 """
 """Completes many attempts in one statement: ``{attempts}`` is one ``(?, ?, ?)`` per attempt
-(job id, attempt, result JSON). Returns the ids of the jobs it completed: those still running
-that attempt and not asked to cancel."""
+(job id, attempt, result JSON), then the owner. Returns the ids of the jobs it completed: those
+still running that attempt for that owner and not asked to cancel."""
 COMPLETE_CHUNK: Final = 1000
 """Attempts completed per statement at most: 3,000 parameters, far below SQLite's limit."""
 Q_ATTEMPT_STATE: Final = (
-    "SELECT status, attempts, max_attempts, cancel_requested FROM jobs WHERE id = ?"
+    "SELECT status, attempts, max_attempts, cancel_requested, owner FROM jobs WHERE id = ?"
 )
-Q_RUNNING: Final = (
-    f"SELECT id, attempts, max_attempts, cancel_requested FROM jobs WHERE status = '{_RUNNING}'"
+Q_RUNNING_OF: Final = (
+    "SELECT id, name, attempts, max_attempts, cancel_requested FROM jobs "
+    f"WHERE status = '{_RUNNING}' AND owner IS ?"
 )
+"""The running jobs of an owner (``NULL``: claimed before owners were stored, version 4)."""
+Q_CANCELS_OF: Final = (
+    f"SELECT id FROM jobs WHERE status = '{_RUNNING}' AND owner = ? AND cancel_requested"
+)
+Q_REGISTER: Final = (
+    "INSERT INTO owners (pid, host, started_at, heartbeat_at, handlers, doorbell) "
+    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+)
+Q_DOORBELLS: Final = "SELECT doorbell, handlers FROM owners WHERE id != ? AND doorbell IS NOT NULL"
+Q_DECLARE: Final = """
+    INSERT INTO handler_state (name, declared_at, max_attempts, timeout) VALUES (?, ?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET declared_at = excluded.declared_at,
+                                     max_attempts = excluded.max_attempts,
+                                     timeout = excluded.timeout
+"""
+Q_DECLARED: Final = (
+    "SELECT name, max_attempts, timeout FROM handler_state WHERE declared_at IS NOT NULL"
+)
+Q_BEAT: Final = "UPDATE owners SET heartbeat_at = ? WHERE id = ?"
+Q_OWNERS: Final = "SELECT id, pid, host, heartbeat_at, handlers FROM owners ORDER BY id"
+Q_DROP_OWNER: Final = "DELETE FROM owners WHERE id = ?"
 Q_END_ATTEMPT: Final[dict[Event, str]] = {
     Event.COMPLETED: "UPDATE jobs SET status = ?, result = ?, finished_at = ? WHERE id = ?",
     Event.RETRIED: (
@@ -433,9 +484,9 @@ Q_END_ATTEMPT: Final[dict[Event, str]] = {
 """How each event that ends an attempt is written; the status is :func:`decide`'s answer."""
 Q_PROGRESS: Final = (
     "UPDATE jobs SET progress = ?, progress_message = ? "
-    f"WHERE id = ? AND attempts = ? AND status = '{_RUNNING}'"
+    f"WHERE id = ? AND attempts = ? AND status = '{_RUNNING}' AND owner = ?"
 )
-Q_CANCEL_STATE: Final = "SELECT status FROM jobs WHERE id = ?"
+Q_CANCEL_STATE: Final = "SELECT status, owner FROM jobs WHERE id = ?"
 Q_CANCEL_QUEUED: Final = f"""
     UPDATE jobs SET status = '{decide(JobStatus.PENDING, Event.CANCELLED)}', scheduled = 0,
                     finished_at = ?, error = 'cancelled before it ran'
@@ -561,10 +612,16 @@ class Undone:
     error: Exception | None = None
 
 
+HandlerDefaults = tuple[int, float | None]
+"""A handler's ``(max_attempts, timeout)``: what a job of it gets when its enqueue says not."""
+
+
 class CancelResult:
     NOT_CANCELLABLE: Final = "not_cancellable"
     CANCELLED: Final = "cancelled"
     RUNNING: Final = "running"
+    RUNNING_ELSEWHERE: Final = "running_elsewhere"
+    """Running in another process: the cancel is requested, and that process told."""
 
 
 def _final_job(
@@ -590,6 +647,74 @@ def _final_job(
 
 def _lock_path(path: str) -> str:
     return f"{path}.lock"
+
+
+def owner_lock_path(path: str, owner: int) -> str:
+    """The file whose lock owner ``owner`` holds while its process lives."""
+    return f"{path}.owner-{owner}.lock"
+
+
+def _hold_owner_lock(path: str, owner: int) -> int:
+    """Create and lock owner ``owner``'s file (a fresh id: nobody else has it); its fd."""
+    fd = os.open(owner_lock_path(path, owner), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def owner_process_alive(path: str, owner: int) -> bool:
+    """Whether owner ``owner``'s process still holds its lock. The kernel releases a dead
+    process's locks at once, so this is exact for a process that died; a process that is
+    stopped or hung still holds its lock, and only its heartbeat tells."""
+    try:
+        fd = os.open(owner_lock_path(path, owner), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if this took it
+    return False
+
+
+NETWORK_FILESYSTEMS: Final = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "fuse.sshfs"}
+)
+"""File systems whose locks SQLite cannot rely on between processes (or hosts)."""
+
+
+def filesystem_of(path: str) -> str | None:
+    """The type of the file system holding ``path`` (from ``/proc/mounts``; ``None`` where
+    there is no such file)."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            entries = [line.split() for line in mounts]
+    except OSError:
+        return None
+    target = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    best: tuple[int, str] | None = None
+    for entry in entries:
+        if len(entry) < 3:
+            continue
+        mount = entry[1].replace("\\040", " ")
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and (best is None or len(mount) > best[0]):
+            best = (len(mount), entry[2])
+    return None if best is None else best[1]
+
+
+def _refuse_network_filesystem(path: str) -> None:
+    kind = filesystem_of(path)
+    if kind in NETWORK_FILESYSTEMS:
+        raise DatabaseInUse(
+            f"{path} is on a network file system ({kind}), whose locks SQLite cannot rely on "
+            "between processes: put the file on a local disk (or use PostgreSQL for many hosts)"
+        )
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
@@ -625,13 +750,14 @@ def _acquire_lock(path: str) -> int:
             f"cannot open {path}: {exc.strerror} (creating its lock file {lock}); {advice}"
         ) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Shared: queues of this version share the file. A conveyor before schema version 5
+        # locks it exclusively (it allowed one process per file): the two exclude each other.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise DatabaseInUse(
-            f"{path} is already open for writing by another conveyor queue (in this or another "
-            f"process); conveyor allows one writer per file: close the other queue first, or "
-            f"talk to it over its HTTP API"
+            f"{path} is open in a process running an older conveyor, which allows one process "
+            f"per file: stop it (or upgrade it) first"
         ) from None
     return fd
 
@@ -773,14 +899,26 @@ class Writer:
     """
 
     def __init__(self, path: str, *, synchronous: Synchronous = "normal") -> None:
-        """Open (creating or upgrading) the database at ``path`` and take its file lock.
+        """Open (creating or upgrading) the database at ``path`` and take its shared lock.
+        Other processes may write the file too; :meth:`register` makes this one an owner.
 
-        Raises :class:`DatabaseInUse` if another writer holds the lock, and
-        :class:`DatabaseError` naming the file and what to do when it cannot be used.
+        Raises :class:`DatabaseInUse` if a process running an older conveyor holds the file,
+        or the file is on a network file system, and :class:`DatabaseError` naming the file
+        and what to do when it cannot be used.
         """
         self.path = path
         self.synchronous = synchronous
+        _refuse_network_filesystem(path)
         self._lock_fd = _acquire_lock(path)
+        self.owner: int | None = None
+        """This process's owner id, once registered: the jobs it claims carry it."""
+        self.names: tuple[str, ...] = ()
+        """The handlers this process runs: it claims their jobs only."""
+        self.handlers: dict[str, HandlerDefaults] = {}
+        self._owner_fd: int | None = None
+        self._retired = False
+        self._claim_sql = ""
+        self._doorbell: str | None = None
         try:
             try:
                 self._conn = _connect(path)
@@ -795,7 +933,8 @@ class Writer:
                 self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
                 self._conn.execute("PRAGMA busy_timeout = 0")
                 self._identity = _file_identity(path)
-                self.pending_count = 0
+                self._pending: int | None = None
+                self._data_version = -1
                 self.next_tick: float | None = None
                 """The earliest next tick of a schedule (``None``: no schedule)."""
                 self.paused: frozenset[str] = frozenset()
@@ -810,6 +949,7 @@ class Writer:
                 be due. It may be early (a scheduled job was cancelled), never late.
                 """
                 self._reload_counters()
+                self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 # Read once the WAL is open (a read opens it): it stays while we have it open.
                 self._wal_identity = _file_identity(f"{path}-wal")
             except sqlite3.Error as exc:
@@ -827,7 +967,9 @@ class Writer:
             self.next_due = run_at
 
     def close(self) -> None:
-        """Close the connection and release the file lock."""
+        """Close the connection and release the file locks (and, once :meth:`retire` is
+        committed, remove this owner's lock file). Without :meth:`retire`, as after a crash,
+        another process finds the owner gone and rescues its running jobs."""
         try:
             with contextlib.suppress(sqlite3.Error):
                 # Only a hint for the query planner: not worth failing a close over.
@@ -836,6 +978,103 @@ class Writer:
             self._conn.close()
         finally:
             os.close(self._lock_fd)
+            self._release_owner_lock(unlink=self._retired)
+
+    def _release_owner_lock(self, *, unlink: bool) -> None:
+        if self._owner_fd is None:
+            return
+        os.close(self._owner_fd)
+        self._owner_fd = None
+        if unlink and self.owner is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(owner_lock_path(self.path, self.owner))
+
+    # --- owners ------------------------------------------------------------------------------
+    def register(
+        self,
+        now: float,
+        handlers: Mapping[str, HandlerDefaults],
+        doorbell: str | None = None,
+    ) -> None:
+        """Make this process an owner of the file that runs ``handlers`` (declared in the
+        file with their defaults, for producers to check names against) and is woken at
+        ``doorbell``, in the caller's transaction.
+
+        Its lock is taken before the row is committed, so that no other process sees the
+        owner without its lock.
+        """
+        host = socket.gethostname()
+        names = json.dumps(sorted(handlers))
+        (owner,) = self._conn.execute(
+            Q_REGISTER, (os.getpid(), host, now, now, names, doorbell)
+        ).fetchone()
+        self._doorbell = doorbell
+        self._release_owner_lock(unlink=True)
+        self._owner_fd = _hold_owner_lock(self.path, owner)
+        self.owner = owner
+        self.handlers = dict(handlers)
+        self.names = tuple(sorted(handlers))
+        self._conn.executemany(Q_DECLARE, [(name, now, *handlers[name]) for name in self.names])
+        marks = ", ".join("?" * len(self.names))
+        self._claim_sql = Q_CLAIM.format(names=marks)
+
+    def reregister(self, now: float) -> None:
+        """Register again, as a new owner, after the lease was lost: the old id stays fenced
+        out."""
+        self.register(now, self.handlers, self._doorbell)
+
+    def beat(self, now: float) -> bool:
+        """Renew this owner's lease; False if it was taken over (the row is gone)."""
+        return self._conn.execute(Q_BEAT, (now, self.owner)).rowcount == 1
+
+    def retire(self) -> None:
+        """Remove this owner (a graceful stop), in the caller's transaction: its running
+        jobs are back to ``pending`` already."""
+        self._conn.execute(Q_DROP_OWNER, (self.owner,))
+        self._retired = True
+
+    def rescue(self, now: float, lease: float) -> list[Change]:
+        """End the attempts of the owners that are gone, as :meth:`recover_running` does at
+        open, and remove them: those whose process died (its lock is free) or whose lease
+        lapsed (no heartbeat for ``lease`` seconds: stopped, hung, or on a file system whose
+        locks do not tell). The changes."""
+        changes: list[Change] = []
+        for owner, pid, host, heartbeat_at, _ in self._conn.execute(Q_OWNERS).fetchall():
+            if owner == self.owner:
+                continue
+            alive = owner_process_alive(self.path, owner)
+            if alive and heartbeat_at > now - lease:
+                continue
+            rows = self._conn.execute(Q_RUNNING_OF, (owner,)).fetchall()
+            changes += self._recover(rows, now)
+            self._conn.execute(Q_DROP_OWNER, (owner,))
+            with contextlib.suppress(OSError):
+                os.unlink(owner_lock_path(self.path, owner))
+            why = (
+                f"its lease lapsed (no heartbeat for {now - heartbeat_at:.1f} s)"
+                if alive
+                else "its process ended"
+            )
+            log = logger.warning if rows else logger.info
+            log(
+                "conveyor took over owner %d (process %d on %s): %s; its %d running jobs "
+                "were interrupted (back to pending, or failed if it was their last attempt)",
+                owner,
+                pid,
+                host,
+                why,
+                len(rows),
+            )
+        return changes
+
+    def doorbells(self) -> list[tuple[str, bool]]:
+        """The doorbells of the other owners, each with whether that owner runs handlers."""
+        rows = self._conn.execute(Q_DOORBELLS, (self.owner,))
+        return [(doorbell, handlers != "[]") for doorbell, handlers in rows]
+
+    def cancels_requested(self) -> list[int]:
+        """The jobs this owner runs whose cancel was requested (by any process)."""
+        return [row[0] for row in self._conn.execute(Q_CANCELS_OF, (self.owner,))]
 
     # --- transactions ----------------------------------------------------------------------
     def begin(self, *, wait: bool = True) -> None:
@@ -853,8 +1092,6 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(FULL)")
             raise FileGone(f"{self.path}-wal was deleted, moved or replaced")
-        if self._counters_stale:
-            self._reload_counters()
         if not wait:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -862,12 +1099,30 @@ class Writer:
                 if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
                     raise WriterBusy(str(exc)) from None
                 raise
-            return
-        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        finally:
-            self._conn.execute("PRAGMA busy_timeout = 0")
+        else:
+            self._begin_waiting()
+        # Another process's commit may have changed what the counters count.
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._counters_stale or version != self._data_version:
+            self._data_version = version
+            self._reload_counters()
+
+    def _begin_waiting(self) -> None:
+        """``BEGIN IMMEDIATE``, waiting up to :data:`BUSY_TIMEOUT_MS` for another connection's
+        lock. It tries again after short sleeps (0.1 ms, doubling to 2 ms) rather than
+        SQLite's own busy handler, which sleeps up to 100 ms at a time: the other writers are
+        conveyor processes whose transactions last about a millisecond."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.0001
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
 
     def checkpoint(self) -> None:
         """Copy what the WAL holds into the database file, as far as readers allow."""
@@ -885,7 +1140,7 @@ class Writer:
         transaction to be rolled back.
         """
         undone = Undone()
-        counters = (self.pending_count, self.next_due)
+        counters = (self._pending, self.next_due)
         self._conn.execute("SAVEPOINT command")
         try:
             yield undone
@@ -894,7 +1149,7 @@ class Writer:
         except Exception as exc:
             self._conn.execute("ROLLBACK TO command")
             self._conn.execute("RELEASE command")
-            self.pending_count, self.next_due = counters
+            self._pending, self.next_due = counters
             undone.error = exc
         else:
             self._conn.execute("RELEASE command")
@@ -908,8 +1163,20 @@ class Writer:
         with contextlib.suppress(sqlite3.Error):
             self._reload_counters()
 
+    @property
+    def pending_count(self) -> int:
+        """How many jobs are pending (counted when first needed after another process
+        wrote: a count over the whole table)."""
+        if self._pending is None:
+            self._pending = self._conn.execute(Q_COUNT_PENDING).fetchone()[0]
+        return self._pending
+
+    def _add_pending(self, delta: int) -> None:
+        if self._pending is not None:
+            self._pending += delta
+
     def _reload_counters(self) -> None:
-        self.pending_count = self._conn.execute(Q_COUNT_PENDING).fetchone()[0]
+        self._pending = None
         self.next_due = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
         self.next_tick = self._conn.execute(Q_NEXT_TICK).fetchone()[0]
         self._has_deps = bool(self._conn.execute(Q_HAS_DEPS).fetchone()[0])
@@ -927,15 +1194,23 @@ class Writer:
         return min(times) if times else None
 
     # --- writes ----------------------------------------------------------------------------
-    def recover_running(self, now: float) -> int:
-        """End the attempts left ``running`` by a process that died; how many there were.
+    def recover_running(self, now: float, lease: float) -> list[Change]:
+        """End the attempts left ``running`` by processes that are gone: those of the owners
+        :meth:`rescue` finds gone, and those claimed before owners were stored (no process of
+        that conveyor can be open beside this one). The changes.
 
         Each is settled by the life cycle table as ``recovered``: back to ``pending`` with the
         attempt counted (keeping its place in line), ``failed`` when it was the last attempt,
         ``cancelled`` when a cancel was requested.
         """
-        rows = self._conn.execute(Q_RUNNING).fetchall()
-        for job_id, attempts, max_attempts, cancel_requested in rows:
+        orphans = self._conn.execute(Q_RUNNING_OF, (None,)).fetchall()
+        return self._recover(orphans, now) + self.rescue(now, lease)
+
+    def _recover(self, rows: Sequence[Any], now: float) -> list[Change]:
+        """Settle the attempts of ``rows`` (as :data:`Q_RUNNING_OF` selects them) as
+        ``recovered``; the changes."""
+        changes = []
+        for job_id, name, attempts, max_attempts, cancel_requested in rows:
             event = end_attempt(
                 Event.RECOVERED,
                 attempts=attempts,
@@ -946,9 +1221,9 @@ class Writer:
             status = self._write_end(
                 event, job_id, now, result_json=None, error=error, retry_delay=0.0
             )
-            name = self._conn.execute("SELECT name FROM jobs WHERE id = ?", (job_id,))
-            self._after_end(job_id, name.fetchone()[0], status, now)
-        return len(rows)
+            changes.append(Change(event, job_id, name, status))
+            changes += self._after_end(job_id, name, status, now)
+        return changes
 
     def find_by_key(self, key: str) -> Job | None:
         row = self._conn.execute(Q_BY_KEY, (key,)).fetchone()
@@ -1035,7 +1310,7 @@ class Writer:
             )
             changes.append(Change(event, job_id, new.name, status))
         self._conn.executemany(Q_INSERT, rows)
-        self.pending_count += pending
+        self._add_pending(pending)
         if deps:
             self._conn.executemany(Q_INSERT_DEP, deps)
             self._has_deps = True
@@ -1101,7 +1376,7 @@ class Writer:
         ).fetchall():
             if scheduled:
                 self._schedule(run_at)
-            self.pending_count += 1
+            self._add_pending(1)
             changes.append(Change(Event.RELEASED, dependent, name, JobStatus.PENDING))
         return changes
 
@@ -1137,12 +1412,15 @@ class Writer:
         if self.next_due is not None and self.next_due <= now:
             self._conn.execute(Q_PROMOTE_DUE, (now,))
             self.next_due = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
+        if not self.names:
+            return []
         limited = {name: lim for name, lim in (limits or {}).items() if lim.limits_claims}
         if limited or self.paused:
             rows = self._claim_within_limits(limit, now, limited)
         else:
-            rows = self._conn.execute(Q_CLAIM, (now, limit)).fetchall()
-        self.pending_count -= len(rows)
+            params = (now, self.owner, *self.names, limit)
+            rows = self._conn.execute(self._claim_sql, params).fetchall()
+        self._add_pending(-len(rows))
         jobs = [row_to_job(row) for row in rows]
         jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
         return jobs
@@ -1157,7 +1435,10 @@ class Writer:
         picked: list[int] = []
         started: list[tuple[str, float]] = []
         paused = ", ".join("?" * len(self.paused))  # SQLite takes an empty list: NOT IN ()
-        ready = self._conn.execute(Q_READY_IN_ORDER.format(paused=paused), sorted(self.paused))
+        names = ", ".join("?" * len(self.names))
+        ready = self._conn.execute(
+            Q_READY_IN_ORDER.format(paused=paused, names=names), [*sorted(self.paused), *self.names]
+        )
         for scanned, (job_id, name, key) in enumerate(ready):
             if len(picked) == limit or scanned == CLAIM_SCAN_LIMIT:
                 break
@@ -1183,7 +1464,7 @@ class Writer:
         if not picked:
             return []
         statement = Q_CLAIM_IDS.format(ids=", ".join("?" * len(picked)))
-        return self._conn.execute(statement, [now, *picked]).fetchall()
+        return self._conn.execute(statement, [now, self.owner, *picked]).fetchall()
 
     def _room(self, now: float, limits: Mapping[str, Limits]) -> dict[str, float]:
         """How many more jobs of each limited handler may start now."""
@@ -1219,8 +1500,9 @@ class Writer:
         return True
 
     def record_progress(self, reports: Sequence[tuple[float, str | None, int, int]]) -> None:
-        """Write ``(fraction, message, job id, attempt)`` reports of attempts still running."""
-        self._conn.executemany(Q_PROGRESS, reports)
+        """Write ``(fraction, message, job id, attempt)`` reports of attempts this owner still
+        runs."""
+        self._conn.executemany(Q_PROGRESS, [(*report, self.owner) for report in reports])
 
     def end_attempts(self, outcomes: Sequence[Outcome], now: float) -> list[Change]:
         """Record how each attempt of ``outcomes`` ended; the changes, in order.
@@ -1251,6 +1533,7 @@ class Writer:
             params: list[object] = [now]
             for outcome in chunk:
                 params += (outcome.job.id, outcome.job.attempts, outcome.result_json)
+            params.append(self.owner)
             statement = Q_COMPLETE_ALL.format(attempts=", ".join(["(?, ?, ?)"] * len(chunk)))
             done.update(row[0] for row in self._conn.execute(statement, params))
         return done
@@ -1267,7 +1550,18 @@ class Writer:
                 job.attempts,
             )
             return None
-        _, attempts, max_attempts, cancel_requested = state
+        _, attempts, max_attempts, cancel_requested, owner = state
+        if owner != self.owner:
+            logger.warning(
+                "refused the outcome (%s) of job %d attempt %d: owner %s lost its lease and "
+                "the job was taken over by owner %s",
+                outcome.event,
+                job.id,
+                job.attempts,
+                self.owner,
+                owner,
+            )
+            return None
         event = end_attempt(
             outcome.event,
             attempts=attempts,
@@ -1330,7 +1624,7 @@ class Writer:
         else:
             self._conn.execute(statement, (status, error, job_id))
         if status is JobStatus.PENDING:
-            self.pending_count += 1
+            self._add_pending(1)
         return status
 
     def cancel(self, job_id: int, now: float) -> tuple[str, list[Change]]:
@@ -1345,10 +1639,13 @@ class Writer:
         if row is None:
             return CancelResult.NOT_CANCELLABLE, []
         status = JobStatus(row[0])
+        if status is JobStatus.RUNNING and row[1] != self.owner:
+            self._conn.execute(Q_REQUEST_CANCEL, (job_id,))
+            return CancelResult.RUNNING_ELSEWHERE, []
         if status in (JobStatus.PENDING, JobStatus.WAITING):
             job = row_to_job(self._conn.execute(Q_CANCEL_QUEUED, (now, job_id)).fetchone())
             if status is JobStatus.PENDING:
-                self.pending_count -= 1
+                self._add_pending(-1)
             change = Change(Event.CANCELLED, job_id, job.name, job.status, final=lambda: job)
             return CancelResult.CANCELLED, [
                 change,
@@ -1376,7 +1673,7 @@ class Writer:
         status = decide(_STATUSES[state[0]], event)
         (name,) = self._conn.execute(Q_REQUEUE, (status, now, job_id)).fetchone()
         if status is JobStatus.PENDING:
-            self.pending_count += 1
+            self._add_pending(1)
         changes = [Change(event, job_id, name, status)]
         if self._has_deps:
             changes += self._reblock_dependents(job_id, now)
@@ -1613,6 +1910,13 @@ def statuses_of(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, JobSt
         )
         statuses.update((job_id, _STATUSES[status]) for job_id, status in rows)
     return statuses
+
+
+def declared_handlers(conn: sqlite3.Connection) -> dict[str, HandlerDefaults]:
+    """The handlers that processes declared in the file, with their defaults."""
+    return {
+        name: (max_attempts, timeout) for name, max_attempts, timeout in conn.execute(Q_DECLARED)
+    }
 
 
 def paused_handlers(conn: sqlite3.Connection) -> set[str]:

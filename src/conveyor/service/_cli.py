@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .._errors import ConveyorError
 from .._job import JobStatus
 from .._registry import Registry
+from .._runtime import open_queue
 from ._app import DEFAULT_MAX_BODY
 from ._client import DEFAULT_URL, Answer, Client, Exit, ServiceError
 from ._demo import DEMO_DB, run_workload
@@ -183,6 +185,75 @@ def serve_command(db: str, handlers: str, log_level: str, **kwargs: Any) -> None
         )
 
     _run_server(options, registry, announce, log_level)
+
+
+@main.command("worker")
+@click.option("--db", default="jobs.db", show_default=True, help="The queue's SQLite file.")
+@click.option("--handlers", required=True, help="The Registry to run, as module:attribute.")
+@click.option(
+    "--workers", default=4, show_default=True, type=click.IntRange(min=1), help="Jobs at once."
+)
+@click.option(
+    "--shutdown-grace",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds running jobs get to finish when the worker is told to stop.",
+)
+@click.option(
+    "--heartbeat",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between lease renewals: a worker silent for two is taken over.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    help="The least severe of conveyor's log records printed on stderr.",
+)
+def worker_command(
+    db: str,
+    handlers: str,
+    workers: int,
+    shutdown_grace: float,
+    heartbeat: float,
+    log_level: str,
+) -> None:
+    """Run the handlers of a registry on a queue file, with no HTTP: one more worker process
+    beside the others (and the producers) on the file. SIGTERM or Ctrl-C stops it gracefully:
+    running jobs get the grace to finish, the rest go back to pending."""
+    try:
+        registry = load_registry(handlers)
+    except LoadError as exc:
+        raise click.BadParameter(str(exc), param_hint="--handlers") from None
+    log_to_stderr(log_level)
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with open_queue(
+                db,
+                handlers=registry,
+                workers=workers,
+                shutdown_grace=shutdown_grace,
+                heartbeat=heartbeat,
+            ):
+                errors.print(
+                    f"conveyor: worker on [bold]{escape(db)}[/] running "
+                    f"{', '.join(sorted(registry)) or 'no handlers'} with {workers} workers "
+                    f"(process {os.getpid()}). SIGTERM or Ctrl-C stops.",
+                    soft_wrap=True,
+                )
+                async for _ in signals:
+                    errors.print("conveyor: stopping: running jobs get their grace")
+                    break
+
+    try:
+        trio.run(run)
+    except ConveyorError as exc:
+        _fail(Exit.ERROR, f"cannot run the worker: {exc}")
 
 
 @main.command("demo")

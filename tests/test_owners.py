@@ -1,0 +1,181 @@
+"""Owners and their leases on one file, at the storage level (no event loop): who may take
+whose running jobs, and whose outcomes count."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import Event, Job, JobStatus
+from conveyor._storage.sqlite import (
+    NewJob,
+    Outcome,
+    Writer,
+    get_job,
+    open_reader,
+    owner_lock_path,
+)
+
+NOW = 1_800_000_000.0
+LEASE = 4.0
+HANDLERS = {"noop": (1, None)}
+
+
+def new_job() -> NewJob:
+    return NewJob(
+        name="noop",
+        payload_json="null",
+        payload=None,
+        priority=5,
+        max_attempts=1,
+        timeout=None,
+        run_at=NOW,
+        idempotency_key=None,
+    )
+
+
+def owner(path: Path, now: float = NOW) -> Writer:
+    writer = Writer(str(path))
+    in_transaction(writer, lambda: writer.register(now, HANDLERS))
+    return writer
+
+
+def in_transaction(writer: Writer, work):  # type: ignore[no-untyped-def]
+    writer.begin()
+    try:
+        value = work()
+        writer.commit()
+    except BaseException:
+        writer.rollback()
+        raise
+    return value
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+@pytest.fixture
+def first(path: Path) -> Iterator[Writer]:
+    writer = owner(path)
+    yield writer
+    writer.close()
+
+
+@pytest.fixture
+def second(path: Path, first: Writer) -> Iterator[Writer]:
+    writer = owner(path)
+    yield writer
+    writer.close()
+
+
+def claim_one(writer: Writer, now: float = NOW) -> list[int]:
+    return [job.id for job in in_transaction(writer, lambda: writer.claim(1, now))]
+
+
+def read_job(writer: Writer, job_id: int) -> Job:
+    reader = open_reader(writer.path)
+    try:
+        job = get_job(reader, job_id)
+    finally:
+        reader.close()
+    assert job is not None
+    return job
+
+
+def status(writer: Writer, job_id: int) -> tuple[JobStatus, int]:
+    job = read_job(writer, job_id)
+    return job.status, job.attempts
+
+
+def test_each_process_registers_as_its_own_owner(first: Writer, second: Writer) -> None:
+    assert first.owner is not None
+    assert second.owner is not None
+    assert first.owner != second.owner
+
+
+def test_a_live_owners_running_jobs_are_not_taken(first: Writer, second: Writer) -> None:
+    in_transaction(first, lambda: first.insert([new_job()], NOW))
+    (job_id,) = claim_one(first)
+    assert in_transaction(second, lambda: second.rescue(NOW + 1, LEASE)) == []
+    assert status(second, job_id) == (JobStatus.RUNNING, 1)
+
+
+def test_a_dead_owners_running_jobs_are_taken_at_once(path: Path, second: Writer) -> None:
+    doomed = owner(path)
+    in_transaction(doomed, lambda: doomed.insert([new_job()], NOW))
+    (job_id,) = claim_one(doomed)
+    doomed.close()  # as a crash leaves it: not retired, its lock released by the kernel
+    changes = in_transaction(second, lambda: second.rescue(NOW, LEASE))
+    assert [(change.job_id, change.event) for change in changes] == [(job_id, Event.FAILED)]
+    assert status(second, job_id) == (JobStatus.FAILED, 1)  # its only attempt counted
+    assert not Path(owner_lock_path(str(path), doomed.owner or 0)).exists()
+
+
+def test_a_silent_owner_is_taken_over_once_its_lease_lapses(first: Writer, second: Writer) -> None:
+    in_transaction(first, lambda: first.insert([new_job()], NOW))
+    (job_id,) = claim_one(first)
+    assert in_transaction(second, lambda: second.rescue(NOW + LEASE - 0.5, LEASE)) == []
+    assert in_transaction(second, lambda: second.rescue(NOW + LEASE + 0.5, LEASE))
+    assert status(second, job_id)[0] is JobStatus.FAILED
+
+
+def test_a_heartbeat_renews_the_lease(first: Writer, second: Writer) -> None:
+    in_transaction(first, lambda: first.insert([new_job()], NOW))
+    claim_one(first)
+    assert in_transaction(first, lambda: first.beat(NOW + LEASE))
+    assert in_transaction(second, lambda: second.rescue(NOW + LEASE + 0.5, LEASE)) == []
+
+
+def test_a_heartbeat_after_a_takeover_is_refused(first: Writer, second: Writer) -> None:
+    in_transaction(second, lambda: second.rescue(NOW + LEASE + 1, LEASE))
+    assert not in_transaction(first, lambda: first.beat(NOW + LEASE + 2))
+
+
+def test_an_outcome_from_an_owner_whose_jobs_were_taken_over_is_refused(
+    first: Writer, second: Writer
+) -> None:
+    (stored,), _ = in_transaction(first, lambda: first.insert([new_job()], NOW))
+    (claimed,) = in_transaction(first, lambda: first.claim(1, NOW))
+    in_transaction(second, lambda: second.rescue(NOW + LEASE + 1, LEASE))
+    # Failed (its one attempt counted), requeued, and running the same attempt number again.
+    assert in_transaction(second, lambda: second.requeue(stored.id, NOW + LEASE + 1))
+    assert claim_one(second, NOW + LEASE + 1) == [stored.id]
+    late = Outcome(claimed, Event.COMPLETED, result_json='"late"')
+    assert in_transaction(first, lambda: first.end_attempts([late], NOW + LEASE + 2)) == []
+    assert status(second, stored.id) == (JobStatus.RUNNING, 1)
+
+
+def test_progress_from_an_owner_whose_jobs_were_taken_over_is_dropped(
+    first: Writer, second: Writer
+) -> None:
+    (stored,), _ = in_transaction(first, lambda: first.insert([new_job()], NOW))
+    claim_one(first)
+    in_transaction(second, lambda: second.rescue(NOW + LEASE + 1, LEASE))
+    in_transaction(second, lambda: second.requeue(stored.id, NOW + LEASE + 1))
+    claim_one(second, NOW + LEASE + 1)
+    in_transaction(first, lambda: first.record_progress([(0.5, "late", stored.id, 1)]))
+    assert read_job(second, stored.id).progress is None
+
+
+def test_a_worker_claims_only_the_jobs_of_its_own_handlers(path: Path) -> None:
+    worker = Writer(str(path))
+    in_transaction(worker, lambda: worker.register(NOW, {"resize": (3, None)}))
+    try:
+        in_transaction(worker, lambda: worker.insert([new_job()], NOW))
+        assert claim_one(worker) == []
+    finally:
+        worker.close()
+
+
+def test_a_retired_owner_leaves_no_row_and_no_lock_file(path: Path, first: Writer) -> None:
+    leaving = owner(path)
+    in_transaction(leaving, leaving.retire)
+    leaving.close()
+    assert not Path(owner_lock_path(str(path), leaving.owner or 0)).exists()
+    with sqlite3.connect(path) as conn:
+        assert [row[0] for row in conn.execute("SELECT id FROM owners")] == [first.owner]
