@@ -9,6 +9,7 @@ every timer fires at its exact virtual time.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -19,10 +20,20 @@ import trio
 import trio.testing
 
 import conveyor
-from conveyor._actors.messages import Report
-from conveyor._storage.sqlite import Outcome
+from conveyor._actors.messages import Look, Report
+from conveyor._storage.sqlite import Outcome, Writer
 
-from model import NO_LIMITS, Behaviour, HandlerLimits, Start, fail_message, raise_message, result_of
+from model import (
+    HEARTBEAT,
+    NO_LIMITS,
+    SECOND_RESULT,
+    Behaviour,
+    HandlerLimits,
+    Start,
+    fail_message,
+    raise_message,
+    result_of,
+)
 
 T = TypeVar("T")
 
@@ -91,7 +102,15 @@ class Paused:
     paused: bool
 
 
-Event = Start | Ended | Cancelled | Requeued | Paused
+@attrs.frozen
+class Claimed:
+    """The second owner claimed attempt ``attempt`` of job ``job_id`` (it runs no handler)."""
+
+    job_id: int
+    attempt: int
+
+
+Event = Start | Ended | Cancelled | Requeued | Paused | Claimed
 
 
 class RealQueue:
@@ -114,6 +133,9 @@ class RealQueue:
         self._stop: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         self._budget = StepBudget()
+        self.second: Writer | None = None
+        """The second owner: another process's writer on the file, driven by hand."""
+        self._second_claims: dict[tuple[int, int], conveyor.Job] = {}
         self._thread = threading.Thread(target=self._thread_main, daemon=True)
         self.registry = conveyor.Registry()
 
@@ -127,6 +149,9 @@ class RealQueue:
 
     def close(self) -> None:
         """Crash the queue (if open) and end the event loop."""
+        if self.second is not None:
+            self.second.close()
+            self.second = None
         if self._token is not None and self._thread.is_alive():
             self.run(self._crash)
             trio.from_thread.run(self._end, trio_token=self._token)
@@ -192,6 +217,7 @@ class RealQueue:
                     workers=workers,
                     clock=lambda: EPOCH + trio.current_time(),
                     sql_thread=False,
+                    heartbeat=HEARTBEAT,
                 ) as self.queue:
                     task_status.started()
                     await trio.sleep_forever()
@@ -339,6 +365,68 @@ class RealQueue:
 
     def now(self) -> float:
         return self.clock.current_time()
+
+    # --- the second owner --------------------------------------------------------------------
+    def second_open(self) -> None:
+        """Another process opens the file and registers as an owner of the same handlers."""
+        writer = Writer(str(self.path))
+        self.second = writer
+        self._second(lambda: writer.register(self._wall(), dict.fromkeys(HANDLER_NAMES, (3, None))))
+
+    def second_claim(self) -> int | None:
+        """The second owner claims one job (the best ready one); its id."""
+        writer = self._second_writer()
+        jobs = self._second(lambda: writer.claim(1, self._wall()))
+        if not jobs:
+            return None
+        (job,) = jobs
+        self._second_claims[job.id, job.attempts] = job
+        self.events.append(Claimed(job.id, job.attempts))
+        return job.id
+
+    def second_beat(self) -> bool:
+        """The second owner renews its lease; if it was taken over, it registers anew (as the
+        store does) and this says False."""
+        writer = self._second_writer()
+        renewed = self._second(lambda: writer.beat(self._wall()))
+        if not renewed:
+            self._second(lambda: writer.reregister(self._wall()))
+            self._second_claims.clear()  # as the pool drops the attempts of the lost lease
+        return renewed
+
+    def second_die(self) -> None:
+        """The second owner's process dies: its lock is released, its row stays."""
+        self._second_writer().close()
+        self.second = None
+
+    def second_complete(self, job_id: int, attempt: int) -> None:
+        """The second owner's attempt ends: its handler returned."""
+        writer = self._second_writer()
+        job = self._second_claims[job_id, attempt]
+        outcome = Outcome(job, conveyor.Event.COMPLETED, result_json=json.dumps(SECOND_RESULT))
+        self._second(lambda: writer.end_attempts([outcome], self._wall()))
+
+    def _second_writer(self) -> Writer:
+        assert self.second is not None
+        return self.second
+
+    def _second(self, work: Callable[[], T]) -> T:
+        """``work()`` in one of the second owner's transactions; then ring the queue, as the
+        second owner's doorbell would."""
+        writer = self._second_writer()
+        writer.begin()
+        try:
+            value = work()
+            writer.commit()
+        except BaseException:
+            writer.rollback()
+            raise
+        if self.queue is not None:
+            self.call(lambda queue: queue._runtime.send(Look(True, True)))
+        return value
+
+    def _wall(self) -> float:
+        return EPOCH + self.now()
 
     def next_deadline(self) -> float:
         """The virtual time at which the next task wakes by itself (inf if none)."""

@@ -21,10 +21,11 @@ from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 import conveyor
-from harness import EPOCH, HANDLER_NAMES, Cancelled, Ended, Paused, RealQueue, Requeued
+from harness import EPOCH, HANDLER_NAMES, Cancelled, Claimed, Ended, Paused, RealQueue, Requeued
 
 from model import (
     SCHEDULE_PRIORITY,
+    SECOND_RESULT,
     ZONE_OFFSETS,
     Behaviour,
     Cadence,
@@ -296,7 +297,8 @@ def _by_instant(starts: Iterable[Start], model: Model) -> dict[tuple[int, float]
 class QueueMachine(RuleBasedStateMachine):
     """Enqueues, workflows, schedules, cancels, requeues (one by one and in bulk), pauses and
     resumes, time passing, crashes (with time passing while no process has the file open), and
-    racing cancels, on the real queue, its handlers drawn with or without limits.
+    racing cancels, on the real queue, its handlers drawn with or without limits; and a
+    second owner on the file (claims, heartbeats, death, late outcomes).
 
     After every step the real jobs (status, attempts, run_at, created_at, result, error,
     progress, after, schedule_key), the stored schedules (next and last tick, last job) and the
@@ -467,6 +469,61 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.real.set_paused(name, False) is self.model.resume(name)
         self.check()
 
+    # --- a second owner on the file -------------------------------------------------------
+    @precondition(
+        lambda self: (
+            self.model.second is None
+            or (self.model.second.alive and not self.model.second.taken_over)
+        )
+    )
+    @rule()
+    def second_owner_claims(self) -> None:
+        """Another process (opening the file first, if it has not) claims the best ready
+        job: one the queue could not start (its slots are full, or limits hold it)."""
+        if self.model.second is None:
+            self.model.second_opens()
+            self.real.second_open()
+        assert self.real.second_claim() == self.model.second_claim()
+        self.check()
+
+    @precondition(lambda self: self.model.second is not None and self.model.second.alive)
+    @rule()
+    def second_owner_beats(self) -> None:
+        renewed = self.model.second_beats()
+        assert self.real.second_beat() is renewed
+        if not renewed:
+            event("the second owner found its lease taken over")
+        self.check()
+
+    @precondition(lambda self: self.model.second is not None and self.model.second.alive)
+    @rule()
+    def second_owner_dies(self) -> None:
+        self.model.second_dies()
+        self.real.second_die()
+        self.check()
+
+    @precondition(
+        lambda self: (
+            self.model.second is not None
+            and self.model.second.alive
+            and bool(self.model.second.claims)
+        )
+    )
+    @rule(data=st.data())
+    def second_owner_ends_an_attempt(self, data: st.DataObject) -> None:
+        """An attempt the second owner claimed returns: counted if it still holds the job,
+        refused if the queue took it over (a stale outcome after a takeover)."""
+        assert self.model.second is not None
+        job_id, attempt = data.draw(st.sampled_from(self.model.second.claims), label="claim")
+        self.second_owner_ends(job_id, attempt)
+
+    def second_owner_ends(self, job_id: int, attempt: int) -> None:
+        counted = self.model.second_completes(job_id, attempt)
+        self.real.second_complete(job_id, attempt)
+        if not counted:
+            event("an outcome of the second owner after a takeover was refused")
+        self.check()
+
     @rule(seconds=st.integers(1, 24).map(lambda n: n / 2))
     def advance_time(self, seconds: float) -> None:
         self._advance_to(self.model.now + seconds)
@@ -536,11 +593,11 @@ class QueueMachine(RuleBasedStateMachine):
             "no order of the cancel and the claim explains this:\n" + "\n".join(rejected)
         )
 
-    @precondition(lambda self: bool(self.model.running()) and not self.model.ready())
+    @precondition(lambda self: bool(self.model.running_here()) and not self.model.ready())
     @rule(data=st.data(), checkpoints=st.integers(0, 4), workers=st.integers(1, 4))
     def cancel_then_crash(self, data: st.DataObject, checkpoints: int, workers: int) -> None:
         """A crash right after a cancel of a running job: its end may not be committed."""
-        running = sorted(job.id for job in self.model.running())
+        running = sorted(job.id for job in self.model.running_here())
         job_id = data.draw(st.sampled_from(running), label="job_id")
         cancelled = self.real.cancel_then_crash(job_id, checkpoints, workers)
         assert cancelled
@@ -611,6 +668,8 @@ class QueueMachine(RuleBasedStateMachine):
                     self.unschedule(key)
                 for name in sorted(self.model.paused):
                     self.resume(name)
+                if self.model.second is not None and self.model.second.alive:
+                    self.second_owner_dies()
                 self._drain()
                 self._check_invariants()
         finally:
@@ -747,10 +806,10 @@ class QueueMachine(RuleBasedStateMachine):
         for logged in self.real.events:
             if isinstance(logged, Requeued) and logged.job_id == job_id:
                 epochs.append([])
-            elif isinstance(logged, Start | Cancelled) and logged.job_id == job_id:
+            elif isinstance(logged, Start | Claimed | Cancelled) and logged.job_id == job_id:
                 epochs[-1].append(logged)
         for epoch in epochs:
-            attempts = [event.attempt for event in epoch if isinstance(event, Start)]
+            attempts = [event.attempt for event in epoch if isinstance(event, Start | Claimed)]
             # 2 and 6: each attempt runs once (a crash counts the attempt it interrupted), in
             # order, at most max_attempts of them.
             assert attempts == list(range(1, len(attempts) + 1)), (job_id, attempts)
@@ -758,20 +817,26 @@ class QueueMachine(RuleBasedStateMachine):
             # 3: after a successful cancel, only the attempt already claimed may start (its
             # handler is cancelled at its first checkpoint); nothing after it.
             cancels = [i for i, event in enumerate(epoch) if isinstance(event, Cancelled)]
-            assert len(cancels) <= 1, (job_id, epoch)
+            # One cancel ends it; only a job running in another process (the second owner)
+            # is asked again while it runs, and says so again.
+            attempts_cancelled = {e.attempts for e in epoch if isinstance(e, Cancelled)}
+            assert len(attempts_cancelled) <= 1, (job_id, epoch)
             if cancels:
                 cancel = epoch[cancels[0]]
                 assert isinstance(cancel, Cancelled)
-                late = [e for e in epoch[cancels[0] :] if isinstance(e, Start)]
+                late = [e for e in epoch[cancels[0] :] if isinstance(e, Start | Claimed)]
                 if cancel.while_running:
                     assert all(start.attempt == cancel.attempts for start in late), epoch
                 else:
                     assert not late, epoch
-        final = [event for event in epochs[-1] if isinstance(event, Start)]
+        final = [event for event in epochs[-1] if isinstance(event, Start | Claimed)]
         if job.status is conveyor.JobStatus.COMPLETED:
             # 2: a completed job never runs again.
             assert final
-            assert job.result == {"tag": job.payload["tag"], "attempt": len(final)}
+            if isinstance(final[-1], Claimed):
+                assert job.result == SECOND_RESULT
+            else:
+                assert job.result == {"tag": job.payload["tag"], "attempt": len(final)}
 
     # --- helpers -----------------------------------------------------------------------------
     def _tagged(self, spec: Spec) -> Spec:

@@ -14,6 +14,13 @@ and its ``requeue`` brings those back to ``waiting``. Schedules tick by the mode
 (``every`` seconds, or the minutes a cron minute field matches in a fixed-offset time zone), not
 by conveyor's ``_schedule`` module.
 
+A second owner (another process on the file, driven by hand) claims ready jobs without running
+them, renews its lease or not, dies, and ends its attempts. The queue renews its own lease every
+:data:`HEARTBEAT` seconds from when it opened, and at each renewal (and when it opens) takes
+over the second owner's running jobs if that owner died or its last heartbeat is
+:data:`LEASE` seconds old or more: they end as an interrupted attempt, as after a crash. An
+outcome from the second owner after that changes nothing.
+
 Limits follow the issue that brought them, again without conveyor's code: a ready job whose
 handler is paused, or whose handler's ``concurrency``, ``key_concurrency`` (per concurrency key)
 or rate limit (starts in the last ``seconds``, a start at ``t`` counting until ``t + seconds``)
@@ -24,6 +31,7 @@ attempt's priority plus the handler's ``retry_priority_step``, at most 10.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Final, Literal
 
 import attrs
@@ -138,6 +146,24 @@ class HandlerLimits:
 NO_LIMITS: Final = HandlerLimits()
 
 LOWEST_PRIORITY: Final = 10
+
+HEARTBEAT: Final = 2.0
+LEASE: Final = 2 * HEARTBEAT
+
+SECOND_RESULT: Final = {"by": "the second owner"}
+
+
+@attrs.define
+class SecondOwner:
+    """Another process on the file: when it last renewed its lease, whether its process
+    lives, the jobs it holds, and every ``(job id, attempt)`` it claimed."""
+
+    heartbeat_at: float
+    alive: bool = True
+    taken_over: bool = False
+    jobs: set[int] = attrs.Factory(set)
+    claims: list[tuple[int, int]] = attrs.Factory(list)
+
 
 MISSED_AFTER: Final = 60.0
 """A tick more than this many seconds late is *missed* (README): ``catch_up="none"`` skips it."""
@@ -259,6 +285,7 @@ class Job:
     cancelled_at: float | None = None
     schedule_key: str | None = None
     concurrency_key: str | None = None
+    cancel_requested: bool = False  # while the second owner runs it
 
     def move(self, event: Event) -> None:
         status = decide(self.status, event)
@@ -289,6 +316,9 @@ class Model:
         self.limits = limits or {}
         self.paused: set[str] = set()
         self.holds: set[str] = set()
+        self.second: SecondOwner | None = None
+        self.opened_at = 0.0
+        self.second_starts: list[Start] = []
         """What held back a ready job while a slot was free, at some point (for statistics)."""
         self.generation = 0
         self.open = True
@@ -307,7 +337,13 @@ class Model:
 
     # --- what the model sees ---------------------------------------------------------------
     def running(self) -> list[Job]:
+        """Every running job, the second owner's too (limits count them all)."""
         return [job for job in self.jobs.values() if job.status is Status.RUNNING]
+
+    def running_here(self) -> list[Job]:
+        """The running jobs of the queue itself (not the second owner's)."""
+        held = set() if self.second is None else self.second.jobs
+        return [job for job in self.running() if job.id not in held]
 
     def ready(self) -> list[Job]:
         due = [
@@ -330,8 +366,123 @@ class Model:
         ]
         if self.open:
             times += [schedule.next_run_at for schedule in self.schedules.values()]
+            takeover = self.next_takeover()
+            if takeover is not None:
+                times.append(takeover)
         times += [opens for opens in self._windows_opening() if opens > self.now]
         return min(times, default=None)
+
+    def next_takeover(self) -> float | None:
+        """When the queue's heartbeat takes over the second owner (``None``: there is none
+        to take over)."""
+        second = self.second
+        if second is None or second.taken_over:
+            return None
+        beats = int((self.now - self.opened_at) // HEARTBEAT) + 1
+        first = self.opened_at + HEARTBEAT * beats
+        if not second.alive:
+            return first
+        lapse = second.heartbeat_at + LEASE
+        return max(
+            first, self.opened_at + HEARTBEAT * math.ceil((lapse - self.opened_at) / HEARTBEAT)
+        )
+
+    def _take_over(self) -> None:
+        """The second owner is gone or silent: its running jobs end as interrupted attempts."""
+        second = self.second
+        if second is None or second.taken_over:
+            return
+        if second.alive and second.heartbeat_at > self.now - LEASE:
+            return
+        for job_id in sorted(second.jobs):
+            job = self.jobs[job_id]
+            self._interrupt(job, cancel_requested=job.cancel_requested)
+        second.jobs.clear()
+        if second.alive:
+            second.taken_over = True
+        else:
+            self.second = None
+
+    def _interrupt(self, job: Job, *, cancel_requested: bool) -> None:
+        job.ends_at = None
+        job.cancel_requested = False
+        job.error = (
+            f"attempt {job.attempts} of {job.max_attempts} was interrupted: the process "
+            "running it stopped"
+        )
+        job.move(
+            end_attempt(
+                Event.RECOVERED,
+                attempts=job.attempts,
+                max_attempts=job.max_attempts,
+                cancel_requested=cancel_requested,
+            )
+        )
+        self._ended(job)
+
+    # --- the second owner ------------------------------------------------------------------
+    def second_opens(self) -> None:
+        self.second = SecondOwner(heartbeat_at=self.now)
+
+    def second_claim(self) -> int | None:
+        """The second owner claims the best ready job of a handler not paused (it applies no
+        limits of its own); its id."""
+        assert self.second is not None
+        ready = [job for job in self.ready() if job.name not in self.paused]
+        if not ready:
+            return None
+        job = ready[0]
+        job.move(Event.STARTED)
+        job.attempts += 1
+        job.progress = None
+        self.second.jobs.add(job.id)
+        self.second.claims.append((job.id, job.attempts))
+        self.second_starts.append(Start(self.generation, self.now, job.id, job.attempts))
+        return job.id
+
+    def second_beats(self) -> bool:
+        """Whether the renewal took (else the second owner registers anew: it was taken
+        over)."""
+        assert self.second is not None
+        self.second.heartbeat_at = self.now
+        if self.second.taken_over:
+            # It registers anew, and stops (and never reports) the attempts it had.
+            self.second.taken_over = False
+            self.second.claims.clear()
+            return False
+        return True
+
+    def second_dies(self) -> None:
+        assert self.second is not None
+        if self.second.jobs:
+            self.second.alive = False
+        else:
+            self.second = None
+
+    def second_completes(self, job_id: int, attempt: int) -> bool:
+        """The second owner's attempt ``attempt`` of job ``job_id`` returned; whether its
+        outcome counted (it still held the job)."""
+        second = self.second
+        assert second is not None
+        job = self.jobs[job_id]
+        if job_id not in second.jobs or job.attempts != attempt:
+            return False
+        second.jobs.discard(job_id)
+        event = end_attempt(
+            Event.COMPLETED,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            cancel_requested=job.cancel_requested,
+        )
+        job.cancel_requested = False
+        if event is Event.COMPLETED:
+            job.result = SECOND_RESULT
+        else:
+            job.error = "cancelled while running"
+        job.move(event)
+        self._ended(job)
+        self.fill_slots()
+        return True
 
     def _windows_opening(self) -> list[float]:
         """When the starts that rate limits count now stop counting."""
@@ -451,6 +602,10 @@ class Model:
         job = self.jobs.get(job_id)
         if job is None or job.status in TERMINAL:
             return False
+        if self.second is not None and job_id in self.second.jobs:
+            # Running in the other process: requested; its end, or a takeover, settles it.
+            job.cancel_requested = True
+            return True
         if job.status in (Status.PENDING, Status.WAITING):
             job.error = "cancelled before it ran"
         else:
@@ -561,10 +716,13 @@ class Model:
             event = self.next_event()
             if event is None or event > time:
                 break
+            takeover = self.next_takeover()
             self.now = event
             for job in sorted(self.running(), key=lambda job: job.id):
                 if job.ends_at == event:
                     self._end_sleep(job)
+            if event == takeover:
+                self._take_over()
             self._fire_schedules()
             self.fill_slots()
         self.now = time
@@ -572,7 +730,7 @@ class Model:
     def crash(self) -> list[tuple[int, int]]:
         """The process dies: nothing changes in storage; returns the attempts it was running."""
         self.open = False
-        return [(job.id, job.attempts) for job in self.running()]
+        return [(job.id, job.attempts) for job in self.running_here()]
 
     def reopen(self, workers: int, *, cancel_requested: frozenset[int] = frozenset()) -> None:
         """A new queue opens the file: interrupted attempts count, due ticks are enqueued
@@ -582,25 +740,14 @@ class Model:
         (and their handler's end was not): they end ``cancelled``.
         """
         self.open = True
+        self.opened_at = self.now
         self.generation += 1
         self.workers = workers
         if workers == 1:
             self.single_worker_generations.add(self.generation)
-        for job in self.running():
-            job.ends_at = None
-            job.error = (
-                f"attempt {job.attempts} of {job.max_attempts} was interrupted: the process "
-                "running it stopped"
-            )
-            job.move(
-                end_attempt(
-                    Event.RECOVERED,
-                    attempts=job.attempts,
-                    max_attempts=job.max_attempts,
-                    cancel_requested=job.id in cancel_requested,
-                )
-            )
-            self._ended(job)
+        for job in self.running_here():
+            self._interrupt(job, cancel_requested=job.id in cancel_requested)
+        self._take_over()
         self._fire_schedules()
         self.fill_slots()
 
@@ -611,7 +758,7 @@ class Model:
         handler's outcome: the race of a cancel with a claim in flight.
         """
         claimed = False
-        while self.open and len(self.running()) < self.workers:
+        while self.open and len(self.running_here()) < self.workers:
             job = None
             for candidate in self.ready():
                 hold = self.held_by(candidate)

@@ -147,6 +147,28 @@ def retry_priority_capped_at_nine() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def outcome_without_fencing() -> Iterator[None]:
+    """Invariant 12: an outcome is checked against the job's attempt, but not against the
+    owner holding it: an owner whose jobs were taken over can end another owner's attempt of
+    the same number."""
+    statement = sqlite.Q_COMPLETE_ALL
+    assert "AND jobs.owner = ?" in statement
+    with (
+        _patched(sqlite, "fenced_out", lambda holder, owner: False),
+        _patched(sqlite, "Q_COMPLETE_ALL", statement.replace("AND jobs.owner = ?", "AND ? > 0")),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def live_owner_taken_over() -> Iterator[None]:
+    """Invariant 12: an owner is taken for dead when its lock cannot be checked, and its
+    running jobs are taken over while it lives and renews its lease."""
+    with _patched(sqlite, "owner_process_alive", lambda path, owner: False):
+        yield
+
+
 MUTANTS: Final[dict[str, Callable[[], contextlib.AbstractContextManager[None]]]] = {
     "released_on_failure": released_on_failure,
     "released_early": released_early,
@@ -158,6 +180,8 @@ MUTANTS: Final[dict[str, Callable[[], contextlib.AbstractContextManager[None]]]]
     "pause_not_stored": pause_not_stored,
     "held_job_blocks_the_line": held_job_blocks_the_line,
     "retry_priority_capped_at_nine": retry_priority_capped_at_nine,
+    "outcome_without_fencing": outcome_without_fencing,
+    "live_owner_taken_over": live_owner_taken_over,
 }
 
 

@@ -1,5 +1,5 @@
-"""The suite catches the bugs of ``mutants.py``: one against each part of invariants 9, 10
-and 11.
+"""The suite catches the bugs of ``mutants.py``: one against each part of invariants 9, 10,
+11 and 12.
 
 Each case is the short sequence of machine steps that the state machine shrank to when it found
 the mutant (planted with ``CONVEYOR_MUTANT``), written the way Hypothesis prints it. It passes on
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 import pytest
 
 from machine import QueueMachine
@@ -113,6 +114,25 @@ def a_retry_goes_down_to_the_lowest_priority(state: QueueMachine) -> None:
     state.enqueue(job(Behaviour("raise"), priority=8))
 
 
+def a_taken_over_owners_late_outcome_is_refused(state: QueueMachine) -> None:
+    state.open_queue(workers=1)
+    state.enqueue(job(LONG))  # keeps the queue's one slot busy
+    state.enqueue(attrs.evolve(job(LONG, LONG, LONG, LONG), max_attempts=1))
+    state.second_owner_claims()  # job 2, attempt 1
+    state.advance_time(4.0)  # its lease lapses: taken over, its one attempt counted: failed
+    state.requeue_job(2)
+    state.cancel_job(1)  # the queue's slot frees: it runs job 2's attempt 1 itself
+    state.second_owner_ends(2, 1)
+
+
+def a_live_owners_jobs_are_not_taken_over(state: QueueMachine) -> None:
+    state.open_queue(workers=1)
+    state.enqueue(job(LONG))
+    state.enqueue(job(LONG))
+    state.second_owner_claims()
+    state.advance_time(2.0)  # the queue's first heartbeat: the second owner's lease holds
+
+
 CASES: list[tuple[str, Callable[[QueueMachine], None], str]] = [
     # (the mutant, the steps that catch it, what the machine reports under it)
     (
@@ -160,6 +180,16 @@ CASES: list[tuple[str, Callable[[QueueMachine], None], str]] = [
         "retry_priority_capped_at_nine",
         a_retry_goes_down_to_the_lowest_priority,
         r"job 1: real \{[^}]*'priority': 9.* != model \{[^}]*'priority': 10",
+    ),
+    (
+        "outcome_without_fencing",
+        a_taken_over_owners_late_outcome_is_refused,
+        r"job 2: real \{'status': 'completed'.* != model \{'status': 'running'",
+    ),
+    (
+        "live_owner_taken_over",
+        a_live_owners_jobs_are_not_taken_over,
+        r"job 2: real \{'status': 'pending'.* != model \{'status': 'running'",
     ),
 ]
 

@@ -5,8 +5,9 @@ one by one and in batches, workflows (random DAGs of up to six steps that run af
 steps and after stored jobs, now and then one that does not exist), schedules (``every`` and
 ``cron`` in two time zones, each catch-up), cancels and requeues (one by one, of the job whose
 failure cancelled others, and in bulk), time passing, crashes (with or without time passing
-before the file is opened again), cancels racing a claim or a crash, stale outcomes, and pauses
-and resumes; each handler is drawn with or without limits (``concurrency``, ``key_concurrency``
+before the file is opened again), cancels racing a claim or a crash, stale outcomes, pauses
+and resumes, and a second owner (another process's writer on the file) that claims jobs,
+renews its lease or misses its heartbeats, dies, and ends its attempts late; each handler is drawn with or without limits (``concurrency``, ``key_concurrency``
 over the jobs' concurrency keys, a rate limit, a ``retry_priority_step``). The model
 (``model.py``) says what each step must do. What is checked, by invariant of DESIGN §4:
 
@@ -25,7 +26,11 @@ and the handler starts are what the model allows:
 - 11, limits: a ready job whose handler is paused or has no room under its limits stays
   ``pending`` in its place while the jobs after it (of the other handler, or of another key)
   start in free slots; it starts the moment the room opens (a rate window's end wakes the
-  queue); a retry runs at its lowered priority.
+  queue); a retry runs at its lowered priority;
+- 12, leases: the second owner's running jobs are taken over exactly when the queue's heartbeat
+  finds it dead or two heartbeats silent (never while it lives and renews), as interrupted
+  attempts; its outcome after that changes nothing, even when the queue runs the same attempt
+  number of the job again; its heartbeat is refused and it registers anew.
 
 At the end the schedules are removed, time runs until every job is finished, and these are
 checked on what the real queue did:
@@ -47,8 +52,9 @@ checked on what the real queue did:
     window than its rate limit; no start of a paused handler's job between the return of
     ``pause`` and that of ``resume``, across crashes.
 
-``mutants.py`` plants bugs against invariants 9, 10 and each part of 11 (``test_mutants.py``
-shows each one caught).
+``mutants.py`` plants bugs against invariants 9, 10, each part of 11, and 12 (an outcome
+accepted without the owner check; a live owner's jobs taken over): ``test_mutants.py`` shows
+each one caught.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import anyio
 import attrs
+import httpx
 import pytest
 
 import conveyor
@@ -204,3 +206,76 @@ async def test_a_stopped_workers_late_outcome_is_refused_after_a_takeover(
     assert after == done
     assert "lost its lease" in log
     assert f"outcome (completed) of job {job.id} attempt 1" in log  # refused as stale
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_the_web_example_enqueues_from_two_uvicorn_workers_into_a_worker_process(
+    tmp_path: Path,
+) -> None:
+    """examples/web as its docstring runs it: ``uvicorn app:app --workers 2`` beside
+    ``conveyor worker``, on one file."""
+    web = TESTS.parent / "examples" / "web"
+    port = free_port()
+    env = {**os.environ, "CONVEYOR_DB": str(tmp_path / "signups.db")}
+    logs = tmp_path / "uvicorn.err"
+    with logs.open("wb") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app:app", "--workers", "2", "--port", str(port)],
+            cwd=web,
+            env=env,
+            stderr=err,
+        )
+    worker_log = tmp_path / "worker.err"
+    with worker_log.open("wb") as err:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import conveyor.service; conveyor.service.main()",
+                "worker",
+                "--db",
+                env["CONVEYOR_DB"],
+                "--handlers",
+                "jobs:registry",
+            ],
+            cwd=web,
+            env=env,
+            stderr=err,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, logs.read_text()
+            try:
+                httpx.get(f"{url}/jobs/1", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, logs.read_text()
+                time.sleep(0.1)
+        answers = []
+        for n in range(20):
+            with httpx.Client(timeout=30) as client:  # a new connection each: both processes
+                reply = client.post(f"{url}/signups", json={"email": f"user{n}@example.com"})
+                assert reply.status_code == 202, reply.text
+                answers.append(reply.json())
+        for answer in answers:
+            job = httpx.get(f"{url}/jobs/{answer['job']}", params={"wait": 30}, timeout=60).json()
+            assert job["status"] == "completed", (job, worker_log.read_text())
+            assert job["result"].startswith("welcome mail sent to user")
+        print(f"web processes that enqueued: {sorted({a['web_process'] for a in answers})}")
+    finally:
+        for process in (server, worker):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    assert worker.returncode == 0, worker_log.read_text()

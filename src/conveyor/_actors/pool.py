@@ -78,7 +78,9 @@ STALL_THRESHOLD: Final = 1.0
 STALL_CHECK_INTERVAL: Final = 0.2
 """Seconds the watchdog sleeps between two looks at the event loop."""
 
-StopReason = Literal["cancel", "shutdown"]
+StopReason = Literal["cancel", "shutdown", "fenced"]
+"""Why the pool stopped an attempt: a cancel, shutdown's grace ending, or the loss of this
+process's lease (the job was taken over: the attempt's end is not reported at all)."""
 
 
 class Attempt:
@@ -199,8 +201,7 @@ class Pool:
             for job_id in message.cancel:
                 self._cancel(job_id, "cancel")
             if message.fenced:
-                for job_id in [*self._running, *(job.id for job in self._ready)]:
-                    self._cancel(job_id, "cancel")
+                self._drop_fenced()
             if message.paused:
                 self._give_back(lambda job: job.name in message.paused)
         elif isinstance(message, Flush):
@@ -213,6 +214,16 @@ class Pool:
         elif isinstance(message, InterruptAll):
             for job_id in list(self._running):
                 self._cancel(job_id, "shutdown")
+
+    def _drop_fenced(self) -> None:
+        """This process's lease was lost and its jobs taken over: stop every attempt, and
+        report none of their ends (they belong to the old lease, and the new one of this very
+        process could otherwise take them for its own); drop the claimed jobs not started."""
+        for job_id in list(self._running):
+            self._cancel(job_id, "fenced")
+        for job in self._ready:
+            self._results.pop(job.id, None)
+        self._ready.clear()
 
     def _give_back(self, which: Callable[[Job], bool]) -> None:
         """Return the claimed jobs ``which`` picks, not started yet, to pending untouched."""
@@ -343,6 +354,10 @@ class Pool:
         job, scope = attempt.job, attempt.scope
         cancelled = scope.cancel_called
         del self._running[job.id]
+        if attempt.reason == "fenced":
+            logger.info("job %d attempt %d stopped: its lease was lost", job.id, job.attempts)
+            self._ask_flush()  # its slot is free
+            return cancelled
         # An async handler that blocks the loop past its deadline returns before the timeout
         # can fire (trio's scope notices, asyncio's does not): the clock decides.
         late = job.timeout is not None and self._now() >= scope.deadline

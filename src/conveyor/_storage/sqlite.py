@@ -649,6 +649,12 @@ def _lock_path(path: str) -> str:
     return f"{path}.lock"
 
 
+def fenced_out(holder: int | None, owner: int | None) -> bool:
+    """Whether an outcome from ``owner`` of an attempt that ``holder`` holds must be refused:
+    with the attempt's number, the owner is the fencing token."""
+    return holder != owner
+
+
 def owner_lock_path(path: str, owner: int) -> str:
     """The file whose lock owner ``owner`` holds while its process lives."""
     return f"{path}.owner-{owner}.lock"
@@ -1551,7 +1557,7 @@ class Writer:
             )
             return None
         _, attempts, max_attempts, cancel_requested, owner = state
-        if owner != self.owner:
+        if fenced_out(owner, self.owner):
             logger.warning(
                 "refused the outcome (%s) of job %d attempt %d: owner %s lost its lease and "
                 "the job was taken over by owner %s",
