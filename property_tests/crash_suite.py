@@ -1,20 +1,27 @@
 """The kill -9 suite: a loaded queue killed at random moments, restarted, then drained.
 
-    python property_tests/crash_suite.py --cycles 200 [--seed N] [--disk-full]
+    python property_tests/crash_suite.py --cycles 200 [--seed N] [--disk-full] [--processes K]
 
-runs it by hand (CI runs ten cycles through ``test_crash_suite.py``). Each cycle starts a child
-process in which producers enqueue jobs and print each acknowledged id, and handlers log their
-side effects to a file with fsync; the parent kills the child with SIGKILL at a random moment and
-notes which jobs the database says were running then. At the end a last child drains the queue,
-and the parent checks: no acknowledged job lost, none left ``running``, every job completed at
-least once, and only jobs that were running at a kill ran more than once.
+runs it by hand (CI runs a few cycles of each kind through ``test_crash_suite.py``). Each
+cycle starts a child process in which producers enqueue jobs and print each acknowledged id,
+and handlers log their side effects to a file with fsync; the parent kills the child with
+SIGKILL at a random moment and notes which jobs the database says were running then. At the
+end a last child drains the queue, and the parent checks: no acknowledged job lost, none left
+``running``, every job completed at least once, and only jobs that were running at a kill ran
+more than once.
 
 With ``--disk-full`` (root only) the database lives on a small tmpfs, and in a third of the
 cycles the parent fills that disk while the child runs, then frees it (before or after the
 kill): the child must live through the full disk (its calls fail, and producers try again)
 and lose nothing it acknowledged.
 
-The same file is the child: ``crash_suite.py load DB LOG`` and ``crash_suite.py drain DB LOG``.
+With ``--processes K`` (K > 1), each cycle also runs K - 1 worker processes on the same file
+(``crash_suite.py work DB``), and kills one of them at a random moment while the others run on:
+the survivors must take over its running jobs (its lock is free at once; they look every
+heartbeat) and lose nothing. Every process is then killed at the cycle's end, as before.
+
+The same file is the child: ``crash_suite.py load DB``, ``crash_suite.py work DB`` and
+``crash_suite.py drain DB``.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import conveyor
 PRODUCERS: Final = 8
 WORKERS: Final = 8
 DRAIN_TIMEOUT: Final = 300.0
+HEARTBEAT: Final = 0.5
 
 registry = conveyor.Registry()
 
@@ -69,7 +77,9 @@ async def work(payload: dict[str, int]) -> int:
 
 
 async def load(db: str) -> None:
-    async with conveyor.open_queue(db, handlers=registry, workers=WORKERS) as queue:
+    async with conveyor.open_queue(
+        db, handlers=registry, workers=WORKERS, heartbeat=HEARTBEAT
+    ) as queue:
 
         async def produce(producer: int) -> None:
             for n in range(1_000_000):
@@ -85,6 +95,11 @@ async def load(db: str) -> None:
         async with trio.open_nursery() as nursery:
             for producer in range(PRODUCERS):
                 nursery.start_soon(produce, producer)
+
+
+async def run_handlers(db: str) -> None:
+    async with conveyor.open_queue(db, handlers=registry, workers=WORKERS, heartbeat=HEARTBEAT):
+        await trio.sleep_forever()
 
 
 async def drain(db: str) -> None:
@@ -106,6 +121,7 @@ class Report:
     jobs: int = 0
     reruns: int = 0
     squeezes: int = 0
+    workers_killed: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -113,7 +129,8 @@ class Report:
         return (
             f"{verdict}: {self.cycles} kill cycles in {self.seconds:.0f} s, {self.jobs} jobs, "
             f"{len(self.acknowledged)} acknowledged, {len(self.running_at_a_kill)} running at a "
-            f"kill, {self.reruns} re-run, {self.squeezes} disk-full phases"
+            f"kill, {self.reruns} re-run, {self.squeezes} disk-full phases, "
+            f"{self.workers_killed} worker processes killed beside running ones"
             + "".join(f"\n  {p}" for p in self.problems)
         )
 
@@ -128,13 +145,21 @@ def _spawn(mode: str, db: Path, log: Path) -> subprocess.Popen[str]:
 
 
 def _kill_at_random(
-    child: subprocess.Popen[str], rng: random.Random, squeeze: Path | None, report: Report
+    child: subprocess.Popen[str],
+    rng: random.Random,
+    squeeze: Path | None,
+    report: Report,
+    workers: list[subprocess.Popen[str]] | None = None,
+    db: Path | None = None,
 ) -> set[int]:
     """Let ``child`` run a random while, SIGKILL it, and return the ids it acknowledged.
 
     With ``squeeze``, a disk to fill: fill it for a random while during the run, and free it
-    before or after the kill.
+    before or after the kill. With ``workers`` (other processes on ``db``), kill one of them
+    at a random moment while the rest run on, noting what was running then; the others are
+    killed with ``child``.
     """
+    workers = workers or []
     acked: set[int] = set()
     assert child.stdout is not None
     stdout = child.stdout
@@ -146,6 +171,13 @@ def _kill_at_random(
 
     reader = threading.Thread(target=read)
     reader.start()
+    if workers and db is not None:
+        time.sleep(rng.uniform(0.3, 1.0))
+        victim = workers.pop(rng.randrange(len(workers)))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        _note_running(db, report)
+        report.workers_killed += 1
     time.sleep(rng.uniform(0.05, 0.8))
     ballast = None
     if squeeze is not None:
@@ -160,15 +192,23 @@ def _kill_at_random(
             ballast = None
             time.sleep(rng.uniform(0.05, 0.4))
         report.squeezes += 1
-    if child.poll() is not None:
-        report.problems.append(f"a child exited on its own with {child.returncode}")
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    for process in (child, *workers):
+        if process.poll() is not None:
+            report.problems.append(f"a child exited on its own with {process.returncode}")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
     reader.join()
     stdout.close()
     if ballast is not None:
         ballast.unlink(missing_ok=True)
     return acked
+
+
+def _note_running(db: Path, report: Report) -> None:
+    """Note the jobs running now (right after a kill): those may run again."""
+    if db.exists():
+        running = _rows(db, "SELECT id, status FROM jobs WHERE status = 'running'")
+        report.running_at_a_kill |= {job_id for job_id, _ in running}
 
 
 def _fill(disk: Path) -> Path:
@@ -197,29 +237,34 @@ def _rows(db: Path, query: str) -> list[tuple[int, str]]:
         conn.close()
 
 
-def run(cycles: int, directory: Path, seed: int, *, disk_full: bool = False) -> Report:
+def run(
+    cycles: int, directory: Path, seed: int, *, disk_full: bool = False, processes: int = 1
+) -> Report:
     rng = random.Random(seed)
     disk = directory / "disk" if disk_full else None
     if disk is not None:
         _mount_small_disk(disk)
     try:
-        return _run(cycles, rng, directory, disk)
+        return _run(cycles, rng, directory, disk, processes)
     finally:
         if disk is not None:
             subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def _run(cycles: int, rng: random.Random, directory: Path, disk: Path | None) -> Report:
+def _run(
+    cycles: int, rng: random.Random, directory: Path, disk: Path | None, processes: int
+) -> Report:
     db, log = (disk or directory) / "jobs.db", directory / "side-effects.log"
     report = Report()
     began = time.monotonic()
     for _ in range(cycles):
         squeeze = disk if disk is not None and rng.random() < 1 / 3 else None
-        report.acknowledged |= _kill_at_random(_spawn("load", db, log), rng, squeeze, report)
+        workers = [_spawn("work", db, log) for _ in range(processes - 1)]
+        report.acknowledged |= _kill_at_random(
+            _spawn("load", db, log), rng, squeeze, report, workers, db
+        )
         report.cycles += 1
-        if db.exists():
-            running = _rows(db, "SELECT id, status FROM jobs WHERE status = 'running'")
-            report.running_at_a_kill |= {job_id for job_id, _ in running}
+        _note_running(db, report)
     drainer = _spawn("drain", db, log)
     drainer.communicate(timeout=DRAIN_TIMEOUT)
     if drainer.returncode != 0:
@@ -267,18 +312,22 @@ def main() -> None:
     parser.add_argument(
         "--disk-full", action="store_true", help="fill the database's disk in some cycles (root)"
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="processes on the file per cycle (default 1)"
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="conveyor-crash-"))
     directory.mkdir(parents=True, exist_ok=True)
     print(f"seed {seed}, files in {directory}")
-    report = run(args.cycles, directory, seed, disk_full=args.disk_full)
+    report = run(args.cycles, directory, seed, disk_full=args.disk_full, processes=args.processes)
     print(report.summary())
     sys.exit(1 if report.problems else 0)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] in ("load", "drain"):
-        trio.run({"load": load, "drain": drain}[sys.argv[1]], sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] in ("load", "work", "drain"):
+        modes = {"load": load, "work": run_handlers, "drain": drain}
+        trio.run(modes[sys.argv[1]], sys.argv[2])
     else:
         main()

@@ -29,3 +29,14 @@ def test_kill_cycles_with_a_disk_that_fills_up_lose_nothing(tmp_path: Path) -> N
     assert report.squeezes, "no cycle filled the disk"
     assert report.acknowledged, "the producers never got an enqueue acknowledged"
     assert not report.problems, report.summary()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_kill_cycles_with_three_processes_on_the_file_lose_nothing(tmp_path: Path) -> None:
+    """Each cycle kills one of two worker processes while the other and the producer run on
+    (the survivors take over its jobs), then the rest."""
+    report = crash_suite.run(cycles=6, directory=tmp_path, seed=12, processes=3)
+    assert report.workers_killed == 6
+    assert report.acknowledged, "the producers never got an enqueue acknowledged"
+    assert not report.problems, report.summary()

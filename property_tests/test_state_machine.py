@@ -7,9 +7,10 @@ steps and after stored jobs, now and then one that does not exist), schedules (`
 failure cancelled others, and in bulk), time passing, crashes (with or without time passing
 before the file is opened again), cancels racing a claim or a crash, stale outcomes, pauses
 and resumes, and a second owner (another process's writer on the file) that claims jobs,
-renews its lease or misses its heartbeats, dies, and ends its attempts late; each handler is drawn with or without limits (``concurrency``, ``key_concurrency``
-over the jobs' concurrency keys, a rate limit, a ``retry_priority_step``). The model
-(``model.py``) says what each step must do. What is checked, by invariant of DESIGN §4:
+renews its lease or misses its heartbeats, dies, and ends its attempts late; each handler is
+drawn with or without limits (``concurrency``, ``key_concurrency`` over the jobs' concurrency
+keys, a rate limit, a ``retry_priority_step``). The model (``model.py``) says what each step
+must do. What is checked, by invariant of DESIGN §4:
 
 After every step, the real jobs (status, attempts, run_at, created_at, result, error, progress,
 the jobs they run after, their schedule), the stored schedules (next tick, last tick, last job)
