@@ -4,12 +4,15 @@ whose running jobs, and whose outcomes count."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conveyor import Event, Job, JobStatus
+from conveyor._storage import sqlite
 from conveyor._storage.sqlite import (
     NewJob,
     Outcome,
@@ -179,3 +182,32 @@ def test_a_retired_owner_leaves_no_row_and_no_lock_file(path: Path, first: Write
     assert not Path(owner_lock_path(str(path), leaving.owner or 0)).exists()
     with sqlite3.connect(path) as conn:
         assert [row[0] for row in conn.execute("SELECT id FROM owners")] == [first.owner]
+
+
+def test_a_file_created_by_another_process_while_this_one_waited_is_not_created_again(
+    path: Path,
+) -> None:
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the other process is creating the file
+    opened: list[Writer | BaseException] = []
+
+    def open_writer() -> None:
+        try:
+            opened.append(Writer(str(path)))
+        except BaseException as exc:
+            opened.append(exc)
+
+    waiting = threading.Thread(target=open_writer)
+    waiting.start()
+    time.sleep(0.3)  # it has read the file as empty, and waits for the write lock
+    for statement in sqlite._CREATE.split(";"):
+        if statement.strip():
+            other.execute(statement)
+    other.execute(f"PRAGMA application_id = {sqlite.APPLICATION_ID}")
+    other.execute(f"PRAGMA user_version = {sqlite.SCHEMA_VERSION}")
+    other.execute("COMMIT")
+    other.close()
+    waiting.join()
+    (writer,) = opened
+    assert isinstance(writer, Writer), writer
+    writer.close()

@@ -868,6 +868,13 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     if version == SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
+    # Another process may have created or upgraded the file while this one waited for the
+    # write lock: what to do is decided again under it.
+    _, version = read_identity(conn)
+    if version >= SCHEMA_VERSION:
+        conn.execute("ROLLBACK")
+        _migrate(conn, path)
+        return
     try:
         if version == 0:
             _run_script(conn, _CREATE)
