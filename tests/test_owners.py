@@ -211,3 +211,16 @@ def test_a_file_created_by_another_process_while_this_one_waited_is_not_created_
     (writer,) = opened
     assert isinstance(writer, Writer), writer
     writer.close()
+
+
+@pytest.mark.parametrize("statement", ["Q_CLAIM", "Q_READY_IN_ORDER"])
+def test_a_claim_reads_the_ready_index_in_order_whatever_the_names(
+    first: Writer, statement: str
+) -> None:
+    """Without statistics (a file never analysed), the filter on handler names must not lead
+    the planner to the index by name and a sort of every pending job of those names."""
+    sql = getattr(sqlite, statement).format(names="?, ?", paused="?", ids="?")
+    params = [1.0, 1, "a", "b", 8] if statement == "Q_CLAIM" else ["p", "a", "b"]
+    plan = " ".join(row[3] for row in first._conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "jobs_ready" in plan
+    assert "TEMP B-TREE" not in plan

@@ -490,7 +490,8 @@ def _enqueue(
             fresh_by_key[key] = len(fresh)
         results.append(len(fresh))
         fresh.append(new)
-    if fresh and writer.pending_count + len(fresh) > max_pending:
+    # Counted only under a bound: after another process wrote, the count reads the table.
+    if fresh and max_pending != math.inf and writer.pending_count + len(fresh) > max_pending:
         raise QueueFull(
             f"the queue is full: it holds {writer.pending_count} pending jobs and max_pending is "
             f"{max_pending:g}, so {len(fresh)} more were refused and nothing was written"

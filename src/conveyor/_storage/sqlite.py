@@ -389,8 +389,8 @@ Q_STARTS_IN_WINDOW: Final = "SELECT count(*), min(at) FROM starts WHERE name = ?
 Q_RECORD_START: Final = "INSERT INTO starts (name, at) VALUES (?, ?)"
 Q_READY_IN_ORDER: Final = f"""
     SELECT id, name, concurrency_key FROM jobs
-    WHERE {_status_allows(Event.STARTED)} AND scheduled = 0 AND name NOT IN ({{paused}})
-          AND name IN ({{names}})
+    WHERE {_status_allows(Event.STARTED)} AND scheduled = 0 AND +name NOT IN ({{paused}})
+          AND +name IN ({{names}})
     ORDER BY priority, run_at, id
 """
 Q_CLAIM_IDS: Final = f"""
@@ -420,12 +420,13 @@ Q_CLAIM: Final = f"""
                     progress_message = NULL
     WHERE id IN (SELECT id FROM jobs
                  WHERE {_status_allows(Event.STARTED)} AND scheduled = 0
-                       AND name IN ({{names}})
+                       AND +name IN ({{names}})
                  ORDER BY priority, run_at, id LIMIT ?)
     RETURNING {_COLUMNS}
 """
 """Claims up to ``LIMIT`` of the best ready jobs of the handlers ``{names}`` for owner ``?``:
-a process claims only jobs it has the handler of."""
+a process claims only jobs it has the handler of. (``+name`` keeps the planner on the ready
+index, read in claim order, instead of the index by name and a sort of every match.)"""
 Q_COMPLETE_ALL: Final = f"""
     UPDATE jobs SET status = '{decide(JobStatus.RUNNING, Event.COMPLETED)}',
                     result = done.column3, finished_at = ?
@@ -1126,7 +1127,7 @@ class Writer:
         SQLite's own busy handler, which sleeps up to 100 ms at a time: the other writers are
         conveyor processes whose transactions last about a millisecond."""
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        pause = 0.0001
+        pause = 0.00005
         while True:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -1135,7 +1136,7 @@ class Writer:
                 if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
                     raise
             time.sleep(pause)
-            pause = min(pause * 2, 0.002)
+            pause = min(pause * 2, 0.0005)
 
     def checkpoint(self) -> None:
         """Copy what the WAL holds into the database file, as far as readers allow."""
