@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Event, Job, JobStatus
+from conveyor import DatabaseInUse, Event, Job, JobStatus
 from conveyor._storage import sqlite
 from conveyor._storage.sqlite import (
     NewJob,
@@ -224,3 +224,16 @@ def test_a_claim_reads_the_ready_index_in_order_whatever_the_names(
     plan = " ".join(row[3] for row in first._conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
     assert "jobs_ready" in plan
     assert "TEMP B-TREE" not in plan
+
+
+def test_a_file_on_a_network_file_system_is_refused(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "filesystem_of", lambda _: "nfs4")
+    with pytest.raises(DatabaseInUse, match=r"network file system \(nfs4\)"):
+        Writer(str(path))
+    assert not path.exists()
+
+
+def test_the_file_system_of_a_local_folder_is_read(path: Path) -> None:
+    assert sqlite.filesystem_of(str(path)) not in (None, *sqlite.NETWORK_FILESYSTEMS)

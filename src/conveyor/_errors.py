@@ -41,7 +41,8 @@ class JobNotFound(ConveyorError, LookupError):
 
 
 class DatabaseInUse(ConveyorError):
-    """Another open queue, in this or another process, already writes to the database file."""
+    """The database file cannot be shared safely: it is on a network file system, or a
+    process running an older conveyor (one process per file) holds it."""
 
 
 class DatabaseError(ConveyorError):

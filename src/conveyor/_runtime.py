@@ -428,7 +428,8 @@ async def open_queue(
     attempt. If the block is cancelled from outside, the queue stops at once, like a crash:
     running jobs are recovered the next time the file is opened.
 
-    Raises :class:`DatabaseInUse` if another queue holds the file, :class:`SchemaTooNew` or
+    Raises :class:`DatabaseInUse` if the file is on a network file system or an older
+    conveyor holds it, :class:`SchemaTooNew` or
     :class:`DatabaseError` if the file cannot be used.
     """
     _check_open_arguments(
