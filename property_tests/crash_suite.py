@@ -174,8 +174,7 @@ def _kill_at_random(
     if workers and db is not None:
         time.sleep(rng.uniform(0.3, 1.0))
         victim = workers.pop(rng.randrange(len(workers)))
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
+        _kill(victim)
         _note_running(db, report)
         report.workers_killed += 1
     time.sleep(rng.uniform(0.05, 0.8))
@@ -197,11 +196,21 @@ def _kill_at_random(
             report.problems.append(f"a child exited on its own with {process.returncode}")
         process.send_signal(signal.SIGKILL)
         process.wait()
+    for worker in workers:
+        _kill(worker)
     reader.join()
     stdout.close()
     if ballast is not None:
         ballast.unlink(missing_ok=True)
     return acked
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    """SIGKILL a worker child (whose output nobody reads) and close its pipe."""
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def _note_running(db: Path, report: Report) -> None:

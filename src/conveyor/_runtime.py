@@ -81,6 +81,12 @@ class Waiters:
     def ids(self) -> set[int]:
         return set(self._waiting)
 
+    def __contains__(self, job_id: int) -> bool:
+        return job_id in self._waiting
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
 
 _EVENT_OF: Final = {
     JobStatus.WAITING: Event.BLOCKED,
@@ -118,9 +124,12 @@ class Following:
             del self._counts[job_id]
 
     def on_changes(self, changes: Sequence[Change]) -> None:
-        """Note the statuses this process's own commits told."""
+        """Note the statuses this process's own commits told of followed jobs."""
+        if not self._counts and not self._waiters:
+            return
         for change in changes:
-            self._told[change.job_id] = change.status
+            if change.job_id in self._counts or change.job_id in self._waiters:
+                self._told[change.job_id] = change.status
 
     def followed(self) -> list[int]:
         return sorted(self._waiters.ids() | set(self._counts))
@@ -304,11 +313,13 @@ async def _until_idle_or_stuck(idle: anyio.Event, store: Store) -> None:
 
 
 async def _beat(runtime: Runtime, heartbeat: float) -> None:
-    """Have the store renew the lease every ``heartbeat`` seconds, until the queue closes."""
+    """Have the store renew the lease every ``heartbeat`` seconds, until the queue closes;
+    and look at the followed jobs then, in case a ring about them was lost."""
     while True:
         await anyio.sleep(heartbeat)
         try:
             await runtime.send(Heartbeat())
+            await runtime.look_at_followed()
         except QueueClosed:
             return
 
