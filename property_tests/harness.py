@@ -25,6 +25,7 @@ from conveyor._storage.sqlite import Outcome, Writer
 
 from model import (
     HEARTBEAT,
+    LEASE,
     NO_LIMITS,
     SECOND_RESULT,
     Behaviour,
@@ -371,7 +372,8 @@ class RealQueue:
         """Another process opens the file and registers as an owner of the same handlers."""
         writer = Writer(str(self.path))
         self.second = writer
-        self._second(lambda: writer.register(self._wall(), dict.fromkeys(HANDLER_NAMES, (3, None))))
+        handlers = dict.fromkeys(HANDLER_NAMES, (3, None))
+        self._second(lambda: writer.register(self._wall(), handlers, lease=LEASE))
 
     def second_claim(self) -> int | None:
         """The second owner claims one job (the best ready one); its id."""

@@ -754,11 +754,29 @@ class Model:
     def fill_slots(self, *, cancel_on_claim: int | None = None) -> bool:
         """Start the best ready jobs while slots are free; True if ``cancel_on_claim`` started.
 
+        As the queue does, one claim takes jobs for every free slot at once (each counted
+        against the limits as it is taken), and only then do they run; the slots their ends
+        free are claimed for next.
+
         ``cancel_on_claim`` names a job whose cancel arrives right after its claim, before its
         handler's outcome: the race of a cancel with a claim in flight.
         """
         claimed = False
-        while self.open and len(self.running_here()) < self.workers:
+        while self.open:
+            batch = self._claim_for_free_slots()
+            if not batch:
+                break
+            for job in batch:
+                if job.id == cancel_on_claim:
+                    claimed = True
+                    self.cancel(job.id, fill=False)
+                else:
+                    self._run(job)
+        return claimed
+
+    def _claim_for_free_slots(self) -> list[Job]:
+        batch: list[Job] = []
+        while len(self.running_here()) < self.workers:
             job = None
             for candidate in self.ready():
                 hold = self.held_by(candidate)
@@ -768,13 +786,9 @@ class Model:
                 self.holds.add(hold)
             if job is None:
                 break
-            if job.id == cancel_on_claim:
-                claimed = True
-                self._start(job, outcome=False)
-                self.cancel(job.id, fill=False)
-            else:
-                self._start(job)
-        return claimed
+            self._claim(job)
+            batch.append(job)
+        return batch
 
     def resolve(self, errors: dict[int, str | None]) -> None:
         """Settle which job above it cancelled each job that several may have, by ``errors``
@@ -865,7 +879,7 @@ class Model:
                 job.causes.append((cause, error))
 
     # --- attempts --------------------------------------------------------------------------
-    def _start(self, job: Job, *, outcome: bool = True) -> None:
+    def _claim(self, job: Job) -> None:
         job.move(Event.STARTED)
         job.attempts += 1
         job.progress = None
@@ -873,8 +887,10 @@ class Model:
         behaviour = job.script[job.attempts - 1]
         if behaviour.progress is not None:
             job.progress = behaviour.progress
-        if not outcome:
-            return
+
+    def _run(self, job: Job) -> None:
+        """The claimed ``job``'s attempt runs: it ends at once, or when it will."""
+        behaviour = job.script[job.attempts - 1]
         if behaviour.is_immediate:
             self._outcome(job, behaviour)
         elif job.timeout is not None and job.timeout < behaviour.duration:

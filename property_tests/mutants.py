@@ -60,12 +60,12 @@ def tick_twice_after_crash() -> Iterator[None]:
     recover_running = Writer.recover_running
     tick_job = sqlite._tick_job
 
-    def resume_from_last_tick(self: Writer, now: float, lease: float) -> list[Change]:
+    def resume_from_last_tick(self: Writer, now: float) -> list[Change]:
         self._conn.execute(
             "UPDATE schedules SET next_run_at = last_run_at WHERE last_run_at IS NOT NULL"
         )
         self.next_tick = self._conn.execute(sqlite.Q_NEXT_TICK).fetchone()[0]
-        return recover_running(self, now, lease)
+        return recover_running(self, now)
 
     def without_key(schedule: Schedule, tick: float, key: str) -> NewJob:
         return attrs.evolve(tick_job(schedule, tick, key), idempotency_key=None)

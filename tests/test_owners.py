@@ -42,7 +42,7 @@ def new_job() -> NewJob:
 
 def owner(path: Path, now: float = NOW) -> Writer:
     writer = Writer(str(path))
-    in_transaction(writer, lambda: writer.register(now, HANDLERS))
+    in_transaction(writer, lambda: writer.register(now, HANDLERS, lease=LEASE))
     return writer
 
 
@@ -104,7 +104,7 @@ def test_each_process_registers_as_its_own_owner(first: Writer, second: Writer) 
 def test_a_live_owners_running_jobs_are_not_taken(first: Writer, second: Writer) -> None:
     in_transaction(first, lambda: first.insert([new_job()], NOW))
     (job_id,) = claim_one(first)
-    assert in_transaction(second, lambda: second.rescue(NOW + 1, LEASE)) == []
+    assert in_transaction(second, lambda: second.rescue(NOW + 1)) == []
     assert status(second, job_id) == (JobStatus.RUNNING, 1)
 
 
@@ -113,7 +113,7 @@ def test_a_dead_owners_running_jobs_are_taken_at_once(path: Path, second: Writer
     in_transaction(doomed, lambda: doomed.insert([new_job()], NOW))
     (job_id,) = claim_one(doomed)
     doomed.close()  # as a crash leaves it: not retired, its lock released by the kernel
-    changes = in_transaction(second, lambda: second.rescue(NOW, LEASE))
+    changes = in_transaction(second, lambda: second.rescue(NOW))
     assert [(change.job_id, change.event) for change in changes] == [(job_id, Event.FAILED)]
     assert status(second, job_id) == (JobStatus.FAILED, 1)  # its only attempt counted
     assert not Path(owner_lock_path(str(path), doomed.owner or 0)).exists()
@@ -122,8 +122,8 @@ def test_a_dead_owners_running_jobs_are_taken_at_once(path: Path, second: Writer
 def test_a_silent_owner_is_taken_over_once_its_lease_lapses(first: Writer, second: Writer) -> None:
     in_transaction(first, lambda: first.insert([new_job()], NOW))
     (job_id,) = claim_one(first)
-    assert in_transaction(second, lambda: second.rescue(NOW + LEASE - 0.5, LEASE)) == []
-    assert in_transaction(second, lambda: second.rescue(NOW + LEASE + 0.5, LEASE))
+    assert in_transaction(second, lambda: second.rescue(NOW + LEASE - 0.5)) == []
+    assert in_transaction(second, lambda: second.rescue(NOW + LEASE + 0.5))
     assert status(second, job_id)[0] is JobStatus.FAILED
 
 
@@ -131,11 +131,11 @@ def test_a_heartbeat_renews_the_lease(first: Writer, second: Writer) -> None:
     in_transaction(first, lambda: first.insert([new_job()], NOW))
     claim_one(first)
     assert in_transaction(first, lambda: first.beat(NOW + LEASE))
-    assert in_transaction(second, lambda: second.rescue(NOW + LEASE + 0.5, LEASE)) == []
+    assert in_transaction(second, lambda: second.rescue(NOW + LEASE + 0.5)) == []
 
 
 def test_a_heartbeat_after_a_takeover_is_refused(first: Writer, second: Writer) -> None:
-    in_transaction(second, lambda: second.rescue(NOW + LEASE + 1, LEASE))
+    in_transaction(second, lambda: second.rescue(NOW + LEASE + 1))
     assert not in_transaction(first, lambda: first.beat(NOW + LEASE + 2))
 
 
@@ -144,7 +144,7 @@ def test_an_outcome_from_an_owner_whose_jobs_were_taken_over_is_refused(
 ) -> None:
     (stored,), _ = in_transaction(first, lambda: first.insert([new_job()], NOW))
     (claimed,) = in_transaction(first, lambda: first.claim(1, NOW))
-    in_transaction(second, lambda: second.rescue(NOW + LEASE + 1, LEASE))
+    in_transaction(second, lambda: second.rescue(NOW + LEASE + 1))
     # Failed (its one attempt counted), requeued, and running the same attempt number again.
     assert in_transaction(second, lambda: second.requeue(stored.id, NOW + LEASE + 1))
     assert claim_one(second, NOW + LEASE + 1) == [stored.id]
@@ -158,7 +158,7 @@ def test_progress_from_an_owner_whose_jobs_were_taken_over_is_dropped(
 ) -> None:
     (stored,), _ = in_transaction(first, lambda: first.insert([new_job()], NOW))
     claim_one(first)
-    in_transaction(second, lambda: second.rescue(NOW + LEASE + 1, LEASE))
+    in_transaction(second, lambda: second.rescue(NOW + LEASE + 1))
     in_transaction(second, lambda: second.requeue(stored.id, NOW + LEASE + 1))
     claim_one(second, NOW + LEASE + 1)
     in_transaction(first, lambda: first.record_progress([(0.5, "late", stored.id, 1)]))
@@ -167,7 +167,7 @@ def test_progress_from_an_owner_whose_jobs_were_taken_over_is_dropped(
 
 def test_a_worker_claims_only_the_jobs_of_its_own_handlers(path: Path) -> None:
     worker = Writer(str(path))
-    in_transaction(worker, lambda: worker.register(NOW, {"resize": (3, None)}))
+    in_transaction(worker, lambda: worker.register(NOW, {"resize": (3, None)}, lease=LEASE))
     try:
         in_transaction(worker, lambda: worker.insert([new_job()], NOW))
         assert claim_one(worker) == []
@@ -237,3 +237,37 @@ def test_a_file_on_a_network_file_system_is_refused(
 
 def test_the_file_system_of_a_local_folder_is_read(path: Path) -> None:
     assert sqlite.filesystem_of(str(path)) not in (None, *sqlite.NETWORK_FILESYSTEMS)
+
+
+def test_an_owner_finds_itself_taken_over_when_its_next_transaction_begins(
+    first: Writer, second: Writer
+) -> None:
+    in_transaction(second, lambda: second.rescue(NOW + LEASE + 1))
+    first.begin()
+    try:
+        assert first.lease_lost
+    finally:
+        first.rollback()
+
+
+def test_running_jobs_of_an_owner_gone_from_the_table_are_taken_over(
+    path: Path, first: Writer, second: Writer
+) -> None:
+    in_transaction(first, lambda: first.insert([new_job()], NOW))
+    (job_id,) = claim_one(first)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM owners WHERE id = ?", (first.owner,))
+    changes = in_transaction(second, lambda: second.rescue(NOW))
+    assert [change.job_id for change in changes] == [job_id]
+
+
+def test_each_owner_is_judged_by_its_own_lease(path: Path, first: Writer) -> None:
+    patient = Writer(str(path))
+    in_transaction(patient, lambda: patient.register(NOW, HANDLERS, lease=100 * LEASE))
+    try:
+        in_transaction(patient, lambda: patient.insert([new_job()], NOW))
+        (job_id,) = claim_one(patient)
+        assert in_transaction(first, lambda: first.rescue(NOW + 10 * LEASE)) == []
+        assert status(first, job_id) == (JobStatus.RUNNING, 1)
+    finally:
+        patient.close()

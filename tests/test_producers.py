@@ -134,3 +134,30 @@ async def test_a_shutdown_gives_back_only_its_own_running_jobs(
         jobs = await staying.get_many([first.id, second.id])
     statuses = sorted((job.status.value, job.attempts) for job in jobs.values())
     assert statuses == [("pending", 0), ("running", 1)]
+
+
+async def test_a_producer_gives_a_known_handlers_jobs_the_defaults_a_worker_declared(
+    open_test_queue: QueueOpener,
+) -> None:
+    async with open_test_queue(tagged("w", max_attempts=7, timeout=30)):
+        pass
+    async with open_test_queue(None, known_handlers=["alpha"]) as producer:
+        job = await producer.enqueue("alpha")
+    assert (job.max_attempts, job.timeout) == (7, 30)
+
+
+async def test_a_producer_waits_again_for_a_job_requeued_after_it_failed(
+    open_test_queue: QueueOpener,
+) -> None:
+    failing = conveyor.Registry()
+
+    @failing.handler("doomed")
+    async def doomed(payload: object) -> None:
+        raise conveyor.Fail("always")
+
+    async with open_test_queue(failing), open_test_queue(None) as producer:
+        job = await producer.enqueue("doomed")
+        with anyio.fail_after(60):
+            assert (await producer.wait(job.id)).status is JobStatus.FAILED
+            assert await producer.requeue(job.id)
+            assert (await producer.wait(job.id)).status is JobStatus.FAILED

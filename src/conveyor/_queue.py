@@ -446,8 +446,10 @@ class Queue:
             finished.set()
 
         waiters = self._runtime.waiters
-        # Registered before the read, so that a finish between the two is not missed.
+        # Registered before the read, so that a finish between the two is not missed; what
+        # was told of the job before (it may have been requeued since) is forgotten.
         waiters.add(job_id, wake)
+        self._runtime.following.forget([job_id])
         try:
             job = await self.get(job_id)
             if job is None:

@@ -4,6 +4,7 @@ shutdown; and the :class:`Runtime` through which the :class:`Queue` facade reach
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import sqlite3
@@ -41,6 +42,8 @@ from ._storage import sqlite as storage
 from ._storage.sqlite import HandlerDefaults, Synchronous, Writer
 
 T = TypeVar("T")
+
+logger = logging.getLogger("conveyor")
 
 COMMAND_BUFFER: Final = 1024
 """Commands that may wait for the store before senders are made to wait (back-pressure)."""
@@ -116,7 +119,15 @@ class Following:
         self._told: dict[int, JobStatus] = {}
 
     def follow(self, job_ids: Iterable[int]) -> None:
+        """Follow ``job_ids`` from now on: what was told of them before is forgotten (they
+        may have been requeued since, and end as they ended before)."""
+        job_ids = list(job_ids)
+        self.forget(job_ids)
         self._counts.update(job_ids)
+
+    def forget(self, job_ids: Iterable[int]) -> None:
+        for job_id in job_ids:
+            self._told.pop(job_id, None)
 
     def unfollow(self, job_ids: Iterable[int]) -> None:
         self._counts.subtract(job_ids)
@@ -220,13 +231,12 @@ class Runtime:
     async def learn_handlers(self, names: Iterable[str]) -> None:
         """Make sure each of ``names`` is a handler this queue knows (its own, one that a
         process declared in the file, or one of ``known_handlers``): the file's declarations
-        are read again when one is not known yet. :class:`UnknownHandler` naming the known
-        ones otherwise."""
-        unknown = {name for name in names if not self._knows(name)}
-        if not unknown:
+        are read again when one is not declared yet (a worker may have declared it since).
+        :class:`UnknownHandler` naming the known ones otherwise."""
+        if all(name in self.registry or name in self._declared for name in names):
             return
-        self._declared = await self.read(storage.declared_handlers)
-        unknown = {name for name in unknown if not self._knows(name)}
+        await self.refresh_declared()
+        unknown = {name for name in names if not self._knows(name)}
         if unknown:
             known = ", ".join(sorted({*self.registry, *self._declared, *self._known})) or "none"
             raise UnknownHandler(
@@ -238,10 +248,14 @@ class Runtime:
     def _knows(self, name: str) -> bool:
         return name in self.registry or name in self._declared or name in self._known
 
+    async def refresh_declared(self) -> None:
+        """Read again the handlers (and their defaults) that processes declared in the file."""
+        self._declared = await self.read(storage.declared_handlers)
+
     def defaults(self, name: str) -> HandlerDefaults:
         """The ``(max_attempts, timeout)`` a job of handler ``name`` gets when its enqueue
-        does not say: its handler's here, else as a worker process declared them, else the
-        library's. :class:`UnknownHandler` if the name is not known (see
+        does not say: its handler's here, else as a worker process last declared them, else
+        the library's. :class:`UnknownHandler` if the name is not known (see
         :meth:`learn_handlers`)."""
         if name in self.registry or not self._knows(name):
             handler = self.registry[name]
@@ -314,14 +328,29 @@ async def _until_idle_or_stuck(idle: anyio.Event, store: Store) -> None:
 
 async def _beat(runtime: Runtime, heartbeat: float) -> None:
     """Have the store renew the lease every ``heartbeat`` seconds, until the queue closes;
-    and look at the followed jobs then, in case a ring about them was lost."""
+    and look at the followed jobs then, in case a ring about them was lost, and at the
+    handlers declared in the file."""
     while True:
         await anyio.sleep(heartbeat)
         try:
             await runtime.send(Heartbeat())
-            await runtime.look_at_followed()
+            await _read_others(runtime, ring=False)
         except QueueClosed:
             return
+
+
+async def _read_others(runtime: Runtime, *, ring: bool) -> None:
+    """Read what other processes changed: the followed jobs (after a ring, or a heartbeat),
+    and the declared handlers (a heartbeat). A read that fails is logged and tried again
+    next time: the store reports what a database fault means."""
+    try:
+        await runtime.look_at_followed()
+        if not ring:
+            await runtime.refresh_declared()
+    except QueueClosed:
+        raise
+    except Exception as exc:
+        logger.info("conveyor could not read what other processes changed: %r", exc)
 
 
 async def _answer_rings(runtime: Runtime, doorbell: Doorbell) -> None:
@@ -346,7 +375,7 @@ async def _answer_rings(runtime: Runtime, doorbell: Doorbell) -> None:
                 if READY in kinds or CANCEL in kinds:
                     await runtime.send(Look(READY in kinds, CANCEL in kinds))
                 if CHANGED in kinds:
-                    await runtime.look_at_followed()
+                    await _read_others(runtime, ring=True)
             except QueueClosed:
                 tg.cancel_scope.cancel()
                 return
@@ -472,9 +501,8 @@ async def open_queue(
         stack.callback(readers.close)
         doorbell = Doorbell()
         stack.callback(doorbell.close)
-        lease = 2 * heartbeat
         owned = {name: (runs[name].max_attempts, runs[name].timeout) for name in runs}
-        await run_sql(lambda: _register(writer, owned, doorbell, wall_clock(), lease))
+        await run_sql(lambda: _register(writer, owned, doorbell, wall_clock(), 2 * heartbeat))
         async with _running_actors(
             writer,
             registry,
@@ -514,8 +542,8 @@ def _register(
     try:
         writer.begin()
         try:
-            writer.register(now, handlers, doorbell.name)
-            writer.recover_running(now, lease)
+            writer.register(now, handlers, doorbell.name, lease)
+            writer.recover_running(now)
             writer.commit()
         except BaseException:
             writer.rollback()
@@ -568,7 +596,6 @@ async def _running_actors(
         inline_small=inline_small,
         limits=registry.limits(),
         doorbell=doorbell,
-        lease=2 * heartbeat,
     )
     pool = Pool(
         registry=registry,

@@ -187,6 +187,9 @@ class Pool:
     # --- messages ----------------------------------------------------------------------------
     def _handle(self, message: PoolMessage) -> None:
         if isinstance(message, News):
+            if message.fenced:
+                # Before the claims of this very batch, which belong to the new lease.
+                self._drop_fenced()
             # Clamped: a report made outside the pool (a test's stale outcome) is answered too.
             self._in_flight = max(self._in_flight - message.answered, 0)
             self._owed = 0 if message.released else self._owed - len(message.claimed)
@@ -200,8 +203,6 @@ class Pool:
                 self._job_arrived = self._fast.event()
             for job_id in message.cancel:
                 self._cancel(job_id, "cancel")
-            if message.fenced:
-                self._drop_fenced()
             if message.paused:
                 self._give_back(lambda job: job.name in message.paused)
         elif isinstance(message, Flush):

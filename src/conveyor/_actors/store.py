@@ -153,7 +153,6 @@ def apply_batch(
     *,
     wait_for_lock: bool = True,
     limits: Mapping[str, Limits] | None = None,
-    lease: float = math.inf,
 ) -> Effects:
     """Apply ``commands`` in one transaction, claim for the pool's free slots (within the
     handlers' ``limits``), and commit.
@@ -164,24 +163,28 @@ def apply_batch(
     fails its own reply only and the others still commit. When the database itself fails
     (I/O, disk full, locked), the batch is rolled back and the error raised. With
     ``wait_for_lock=False``, a write lock held by another connection raises
-    :class:`WriterBusy` before anything is done. ``lease``: how long an owner's heartbeat
-    holds its jobs (a :class:`Heartbeat` takes over the jobs of owners past it).
+    :class:`WriterBusy` before anything is done.
     """
     writer.begin(wait=wait_for_lock)
     limited = bool(writer.paused) or any(lim.limits_claims for lim in (limits or {}).values())
     try:
+        # Taken over by another process: outcomes of the old lease are refused, and what
+        # this batch claims is claimed by the new one.
+        fenced = _fence_if_lost(writer, now)
         try:
             effects = _apply_all(
-                writer, commands, now, max_pending, Effects(claims, limited=limited), lease
+                writer, commands, now, max_pending, Effects(claims, limited=limited)
             )
         except _DATABASE_FAULTS:
             raise
         except Exception:
             writer.rollback()
             writer.begin()
+            fenced = _fence_if_lost(writer, now) or fenced
             effects = _replay_one_by_one(
-                writer, commands, now, max_pending, Effects(claims, limited=limited), lease
+                writer, commands, now, max_pending, Effects(claims, limited=limited)
             )
+        effects.fenced = effects.fenced or fenced
         if writer.next_tick is not None and writer.next_tick <= now:
             fired = writer.fire_schedules(now)
             effects.changes += fired
@@ -206,13 +209,12 @@ def _apply_all(
     now: float,
     max_pending: float,
     effects: Effects,
-    lease: float,
 ) -> Effects:
     for command in commands:
         if effects.stopped:
             _refuse_after_stop(command, effects)
         else:
-            _apply(writer, command, now, max_pending, effects, lease)
+            _apply(writer, command, now, max_pending, effects)
     return effects
 
 
@@ -222,7 +224,6 @@ def _replay_one_by_one(
     now: float,
     max_pending: float,
     effects: Effects,
-    lease: float,
 ) -> Effects:
     for command in commands:
         if effects.stopped:
@@ -230,7 +231,7 @@ def _replay_one_by_one(
             continue
         own = Effects(effects.claims, limited=effects.limited)
         with writer.savepoint() as undone:
-            _apply(writer, command, now, max_pending, own, lease)
+            _apply(writer, command, now, max_pending, own)
         if undone.error is None:
             _merge(effects, own)
         else:
@@ -276,7 +277,7 @@ def _answer_failed_command(
         )
         own = Effects(effects.claims, limited=effects.limited)
         with writer.savepoint() as fallback:
-            _apply(writer, plain, now, max_pending, own, math.inf)
+            _apply(writer, plain, now, max_pending, own)
         if fallback.error is not None:
             raise fallback.error
         _merge(effects, own)
@@ -299,7 +300,6 @@ def _apply(
     now: float,
     max_pending: float,
     effects: Effects,
-    lease: float,
 ) -> None:
     if isinstance(command, Report):
         changes = writer.end_attempts(command.outcomes, now)
@@ -333,7 +333,7 @@ def _apply(
     elif isinstance(command, Tick):
         effects.wake()
     elif isinstance(command, Heartbeat):
-        _beat(writer, now, lease, effects)
+        _beat(writer, now, effects)
     elif isinstance(command, Look):
         if command.ready:
             effects.wake()
@@ -398,27 +398,42 @@ def _apply(
         effects.replies.append((command.reply, None))
 
 
-def _beat(writer: Writer, now: float, lease: float, effects: Effects) -> None:
-    """Renew this process's lease (registering anew if it was lost: its jobs were taken
-    over, so the pool stops them), take over the jobs of owners that are gone, and claim for
-    free slots: news a lost ring did not bring is found here."""
+def _beat(writer: Writer, now: float, effects: Effects) -> None:
+    """Renew this process's lease (registering anew if it was lost), take over the jobs of
+    owners that are gone, and claim for free slots and look for cancels: news a lost ring did
+    not bring is found here."""
     if not writer.beat(now):
-        old = writer.owner
-        writer.reregister(now)
+        _fence(writer, now)
         effects.fenced = True
-        logger.warning(
-            "conveyor lost its lease on %s (owner %s, no heartbeat written for too long): "
-            "other processes took over its running jobs, which are stopped here and whose "
-            "outcomes are refused; it goes on as owner %s",
-            writer.path,
-            old,
-            writer.owner,
-        )
-    rescued = writer.rescue(now, lease)
+    rescued = writer.rescue(now)
     if rescued:
         effects.changes += rescued
         effects.rings.add(READY)
     effects.wake()
+    effects.cancel_running += writer.cancels_requested()
+
+
+def _fence_if_lost(writer: Writer, now: float) -> bool:
+    """Fence this process if the transaction just begun found it taken over."""
+    if writer.lease_lost:
+        _fence(writer, now)
+        return True
+    return False
+
+
+def _fence(writer: Writer, now: float) -> None:
+    """This process's lease was taken over (its row is gone): its running jobs belong to
+    others now. It registers anew, and the pool stops its attempts and reports none of them."""
+    old = writer.owner
+    writer.reregister(now)
+    logger.warning(
+        "conveyor lost its lease on %s (owner %s, no heartbeat written for too long): other "
+        "processes took over its running jobs, which are stopped here and whose outcomes are "
+        "refused; it goes on as owner %s",
+        writer.path,
+        old,
+        writer.owner,
+    )
 
 
 def pages_written(rows: int) -> int:
@@ -545,15 +560,12 @@ class Store:
         inline_small: bool,
         limits: Mapping[str, Limits] | None = None,
         doorbell: Doorbell | None = None,
-        lease: float = math.inf,
     ) -> None:
         """``run_sql`` runs database work on the SQL thread (or inline, in tests);
         ``inline_small`` lets batches of at most :data:`INLINE_ROWS` rows run on the loop;
-        ``doorbell`` rings the other processes on the file after a commit with news for them;
-        ``lease``: how long an owner without a heartbeat keeps its jobs."""
+        ``doorbell`` rings the other processes on the file after a commit with news for them."""
         self._writer = writer
         self._doorbell = doorbell
-        self._lease = lease
         self._run_sql = run_sql
         self._inline_small = inline_small
         self._limits = limits or {}
@@ -712,12 +724,7 @@ class Store:
         rows = rows_written(batch, claims)
         self._unchecked_pages += pages_written(rows)
         checkpoint = self._unchecked_pages >= CHECKPOINT_PAGES or self._episode is not None
-        writer, max_pending, limits, lease = (
-            self._writer,
-            self._max_pending,
-            self._limits,
-            self._lease,
-        )
+        writer, max_pending, limits = self._writer, self._max_pending, self._limits
         if self._inline_small and rows <= INLINE_ROWS:
             try:
                 effects = apply_batch(
@@ -728,7 +735,6 @@ class Store:
                     claims,
                     wait_for_lock=False,
                     limits=limits,
-                    lease=lease,
                 )
             except WriterBusy:
                 pass  # another connection writes: wait for it off the loop
@@ -738,9 +744,7 @@ class Store:
                 return effects
 
         def apply_and_checkpoint() -> Effects:
-            effects = apply_batch(
-                writer, batch, now, max_pending, claims, limits=limits, lease=lease
-            )
+            effects = apply_batch(writer, batch, now, max_pending, claims, limits=limits)
             if checkpoint:
                 self._checkpoint()
             return effects

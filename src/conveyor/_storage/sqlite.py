@@ -219,6 +219,8 @@ _OWNERS: Final = """
         host         TEXT    NOT NULL,
         started_at   REAL    NOT NULL,
         heartbeat_at REAL    NOT NULL,
+        -- Seconds without a heartbeat after which its jobs are taken over (its own setting).
+        lease        REAL    NOT NULL,
         handlers     TEXT    NOT NULL,
         doorbell     TEXT
     );
@@ -452,9 +454,17 @@ Q_CANCELS_OF: Final = (
     f"SELECT id FROM jobs WHERE status = '{_RUNNING}' AND owner = ? AND cancel_requested"
 )
 Q_REGISTER: Final = (
-    "INSERT INTO owners (pid, host, started_at, heartbeat_at, handlers, doorbell) "
-    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+    "INSERT INTO owners (pid, host, started_at, heartbeat_at, lease, handlers, doorbell) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id"
 )
+Q_OWNER_EXISTS: Final = "SELECT EXISTS (SELECT 1 FROM owners WHERE id = ?)"
+Q_RUNNING_ABANDONED: Final = (
+    "SELECT id, name, attempts, max_attempts, cancel_requested FROM jobs "
+    f"WHERE status = '{_RUNNING}' AND owner IS NOT NULL "
+    "AND owner NOT IN (SELECT id FROM owners)"
+)
+"""Running jobs whose owner is gone from the table: claimed by an owner as its row was being
+taken over (a safety net: a writer checks its row before it claims)."""
 Q_DOORBELLS: Final = "SELECT doorbell, handlers FROM owners WHERE id != ? AND doorbell IS NOT NULL"
 Q_DECLARE: Final = """
     INSERT INTO handler_state (name, declared_at, max_attempts, timeout) VALUES (?, ?, ?, ?)
@@ -466,7 +476,7 @@ Q_DECLARED: Final = (
     "SELECT name, max_attempts, timeout FROM handler_state WHERE declared_at IS NOT NULL"
 )
 Q_BEAT: Final = "UPDATE owners SET heartbeat_at = ? WHERE id = ?"
-Q_OWNERS: Final = "SELECT id, pid, host, heartbeat_at, handlers FROM owners ORDER BY id"
+Q_OWNERS: Final = "SELECT id, pid, host, heartbeat_at, lease FROM owners ORDER BY id"
 Q_DROP_OWNER: Final = "DELETE FROM owners WHERE id = ?"
 Q_END_ATTEMPT: Final[dict[Event, str]] = {
     Event.COMPLETED: "UPDATE jobs SET status = ?, result = ?, finished_at = ? WHERE id = ?",
@@ -675,11 +685,12 @@ def _hold_owner_lock(path: str, owner: int) -> int:
 def owner_process_alive(path: str, owner: int) -> bool:
     """Whether owner ``owner``'s process still holds its lock. The kernel releases a dead
     process's locks at once, so this is exact for a process that died; a process that is
-    stopped or hung still holds its lock, and only its heartbeat tells."""
+    stopped or hung still holds its lock, and only its heartbeat tells. A lock file that is
+    missing (a cleaner of temporary files removed it) tells nothing: the heartbeat decides."""
     try:
         fd = os.open(owner_lock_path(path, owner), os.O_RDWR)
     except FileNotFoundError:
-        return False
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -690,7 +701,7 @@ def owner_process_alive(path: str, owner: int) -> bool:
 
 
 NETWORK_FILESYSTEMS: Final = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "fuse.sshfs"}
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "afs", "ceph", "glusterfs", "fuse.sshfs"}
 )
 """File systems whose locks SQLite cannot rely on between processes (or hosts)."""
 
@@ -933,6 +944,13 @@ class Writer:
         self._retired = False
         self._claim_sql = ""
         self._doorbell: str | None = None
+        self.lease = math.inf
+        """Seconds without a heartbeat after which others take this owner's jobs."""
+        self.lease_lost = False
+        """Another process took over this owner (its row is gone): found when a transaction
+        begins after another process wrote; :meth:`reregister` makes it an owner again."""
+        self._registered: tuple[int | None] | None = None
+        """While a registration is not committed: the owner before it."""
         try:
             try:
                 self._conn = _connect(path)
@@ -1009,20 +1027,26 @@ class Writer:
         now: float,
         handlers: Mapping[str, HandlerDefaults],
         doorbell: str | None = None,
+        lease: float = math.inf,
     ) -> None:
         """Make this process an owner of the file that runs ``handlers`` (declared in the
         file with their defaults, for producers to check names against) and is woken at
-        ``doorbell``, in the caller's transaction.
+        ``doorbell``, whose jobs others take over after ``lease`` seconds without a heartbeat,
+        in the caller's transaction.
 
         Its lock is taken before the row is committed, so that no other process sees the
-        owner without its lock.
+        owner without its lock; a rollback undoes both.
         """
         host = socket.gethostname()
         names = json.dumps(sorted(handlers))
         (owner,) = self._conn.execute(
-            Q_REGISTER, (os.getpid(), host, now, now, names, doorbell)
+            Q_REGISTER, (os.getpid(), host, now, now, lease, names, doorbell)
         ).fetchone()
+        if self._registered is None:
+            self._registered = (self.owner,)
         self._doorbell = doorbell
+        self.lease = lease
+        self.lease_lost = False
         self._release_owner_lock(unlink=True)
         self._owner_fd = _hold_owner_lock(self.path, owner)
         self.owner = owner
@@ -1035,7 +1059,7 @@ class Writer:
     def reregister(self, now: float) -> None:
         """Register again, as a new owner, after the lease was lost: the old id stays fenced
         out."""
-        self.register(now, self.handlers, self._doorbell)
+        self.register(now, self.handlers, self._doorbell, self.lease)
 
     def beat(self, now: float) -> bool:
         """Renew this owner's lease; False if it was taken over (the row is gone)."""
@@ -1047,13 +1071,16 @@ class Writer:
         self._conn.execute(Q_DROP_OWNER, (self.owner,))
         self._retired = True
 
-    def rescue(self, now: float, lease: float) -> list[Change]:
+    def rescue(self, now: float) -> list[Change]:
         """End the attempts of the owners that are gone, as :meth:`recover_running` does at
         open, and remove them: those whose process died (its lock is free) or whose lease
-        lapsed (no heartbeat for ``lease`` seconds: stopped, hung, or on a file system whose
-        locks do not tell). The changes."""
-        changes: list[Change] = []
-        for owner, pid, host, heartbeat_at, _ in self._conn.execute(Q_OWNERS).fetchall():
+        lapsed (no heartbeat for as long as its own lease: stopped, hung, or on a file system
+        whose locks do not tell); and the running jobs of owners no longer in the table. The
+        changes."""
+        changes: list[Change] = self._recover(
+            self._conn.execute(Q_RUNNING_ABANDONED).fetchall(), now
+        )
+        for owner, pid, host, heartbeat_at, lease in self._conn.execute(Q_OWNERS).fetchall():
             if owner == self.owner:
                 continue
             alive = owner_process_alive(self.path, owner)
@@ -1120,10 +1147,14 @@ class Writer:
         if self._counters_stale or version != self._data_version:
             self._data_version = version
             self._reload_counters()
+            if self.owner is not None and not self.lease_lost:
+                # Another process wrote: it may have taken this owner over.
+                exists = self._conn.execute(Q_OWNER_EXISTS, (self.owner,)).fetchone()[0]
+                self.lease_lost = not exists
 
     def _begin_waiting(self) -> None:
         """``BEGIN IMMEDIATE``, waiting up to :data:`BUSY_TIMEOUT_MS` for another connection's
-        lock. It tries again after short sleeps (0.1 ms, doubling to 2 ms) rather than
+        lock. It tries again after short sleeps (0.05 ms, doubling to 0.5 ms) rather than
         SQLite's own busy handler, which sleeps up to 100 ms at a time: the other writers are
         conveyor processes whose transactions last about a millisecond."""
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
@@ -1144,6 +1175,7 @@ class Writer:
 
     def commit(self) -> None:
         self._conn.execute("COMMIT")
+        self._registered = None
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[Undone]:
@@ -1174,6 +1206,12 @@ class Writer:
         self._counters_stale = True
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
+        if self._registered is not None:
+            # The registration is undone: this process is the owner it was before (if any).
+            self._release_owner_lock(unlink=True)
+            (self.owner,) = self._registered
+            self._registered = None
+            self.lease_lost = self.owner is not None
         with contextlib.suppress(sqlite3.Error):
             self._reload_counters()
 
@@ -1208,7 +1246,7 @@ class Writer:
         return min(times) if times else None
 
     # --- writes ----------------------------------------------------------------------------
-    def recover_running(self, now: float, lease: float) -> list[Change]:
+    def recover_running(self, now: float) -> list[Change]:
         """End the attempts left ``running`` by processes that are gone: those of the owners
         :meth:`rescue` finds gone, and those claimed before owners were stored (no process of
         that conveyor can be open beside this one). The changes.
@@ -1218,7 +1256,7 @@ class Writer:
         ``cancelled`` when a cancel was requested.
         """
         orphans = self._conn.execute(Q_RUNNING_OF, (None,)).fetchall()
-        return self._recover(orphans, now) + self.rescue(now, lease)
+        return self._recover(orphans, now) + self.rescue(now)
 
     def _recover(self, rows: Sequence[Any], now: float) -> list[Change]:
         """Settle the attempts of ``rows`` (as :data:`Q_RUNNING_OF` selects them) as

@@ -44,7 +44,15 @@ from ._format import (
 from ._guard import DEFAULT_BODY_TIMEOUT, Hosts, check_bind
 from ._inspect import InspectError, inspect_file
 from ._models import MAX_PROGRESS_IDS, MAX_PROGRESS_IDS_CHARS
-from ._server import DEFAULT_PORT, LoadError, Running, ServeOptions, load_registry, serve
+from ._server import (
+    DEFAULT_PORT,
+    LoadError,
+    Running,
+    ServeOptions,
+    load_registry,
+    on_signals,
+    serve,
+)
 
 console = Console()
 errors = Console(stderr=True)
@@ -232,23 +240,26 @@ def worker_command(
     log_to_stderr(log_level)
 
     async def run() -> None:
+        stop_requested = trio.Event()
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with open_queue(
-                db,
-                handlers=registry,
-                workers=workers,
-                shutdown_grace=shutdown_grace,
-                heartbeat=heartbeat,
-            ):
-                errors.print(
-                    f"conveyor: worker on [bold]{escape(db)}[/] running "
-                    f"{', '.join(sorted(registry)) or 'no handlers'} with {workers} workers "
-                    f"(process {os.getpid()}). SIGTERM or Ctrl-C stops.",
-                    soft_wrap=True,
-                )
-                async for _ in signals:
-                    errors.print("conveyor: stopping: running jobs get their grace")
-                    break
+            async with trio.open_nursery() as everything:
+                # The first signal stops gracefully; a second at once (like serve).
+                everything.start_soon(on_signals, signals, stop_requested, everything.cancel_scope)
+                async with open_queue(
+                    db,
+                    handlers=registry,
+                    workers=workers,
+                    shutdown_grace=shutdown_grace,
+                    heartbeat=heartbeat,
+                ):
+                    errors.print(
+                        f"conveyor: worker on [bold]{escape(db)}[/] running "
+                        f"{', '.join(sorted(registry)) or 'no handlers'} with {workers} "
+                        f"workers (process {os.getpid()}). SIGTERM or Ctrl-C stops.",
+                        soft_wrap=True,
+                    )
+                    await stop_requested.wait()
+                everything.cancel_scope.cancel()
 
     try:
         trio.run(run)

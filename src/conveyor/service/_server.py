@@ -120,12 +120,12 @@ async def serve(
     stop_requested = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as outer:
-            outer.start_soon(_on_signals, signals, stop_requested, outer.cancel_scope)
+            outer.start_soon(on_signals, signals, stop_requested, outer.cancel_scope)
             await _serve_queue(options, registry, stop_requested, task_status)
             outer.cancel_scope.cancel()
 
 
-async def _on_signals(
+async def on_signals(
     signals: AsyncIterator[int],
     stop_requested: trio.Event,
     everything: trio.CancelScope,
