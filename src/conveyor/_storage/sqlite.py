@@ -860,10 +860,15 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
     try:
-        application_id, version = read_identity(conn)
-        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[
-            0
-        ]
+        # One snapshot: another process may be creating the file meanwhile.
+        conn.execute("BEGIN")
+        try:
+            application_id, version = read_identity(conn)
+            tables = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+            ).fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_NOTADB:
             raise _open_error(path, exc) from None
