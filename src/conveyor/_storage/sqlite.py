@@ -949,6 +949,7 @@ class Writer:
         self._retired = False
         self._claim_sql = ""
         self._doorbell: str | None = None
+        self._doorbells: list[tuple[str, bool]] | None = None
         self.lease = math.inf
         """Seconds without a heartbeat after which others take this owner's jobs."""
         self.lease_lost = False
@@ -1050,6 +1051,7 @@ class Writer:
         if self._registered is None:
             self._registered = (self.owner,)
         self._doorbell = doorbell
+        self._doorbells = None
         self.lease = lease
         self.lease_lost = False
         self._release_owner_lock(unlink=True)
@@ -1114,9 +1116,12 @@ class Writer:
         return changes
 
     def doorbells(self) -> list[tuple[str, bool]]:
-        """The doorbells of the other owners, each with whether that owner runs handlers."""
-        rows = self._conn.execute(Q_DOORBELLS, (self.owner,))
-        return [(doorbell, handlers != "[]") for doorbell, handlers in rows]
+        """The doorbells of the other owners, each with whether that owner runs handlers:
+        read again only after another process wrote (an owner comes or goes only so)."""
+        if self._doorbells is None:
+            rows = self._conn.execute(Q_DOORBELLS, (self.owner,))
+            self._doorbells = [(doorbell, handlers != "[]") for doorbell, handlers in rows]
+        return self._doorbells
 
     def cancels_requested(self) -> list[int]:
         """The jobs this owner runs whose cancel was requested (by any process)."""
@@ -1152,6 +1157,7 @@ class Writer:
         if self._counters_stale or version != self._data_version:
             self._data_version = version
             self._reload_counters()
+            self._doorbells = None
             if self.owner is not None and not self.lease_lost:
                 # Another process wrote: it may have taken this owner over.
                 exists = self._conn.execute(Q_OWNER_EXISTS, (self.owner,)).fetchone()[0]
