@@ -113,6 +113,17 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
             await anyio.sleep(0.02)
 
 
+async def test_a_worker_process_runs_what_a_queue_here_enqueues(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    with worker_process(db):
+        async with conveyor.open_queue(db) as producer:
+            job = await producer.enqueue("record", {"dir": str(tmp_path)})
+            done = await producer.wait(job.id, timeout=60)
+    assert done.status is JobStatus.COMPLETED
+    (pid,) = ran(tmp_path)
+    assert done.result == {"pid": pid}
+
+
 async def test_two_workers_and_a_producer_run_every_job_exactly_once(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     with worker_process(db), worker_process(db):

@@ -79,21 +79,6 @@ async def test_a_file_held_by_an_older_conveyor_is_refused(db_path: Path) -> Non
                 pass
 
 
-@pytest.mark.slow
-async def test_a_queue_in_another_process_shares_the_file(db_path: Path) -> None:
-    child = spawn("hold", db_path)
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "open"
-        async with conveyor.open_queue(db_path, handlers=noop_registry()) as queue:
-            job = await queue.enqueue("noop")
-            with anyio.fail_after(30):
-                assert (await queue.wait(job.id)).status is conveyor.JobStatus.COMPLETED
-    finally:
-        child.kill()
-        child.communicate()
-
-
 async def test_a_file_that_is_not_sqlite_is_refused(db_path: Path) -> None:
     await anyio.Path(db_path).write_bytes(b"this is not a database" * 100)
     with pytest.raises(conveyor.DatabaseError, match="not a usable SQLite database"):
