@@ -415,14 +415,8 @@ class RealQueue:
     def _second(self, work: Callable[[], T]) -> T:
         """``work()`` in one of the second owner's transactions; then ring the queue, as the
         second owner's doorbell would."""
-        writer = self._second_writer()
-        writer.begin()
-        try:
+        with self._second_writer().transaction():
             value = work()
-            writer.commit()
-        except BaseException:
-            writer.rollback()
-            raise
         if self.queue is not None:
             self.call(lambda queue: queue._runtime.send(Look(True, True)))
         return value

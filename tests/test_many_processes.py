@@ -50,6 +50,20 @@ class Worker:
         return self.log.read_text()
 
 
+def conveyor_worker(db: Path, handlers: str) -> list[str]:
+    """The command line of ``conveyor worker`` on ``db`` running ``handlers``."""
+    return [
+        sys.executable,
+        "-c",
+        "import conveyor.service; conveyor.service.main()",
+        "worker",
+        "--db",
+        str(db),
+        "--handlers",
+        handlers,
+    ]
+
+
 @contextmanager
 def worker_process(db: Path, *, workers: int = 4, heartbeat: float = 2.0) -> Iterator[Worker]:
     """``conveyor worker`` on ``db`` running ``owner_handlers:registry``, ready when yielded
@@ -58,14 +72,7 @@ def worker_process(db: Path, *, workers: int = 4, heartbeat: float = 2.0) -> Ite
     with log.open("wb") as stderr:
         process = subprocess.Popen(
             [
-                sys.executable,
-                "-c",
-                "import conveyor.service; conveyor.service.main()",
-                "worker",
-                "--db",
-                str(db),
-                "--handlers",
-                "owner_handlers:registry",
+                *conveyor_worker(db, "owner_handlers:registry"),
                 "--workers",
                 str(workers),
                 "--shutdown-grace",
@@ -245,16 +252,7 @@ def test_the_web_example_enqueues_from_two_uvicorn_workers_into_a_worker_process
     worker_log = tmp_path / "worker.err"
     with worker_log.open("wb") as err:
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import conveyor.service; conveyor.service.main()",
-                "worker",
-                "--db",
-                env["CONVEYOR_DB"],
-                "--handlers",
-                "jobs:registry",
-            ],
+            conveyor_worker(Path(env["CONVEYOR_DB"]), "jobs:registry"),
             cwd=web,
             env=env,
             stderr=err,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -21,6 +22,8 @@ from conveyor._storage.sqlite import (
     open_reader,
     owner_lock_path,
 )
+
+T = TypeVar("T")
 
 NOW = 1_800_000_000.0
 LEASE = 4.0
@@ -46,15 +49,9 @@ def owner(path: Path, now: float = NOW) -> Writer:
     return writer
 
 
-def in_transaction(writer: Writer, work):  # type: ignore[no-untyped-def]
-    writer.begin()
-    try:
-        value = work()
-        writer.commit()
-    except BaseException:
-        writer.rollback()
-        raise
-    return value
+def in_transaction(writer: Writer, work: Callable[[], T]) -> T:
+    with writer.transaction():
+        return work()
 
 
 @pytest.fixture

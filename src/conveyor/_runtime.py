@@ -540,14 +540,9 @@ def _register(
 ) -> None:
     """Register this process as an owner, and take over the jobs of owners that are gone."""
     try:
-        writer.begin()
-        try:
+        with writer.transaction():
             writer.register(now, handlers, doorbell.name, lease)
             writer.recover_running(now)
-            writer.commit()
-        except BaseException:
-            writer.rollback()
-            raise
     except (sqlite3.Error, storage.FileGone) as exc:
         fault = storage.classify_fault(exc, writer.path)
         raise DatabaseError(f"{writer.path}: {exc}" if fault is None else fault.what) from None

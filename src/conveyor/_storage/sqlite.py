@@ -1180,6 +1180,18 @@ class Writer:
             time.sleep(pause)
             pause = min(pause * 2, 0.0005)
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction around the block (waiting for another connection's lock):
+        committed if the block returns, rolled back if it raises."""
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
     def checkpoint(self) -> None:
         """Copy what the WAL holds into the database file, as far as readers allow."""
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
