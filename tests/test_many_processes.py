@@ -113,6 +113,10 @@ def ran(directory: Path) -> dict[int, Counter[tuple[int, int]]]:
     return runs
 
 
+async def an_attempt_ran(directory: Path) -> bool:
+    return bool(ran(directory))
+
+
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
     """Poll ``condition`` (what another process does, which nothing here is told of)."""
     with anyio.fail_after(timeout):
@@ -178,10 +182,7 @@ async def test_a_killed_workers_running_jobs_are_taken_over_by_the_other(
             ]
             jobs = await producer.enqueue_many(specs)
 
-            async def some_ran() -> bool:
-                return bool(ran(tmp_path))
-
-            await wait_until(some_ran)
+            await wait_until(lambda: an_attempt_ran(tmp_path))
             with worker_process(db, heartbeat=0.5):
                 doomed.process.kill()
                 doomed.process.wait()
@@ -204,10 +205,7 @@ async def test_a_stopped_workers_late_outcome_is_refused_after_a_takeover(
         async with conveyor.open_queue(db, heartbeat=0.5) as producer:
             job = await producer.enqueue("record", {"dir": str(tmp_path), "seconds": 2})
 
-            async def started() -> bool:
-                return bool(ran(tmp_path))
-
-            await wait_until(started)
+            await wait_until(lambda: an_attempt_ran(tmp_path))
             os.kill(stopped.pid, signal.SIGSTOP)
             with worker_process(db, heartbeat=0.5) as rescuer:
                 done = await producer.wait(job.id, timeout=120)
