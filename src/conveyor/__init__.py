@@ -5,6 +5,7 @@ asyncio (anyio) program, and enqueue jobs; they run on workers in priority order
 delays, timeouts and cancellation, and survive crashes and restarts.
 """
 
+from . import blocking
 from ._context import JobContext, current_job
 from ._errors import (
     ConveyorError,
@@ -62,6 +63,7 @@ __all__ = [
     "WaitTimeout",
     "Workflow",
     "WorkflowGraph",
+    "blocking",
     "current_job",
     "open_queue",
 ]
