@@ -565,7 +565,7 @@ def _run(
     """Run one job; the line that ends it."""
     target = (request["module"], request["qualname"])
     try:
-        function = functions.get(target) or _resolve(*target)
+        function = functions.get(target) or resolve(*target)
     except Exception as exc:
         return _ending(
             "error",
@@ -598,7 +598,7 @@ def _run(
     return b"R" + text.encode() + b"\n"
 
 
-def _resolve(module: str, qualname: str) -> Callable[[Any], JSON]:
+def resolve(module: str, qualname: str) -> Callable[[Any], JSON]:
     found: Any = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
