@@ -33,3 +33,10 @@ def flaky(file_path: str) -> str:
 def hangs(file_path: str) -> None:
     """Never ends by itself."""
     time.sleep(3600)
+
+
+def always_fails(file_path: str) -> None:
+    """Logs each attempt in ``attempts.log`` beside the file, then fails."""
+    with open(Path(file_path).parent / "attempts.log", "a") as log:
+        log.write(f"{file_path}\n")
+    raise OSError(f"cannot analyse {file_path}")

@@ -79,6 +79,7 @@ def test_the_progress_callback_gets_the_statistics(tmp_path: Path, files: list[s
 
 
 def test_a_higher_priority_runs_first(tmp_path: Path, files: list[str]) -> None:
+    """Also bug 3 of the implementation report (000): priority order not kept."""
     with QueueManager(
         max_workers=1, processor=processors.analyse, db_path=tmp_path / "queue.db"
     ) as manager:
@@ -173,3 +174,42 @@ def test_the_global_instance_is_made_once(tmp_path: Path, monkeypatch: pytest.Mo
         assert get_queue_manager() is first
     finally:
         first.close()
+
+
+# The bugs of the queue manager's implementation report (000): each one, shown absent.
+def test_a_task_cancelled_before_it_runs_never_runs(tmp_path: Path, files: list[str]) -> None:
+    """Bug 1: a cancelled queued task still ran (the cancel raced the queue's worker)."""
+    with QueueManager(
+        max_workers=1, processor=processors.analyse, db_path=tmp_path / "queue.db"
+    ) as manager:
+        kept, cancelled = manager.add_tasks(files[:2])
+        assert manager.cancel_task(cancelled)
+        manager.start_processing()
+        until_idle(manager)
+        statuses = [manager.get_task_status(t)["status"] for t in (kept, cancelled)]  # type: ignore[index]
+        assert not manager.cancel_task(cancelled)  # finished already
+        manager.stop_processing()
+    assert statuses == ["completed", "cancelled"]
+    assert done_order(tmp_path) == [files[0]]
+
+
+def test_a_failing_task_runs_exactly_max_retries_plus_one_times(
+    tmp_path: Path, files: list[str]
+) -> None:
+    """Bug 2: a failing task was not retried the expected number of times."""
+    with QueueManager(
+        max_workers=1,
+        max_retries=2,
+        retry_delay=0.05,
+        processor=processors.always_fails,
+        db_path=tmp_path / "queue.db",
+    ) as manager:
+        task_id = manager.add_task(files[0])
+        manager.start_processing()
+        stats = until_idle(manager)
+        status = manager.get_task_status(task_id)
+        manager.stop_processing()
+    assert stats["failed_tasks"] == 1
+    assert status is not None
+    assert status["retry_count"] == 2
+    assert (tmp_path / "attempts.log").read_text().splitlines() == [files[0]] * 3

@@ -145,14 +145,21 @@ class QueueManager:
         ]
         return [str(job.id) for job in self._open().enqueue_many(specs)]
 
+    def cancel_task(self, task_id: str | int) -> bool:
+        """Cancel a queued or running task; False for a finished or unknown one. A queued
+        task cancelled never runs, whatever processing is doing at that moment (the cancel
+        and the claim are one writer's commands, so no race lets it start); a running one's
+        worker process is killed."""
+        job_id = _job_id(task_id)
+        return job_id is not None and self._open().cancel(job_id)
+
     def get_task_status(self, task_id: str | int) -> dict[str, Any] | None:
         """The task's state (``None`` for an unknown id): ``task_id``, ``file_path``,
         ``status`` (a :class:`TaskStatus` value), ``priority`` (conveyor's), ``retry_count``,
         ``worker_id`` (always ``None``: conveyor does not say which process ran it),
         ``started_at``, ``completed_at``, ``error_message`` and ``result``."""
-        try:
-            job_id = int(task_id)
-        except ValueError:
+        job_id = _job_id(task_id)
+        if job_id is None:
             return None
         job = self._open().get(job_id)
         if job is None or job.name != HANDLER:
@@ -263,6 +270,14 @@ class QueueManager:
             )
             self._producer = stack
         return self._queue
+
+
+def _job_id(task_id: str | int) -> int | None:
+    """The job id of a task id (``None`` for one that cannot be conveyor's)."""
+    try:
+        return int(task_id)
+    except ValueError:
+        return None
 
 
 _instance: QueueManager | None = None
