@@ -46,6 +46,19 @@ def until_idle(manager: QueueManager, timeout: float = 120) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+def process_one(file_path: str, **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run one file through a one-worker manager made with ``options``: the statistics once
+    nothing is left, and the task's status."""
+    with QueueManager(max_workers=1, **options) as manager:
+        task_id = manager.add_task(file_path)
+        manager.start_processing()
+        stats = until_idle(manager)
+        status = manager.get_task_status(task_id)
+        manager.stop_processing()
+    assert status is not None
+    return stats, status
+
+
 def done_order(folder: Path) -> list[str]:
     return (folder / "done.log").read_text().splitlines()
 
@@ -94,15 +107,9 @@ def test_a_higher_priority_runs_first(tmp_path: Path, files: list[str]) -> None:
 
 
 def test_a_failed_task_is_retried_and_can_complete(tmp_path: Path, files: list[str]) -> None:
-    with QueueManager(
-        max_workers=1, retry_delay=0.1, processor=processors.flaky, db_path=tmp_path / "q.db"
-    ) as manager:
-        task_id = manager.add_task(files[0])
-        manager.start_processing()
-        until_idle(manager)
-        status = manager.get_task_status(task_id)
-        manager.stop_processing()
-    assert status is not None
+    _, status = process_one(
+        files[0], retry_delay=0.1, processor=processors.flaky, db_path=tmp_path / "q.db"
+    )
     assert (status["status"], status["retry_count"]) == ("completed", 1)
     assert status["result"] == "analysed on retry"
 
@@ -110,20 +117,14 @@ def test_a_failed_task_is_retried_and_can_complete(tmp_path: Path, files: list[s
 def test_a_task_past_the_worker_timeout_fails_once_its_retries_are_spent(
     tmp_path: Path, files: list[str]
 ) -> None:
-    with QueueManager(
-        max_workers=1,
+    stats, status = process_one(
+        files[0],
         worker_timeout=1,
         max_retries=0,
         processor=processors.hangs,
         db_path=tmp_path / "queue.db",
-    ) as manager:
-        task_id = manager.add_task(files[0])
-        manager.start_processing()
-        stats = until_idle(manager)
-        status = manager.get_task_status(task_id)
-        manager.stop_processing()
+    )
     assert stats["failed_tasks"] == 1
-    assert status is not None
     assert status["status"] == "failed"
     assert "timed out after 1 s" in status["error_message"]
 
@@ -197,19 +198,13 @@ def test_a_failing_task_runs_exactly_max_retries_plus_one_times(
     tmp_path: Path, files: list[str]
 ) -> None:
     """Bug 2: a failing task was not retried the expected number of times."""
-    with QueueManager(
-        max_workers=1,
+    stats, status = process_one(
+        files[0],
         max_retries=2,
         retry_delay=0.05,
         processor=processors.always_fails,
         db_path=tmp_path / "queue.db",
-    ) as manager:
-        task_id = manager.add_task(files[0])
-        manager.start_processing()
-        stats = until_idle(manager)
-        status = manager.get_task_status(task_id)
-        manager.stop_processing()
+    )
     assert stats["failed_tasks"] == 1
-    assert status is not None
     assert status["retry_count"] == 2
     assert (tmp_path / "attempts.log").read_text().splitlines() == [files[0]] * 3
