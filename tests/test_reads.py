@@ -151,6 +151,23 @@ async def test_purge_refuses_a_negative_age(open_test_queue: QueueOpener) -> Non
             await queue.purge(older_than=-5)
 
 
+async def test_purge_of_one_status_keeps_the_others(open_test_queue: QueueOpener) -> None:
+    async with open_test_queue(mixed_registry()) as queue:
+        done, failed = await wait_all(
+            queue, await queue.enqueue_many([JobSpec("ok"), JobSpec("bad")])
+        )
+        assert await queue.purge(0, status="failed") == 1
+        remaining = {job.id for job in await queue.list()}
+    assert remaining == {done.id}
+    assert failed.status is JobStatus.FAILED
+
+
+async def test_purge_refuses_an_unfinished_status(open_test_queue: QueueOpener) -> None:
+    async with open_test_queue(mixed_registry()) as queue:
+        with pytest.raises(conveyor.InvalidArgument, match="only finished jobs are purged"):
+            await queue.purge(0, status=JobStatus.PENDING)
+
+
 async def test_subscribers_see_each_change_once_committed(open_test_queue: QueueOpener) -> None:
     seen: list[tuple[str, str]] = []
 

@@ -106,7 +106,7 @@ async def test_a_command_the_database_refuses_fails_alone(
 ) -> None:
     from conveyor._storage.sqlite import Writer
 
-    def refuse(self: Writer, finished_before: float) -> int:
+    def refuse(self: Writer, finished_before: float, statuses: object) -> int:
         raise ValueError("refused by the database")
 
     monkeypatch.setattr(Writer, "purge", refuse)

@@ -14,6 +14,7 @@ import pytest
 from conveyor import Event, Job, JobStatus, QueueFull
 from conveyor._actors.messages import Cancel, Enqueue, Purge, Reply, Report
 from conveyor._actors.store import INLINE_ROWS, Claims, Effects, apply_batch, rows_written
+from conveyor._job import TERMINAL
 from conveyor._storage.sqlite import NewJob, Outcome, Writer, WriterBusy
 
 NOW = 1_800_000_000.0
@@ -148,7 +149,7 @@ def test_a_retry_without_delay_makes_the_job_ready_at_once(writer: Writer) -> No
 def test_a_command_that_fails_is_answered_alone_and_the_rest_commit(
     writer: Writer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(self: Writer, finished_before: float) -> int:
+    def refuse(self: Writer, finished_before: float, statuses: object) -> int:
         raise ValueError("refused")
 
     monkeypatch.setattr(Writer, "purge", refuse)
@@ -156,7 +157,7 @@ def test_a_command_that_fails_is_answered_alone_and_the_rest_commit(
     purge: Reply[int] = Reply()
     last: Reply[list[Job]] = Reply()
     effects = apply(
-        writer, Enqueue([new_job()], first), Purge(0, purge), Enqueue([new_job()], last)
+        writer, Enqueue([new_job()], first), Purge(0, TERMINAL, purge), Enqueue([new_job()], last)
     )
     assert [reply for reply, _ in effects.replies] == [first, last]
     ((failed, error),) = effects.failures
@@ -232,4 +233,4 @@ def test_rows_written_counts_what_a_batch_touches() -> None:
         Cancel(1, reply),
     ]
     assert rows_written(commands, Claims(wanted=4)) == 2 + 3 + 1 + 4
-    assert rows_written([Purge(0.0, reply)], Claims()) > INLINE_ROWS
+    assert rows_written([Purge(0.0, TERMINAL, reply)], Claims()) > INLINE_ROWS

@@ -35,6 +35,7 @@ from ._events import Change
 from ._job import (
     JSON,
     MAX_INT,
+    TERMINAL,
     Job,
     JobSpec,
     JobStatus,
@@ -377,12 +378,20 @@ class Queue:
         """Every stored schedule, by key."""
         return await self._read(storage.list_schedules)
 
-    async def purge(self, older_than: float) -> int:
-        """Delete finished jobs (completed, failed, cancelled) that finished more than
-        ``older_than`` seconds ago; return how many. Their idempotency keys become free."""
+    async def purge(self, older_than: float, *, status: JobStatus | str | None = None) -> int:
+        """Delete finished jobs (completed, failed, cancelled; of ``status`` only, if given)
+        that finished more than ``older_than`` seconds ago; return how many. Their idempotency
+        keys become free."""
         check_seconds("older_than", older_than)
+        wanted = _status(status)
+        if wanted is not None and not wanted.is_terminal:
+            raise InvalidArgument(
+                f"only finished jobs are purged: status must be completed, failed or cancelled, "
+                f"not {wanted.value!r}"
+            )
+        statuses = TERMINAL if wanted is None else frozenset({wanted})
         reply: Reply[int] = Reply()
-        await self._runtime.send(Purge(older_than, reply))
+        await self._runtime.send(Purge(older_than, statuses, reply))
         return await reply.get()
 
     async def ping(self) -> None:

@@ -15,7 +15,7 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .._job import JSON, Job
+from .._job import JSON, Job, JobStatus
 from .._schedule import Schedule
 from .._storage.sqlite import NewJob, Outcome
 
@@ -117,6 +117,7 @@ class Requeue:
 @attrs.frozen
 class Purge:
     older_than: float
+    statuses: frozenset[JobStatus]
     reply: Reply[int]
 
 

@@ -388,7 +388,9 @@ def _apply(
     elif isinstance(command, DropSchedule):
         effects.replies.append((command.reply, writer.delete_schedule(command.key)))
     elif isinstance(command, Purge):
-        effects.replies.append((command.reply, writer.purge(now - command.older_than)))
+        effects.replies.append(
+            (command.reply, writer.purge(now - command.older_than, command.statuses))
+        )
     elif isinstance(command, Ping):
         writer.touch()
         effects.replies.append((command.reply, None))

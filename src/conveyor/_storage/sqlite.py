@@ -517,7 +517,7 @@ Q_IDS_BY_STATUS: Final = "SELECT id FROM jobs WHERE status IN ({statuses}) ORDER
 Q_IDS_BY_STATUS_NAME: Final = (
     "SELECT id FROM jobs WHERE status IN ({statuses}) AND name = ? ORDER BY id"
 )
-Q_PURGE: Final = f"DELETE FROM jobs WHERE status IN ({_sql_list(TERMINAL)}) AND finished_at <= ?"
+Q_PURGE: Final = "DELETE FROM jobs WHERE status IN ({statuses}) AND finished_at <= ?"
 Q_TOUCH: Final = f"PRAGMA user_version = {SCHEMA_VERSION}"
 """Rewrites the header with what it holds: a real write (one WAL page), so that it proves the
 database takes writes, as a write that changes nothing would not (it commits on a full disk)."""
@@ -530,6 +530,11 @@ Q_RECENT_FINISHED: Final = f"""
 """Jobs finished since ``?``: how many, and their mean run time by the wall clock, each run
 counted as 0 when the clock was stepped back during it."""
 Q_OLDEST_PENDING: Final = f"SELECT min(created_at) FROM jobs WHERE status = '{_PENDING}'"
+Q_MEAN_PENDING_RUN_AT: Final = f"SELECT avg(run_at) FROM jobs WHERE status = '{_PENDING}'"
+Q_COUNT_FAILED_EARLY: Final = (
+    f"SELECT count(*) FROM jobs WHERE status = '{JobStatus.FAILED}' AND attempts < max_attempts"
+)
+"""Failed jobs with attempts left: they raised ``Fail``, or their error was not retryable."""
 
 RECOVERED_ERROR: Final = (
     "attempt {attempts} of {max_attempts} was interrupted: the process running it stopped "
@@ -1779,9 +1784,11 @@ class Writer:
             rows = self._conn.execute(Q_IDS_BY_STATUS_NAME.format(statuses=listed), (name,))
         return [row[0] for row in rows]
 
-    def purge(self, finished_before: float) -> int:
-        """Delete terminal jobs that finished before ``finished_before``; how many."""
-        purged: int = self._conn.execute(Q_PURGE, (finished_before,)).rowcount
+    def purge(self, finished_before: float, statuses: Iterable[JobStatus] = TERMINAL) -> int:
+        """Delete jobs of ``statuses`` (terminal ones) that finished before
+        ``finished_before``; how many."""
+        query = Q_PURGE.format(statuses=_sql_list(statuses))
+        purged: int = self._conn.execute(query, (finished_before,)).rowcount
         if purged and self._has_deps:
             self._conn.execute(Q_PURGE_DEPS)
         return purged
@@ -1992,6 +1999,18 @@ def declared_handlers(conn: sqlite3.Connection) -> dict[str, HandlerDefaults]:
     return {
         name: (max_attempts, timeout) for name, max_attempts, timeout in conn.execute(Q_DECLARED)
     }
+
+
+def mean_pending_run_at(conn: sqlite3.Connection) -> float | None:
+    """The mean time the pending jobs are (or were) due at; ``None`` when none is pending."""
+    mean: float | None = conn.execute(Q_MEAN_PENDING_RUN_AT).fetchone()[0]
+    return mean
+
+
+def count_failed_early(conn: sqlite3.Connection) -> int:
+    """How many failed jobs failed before their attempts were spent."""
+    count: int = conn.execute(Q_COUNT_FAILED_EARLY).fetchone()[0]
+    return count
 
 
 def paused_handlers(conn: sqlite3.Connection) -> set[str]:
