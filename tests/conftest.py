@@ -9,8 +9,11 @@ production: real time, SQL on its own thread. Tests that need virtual time are m
 
 from __future__ import annotations
 
+import functools
+import os
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,30 @@ from helpers import QueueOpener
 EPOCH = 1_800_000_000.0
 """The mock wall clock's reading at the start of a trio test."""
 
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL database the core behaviour tests also run on, each in a schema of its own."""
+
+BOTH_DATABASES = frozenset(
+    {
+        "test_cancel",
+        "test_enqueue",
+        "test_lifecycle",
+        "test_limits",
+        "test_persistence",
+        "test_reads",
+        "test_retry",
+        "test_running",
+        "test_schedules",
+        "test_timing",
+        "test_workflows",
+    }
+)
+"""The modules of core behaviour, whose tests run on SQLite and on PostgreSQL."""
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "trio_only: needs trio's MockClock (virtual time)")
+    config.addinivalue_line("markers", "sqlite_only: a behaviour of the SQLite file itself")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -42,6 +66,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             ]
         )
         metafunc.parametrize("anyio_backend", backends, indirect=True)
+    if "database" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rpartition(".")[2]
+        both = module in BOTH_DATABASES and not metafunc.definition.get_closest_marker(
+            "sqlite_only"
+        )
+        metafunc.parametrize(
+            "database", ["sqlite", "postgres"] if both else ["sqlite"], indirect=True
+        )
 
 
 @pytest.fixture
@@ -63,17 +95,47 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "jobs.db"
 
 
+@functools.cache
+def postgres_unreachable() -> str | None:
+    """Why the tests' PostgreSQL cannot be used (``None``: it can)."""
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except Exception as exc:
+        return f"no PostgreSQL at {POSTGRES_URL} ({exc})"
+    return None
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest, db_path: Path) -> Iterator[str]:
+    """Where this test's queue lives: its SQLite file, or a fresh schema on PostgreSQL."""
+    if request.param == "sqlite":
+        yield str(db_path)
+        return
+    reason = postgres_unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    import psycopg
+
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    yield f"{POSTGRES_URL}?schema={schema}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 @pytest.fixture
 def open_test_queue(
-    db_path: Path, wall_clock: Callable[[], float], anyio_backend_name: str
+    database: str, wall_clock: Callable[[], float], anyio_backend_name: str
 ) -> QueueOpener:
-    """``open_test_queue(registry, **options)``: ``open_queue`` on this test's file and clock."""
+    """``open_test_queue(registry, **options)``: ``open_queue`` on this test's database
+    (file or schema) and clock."""
 
     def opener(
         registry: conveyor.Registry | None, **options: Any
     ) -> AbstractAsyncContextManager[conveyor.Queue]:
         options.setdefault("clock", wall_clock)
         options.setdefault("sql_thread", anyio_backend_name != "trio")
-        return conveyor.open_queue(db_path, handlers=registry, **options)
+        return conveyor.open_queue(database, handlers=registry, **options)
 
     return opener

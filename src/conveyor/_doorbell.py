@@ -21,16 +21,30 @@ import secrets
 import socket
 import sys
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 
 READY: Final = "r"
 CHANGED: Final = "d"
 CANCEL: Final = "c"
+KINDS: Final = frozenset({READY, CHANGED, CANCEL})
 
 _MAX_RINGS: Final = 256
 """Datagrams read per wake-up at most: the rest are read on the next turn."""
+
+
+class DoorbellLike(Protocol):
+    """How a process hears the others' news and rings them: :class:`Doorbell` on SQLite,
+    ``NOTIFY``/``LISTEN`` on PostgreSQL."""
+
+    name: str | None
+
+    def ring(self, doorbells: Iterable[str], kinds: str) -> None: ...
+
+    async def listen(self, on_ring: Callable[[set[str]], None]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Doorbell:

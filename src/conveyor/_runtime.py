@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any, Final, TypeVar
 
 import anyio
+import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._actors.messages import (
@@ -30,8 +31,14 @@ from ._actors.messages import (
 from ._actors.pool import Pool
 from ._actors.store import Listener, Store
 from ._actors.timer import Timer
-from ._doorbell import CANCEL, CHANGED, READY, Doorbell
-from ._errors import DatabaseError, InvalidArgument, QueueClosed, UnknownHandler
+from ._doorbell import CANCEL, CHANGED, READY, Doorbell, DoorbellLike
+from ._errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    InvalidArgument,
+    QueueClosed,
+    UnknownHandler,
+)
 from ._events import Change
 from ._job import Event, JobStatus, check_seconds
 from ._memory import MemoryGuard, check_high_water, memory_in_use
@@ -162,12 +169,22 @@ class Following:
 
 class Readers:
     """The read connection, used by one dedicated read thread (or inline, in tests); WAL gives
-    each read a consistent snapshot without waiting for the writer."""
+    each read a consistent snapshot without waiting for the writer (on PostgreSQL, a
+    ``REPEATABLE READ`` snapshot)."""
 
-    def __init__(self, path: str, *, in_thread: bool) -> None:
-        self._path = path
+    def __init__(
+        self,
+        opener: Callable[[], Any],
+        *,
+        in_thread: bool,
+        lost: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        """``opener`` makes the connection; a read failing with one of ``lost`` (a dropped
+        server connection) connects anew and is tried once more."""
+        self._opener = opener
+        self._lost = lost
         self._thread = SqlThread("conveyor-read") if in_thread else None
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None
 
     async def run(self, read: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None:
@@ -176,8 +193,20 @@ class Readers:
 
     def _call(self, read: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None:
-            self._conn = storage.open_reader(self._path)
-        return read(self._conn)
+            self._conn = self._opener()
+        try:
+            return read(self._conn)
+        except self._lost as exc:
+            # A server's connection was dropped (restart, network): reads are safe to repeat.
+            logger.info("conveyor's read connection was lost (%s); connecting again", exc)
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        self._conn = self._opener()
+        try:
+            return read(self._conn)
+        except self._lost as exc:
+            raise DatabaseUnavailable(f"cannot read the queue: {exc}".strip()) from None
 
     def close(self) -> None:
         if self._thread is not None:
@@ -220,6 +249,15 @@ class Runtime:
             raise QueueClosed("the queue is closing or closed and takes no more commands")
         try:
             await self._commands.send(command)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise QueueClosed("the queue is closed and takes no more commands") from None
+
+    async def renew_lease(self) -> None:
+        """Have the store renew this process's lease, also while the queue shuts down (its
+        running jobs are still its own until they stop); :class:`QueueClosed` once the store
+        has stopped."""
+        try:
+            await self._commands.send(Heartbeat())
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise QueueClosed("the queue is closed and takes no more commands") from None
 
@@ -327,16 +365,22 @@ async def _until_idle_or_stuck(idle: anyio.Event, store: Store) -> None:
 
 
 async def _beat(runtime: Runtime, heartbeat: float) -> None:
-    """Have the store renew the lease every ``heartbeat`` seconds, until the queue closes;
-    and look at the followed jobs then, in case a ring about them was lost, and at the
-    handlers declared in the file."""
+    """Have the store renew the lease every ``heartbeat`` seconds until it stops (through the
+    shutdown's grace too: others must not take over jobs still finishing here); and, until the
+    queue starts closing, look at the followed jobs, in case a ring about them was lost, and
+    at the handlers declared in the file."""
     while True:
         await anyio.sleep(heartbeat)
         try:
-            await runtime.send(Heartbeat())
-            await _read_others(runtime, ring=False)
+            await runtime.renew_lease()
         except QueueClosed:
             return
+        if runtime.closing:
+            continue
+        try:
+            await _read_others(runtime, ring=False)
+        except QueueClosed:
+            continue  # closing: the lease is renewed until the store stops
 
 
 async def _read_others(runtime: Runtime, *, ring: bool) -> None:
@@ -353,7 +397,7 @@ async def _read_others(runtime: Runtime, *, ring: bool) -> None:
         logger.info("conveyor could not read what other processes changed: %r", exc)
 
 
-async def _answer_rings(runtime: Runtime, doorbell: Doorbell) -> None:
+async def _answer_rings(runtime: Runtime, doorbell: DoorbellLike) -> None:
     """Act on what other processes ring: claim or cancel through the store, and tell
     followers of changed jobs. Rings that arrive meanwhile are merged into one answer."""
     rung: set[str] = set()
@@ -481,11 +525,7 @@ async def open_queue(
     memory = MemoryGuard(check_high_water(memory_high_water), memory_reader or memory_in_use)
     wall_clock = clock or time.time
     path = os.fspath(path)
-    if not path or path == ":memory:" or path.startswith("file:"):
-        raise InvalidArgument(
-            f"path must name a database file, not {path!r}: jobs are kept in a file so that "
-            "they outlive the process"
-        )
+    database = _database(path, synchronous)
     async with contextlib.AsyncExitStack() as stack:
         run_sql: Callable[[Callable[[], Any]], Awaitable[Any]] = _run_inline
         if sql_thread:
@@ -495,11 +535,11 @@ async def open_queue(
         # Shielded, so that a writer opened while the caller is being cancelled is still
         # registered to be closed (and its file lock released).
         with anyio.CancelScope(shield=True):
-            writer: Writer = await run_sql(lambda: Writer(path, synchronous=synchronous))
+            writer: Writer = await run_sql(database.writer)
             stack.push_async_callback(_shielded, run_sql, writer.close)
-        readers = Readers(path, in_thread=sql_thread)
+        readers = Readers(database.reader, in_thread=sql_thread, lost=database.lost)
         stack.callback(readers.close)
-        doorbell = Doorbell()
+        doorbell = database.doorbell(writer)
         stack.callback(doorbell.close)
         owned = {name: (runs[name].max_attempts, runs[name].timeout) for name in runs}
         await run_sql(lambda: _register(writer, owned, doorbell, wall_clock(), 2 * heartbeat))
@@ -513,12 +553,57 @@ async def open_queue(
             clock=wall_clock,
             max_pending=max_pending,
             run_sql=run_sql,
-            inline_small=sql_thread and synchronous == "normal",
+            inline_small=sql_thread and database.inline_small,
             readers=readers,
             shutdown_grace=shutdown_grace,
             memory=memory,
         ) as queue:
             yield queue
+
+
+@attrs.frozen
+class _Database:
+    """How to open the database a queue lives in: its writer, a reader, and the doorbell
+    that hears the other processes; and whether small batches may run on the loop."""
+
+    writer: Callable[[], Writer]
+    reader: Callable[[], Any]
+    doorbell: Callable[[Writer], DoorbellLike]
+    inline_small: bool
+    lost: tuple[type[BaseException], ...] = ()
+    """Errors of a dropped connection, after which a read connects anew."""
+
+
+def _database(path: str, synchronous: Synchronous) -> _Database:
+    """The SQLite file ``path``, or the PostgreSQL database ``path`` names by URL."""
+    if path.startswith(("postgresql://", "postgres://")):
+        try:
+            from ._storage import postgres
+        except ImportError:
+            raise InvalidArgument(
+                f"{path.split('@')[-1]!r} is a PostgreSQL database, and conveyor needs psycopg "
+                "to reach it: pip install 'conveyor[postgres]'"
+            ) from None
+        target = postgres.parse_target(path)
+        return _Database(
+            writer=lambda: postgres.PgWriter(target),
+            reader=lambda: postgres.open_reader(target),
+            # The server's round trips would hold the loop: every batch goes to the thread.
+            doorbell=lambda writer: postgres.PgDoorbell(target, lambda: writer.owner),
+            inline_small=False,
+            lost=postgres.CONNECTION_LOST,
+        )
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise InvalidArgument(
+            f"path must name a database file or a postgresql:// URL, not {path!r}: jobs are "
+            "kept in a database so that they outlive the process"
+        )
+    return _Database(
+        writer=lambda: Writer(path, synchronous=synchronous),
+        reader=lambda: storage.open_reader(path),
+        doorbell=lambda writer: Doorbell(),
+        inline_small=synchronous == "normal",
+    )
 
 
 def _known_handlers(names: object) -> frozenset[str]:
@@ -534,7 +619,7 @@ def _known_handlers(names: object) -> frozenset[str]:
 def _register(
     writer: Writer,
     handlers: dict[str, HandlerDefaults],
-    doorbell: Doorbell,
+    doorbell: DoorbellLike,
     now: float,
     lease: float,
 ) -> None:
@@ -543,8 +628,8 @@ def _register(
         with writer.transaction():
             writer.register(now, handlers, doorbell.name, lease)
             writer.recover_running(now)
-    except (sqlite3.Error, storage.FileGone) as exc:
-        fault = storage.classify_fault(exc, writer.path)
+    except writer.errors as exc:
+        fault = writer.classify(exc)
         raise DatabaseError(f"{writer.path}: {exc}" if fault is None else fault.what) from None
 
 
@@ -554,7 +639,7 @@ async def _running_actors(
     registry: Registry,
     *,
     known_handlers: frozenset[str],
-    doorbell: Doorbell,
+    doorbell: DoorbellLike,
     heartbeat: float,
     workers: int,
     clock: Callable[[], float],

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
@@ -29,7 +28,7 @@ import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._doorbell import CANCEL, CHANGED, READY, Doorbell
+from .._doorbell import CANCEL, CHANGED, READY, DoorbellLike
 from .._errors import DatabaseError, DatabaseUnavailable, JobNotFound, QueueClosed, QueueFull
 from .._events import Change
 from .._job import JSON, Event, Job, JobStatus
@@ -41,7 +40,6 @@ from .._storage.sqlite import (
     Outcome,
     Writer,
     WriterBusy,
-    classify_fault,
 )
 from .messages import (
     Cancel,
@@ -97,9 +95,6 @@ class SqlRunner(Protocol):
 
 
 Listener = Callable[[Sequence[Change]], None]
-
-_DATABASE_FAULTS: Final = (sqlite3.OperationalError, sqlite3.InternalError, MemoryError)
-"""Errors of the database itself (I/O, disk full, locked), not of one command."""
 
 
 @attrs.frozen
@@ -175,7 +170,7 @@ def apply_batch(
             effects = _apply_all(
                 writer, commands, now, max_pending, Effects(claims, limited=limited)
             )
-        except _DATABASE_FAULTS:
+        except writer.faults:
             raise
         except Exception:
             writer.rollback()
@@ -195,7 +190,7 @@ def apply_batch(
         if effects.changes:
             effects.rings.add(CHANGED)
         if effects.rings:
-            effects.doorbells = writer.doorbells()
+            effects.doorbells = writer.announce(effects.rings)
         writer.commit()
     except BaseException:
         writer.rollback()
@@ -561,7 +556,7 @@ class Store:
         max_pending: int | None,
         inline_small: bool,
         limits: Mapping[str, Limits] | None = None,
-        doorbell: Doorbell | None = None,
+        doorbell: DoorbellLike | None = None,
     ) -> None:
         """``run_sql`` runs database work on the SQL thread (or inline, in tests);
         ``inline_small`` lets batches of at most :data:`INLINE_ROWS` rows run on the loop;
@@ -651,7 +646,7 @@ class Store:
             try:
                 effects = await self._write(batch, now)
             except Exception as exc:
-                fault = classify_fault(exc, self._writer.path)
+                fault = self._writer.classify(exc)
                 if fault is None or not fault.passes:
                     raise self._fail_for_good(batch, exc, fault) from exc
                 return self._hold(batch, fault)
@@ -759,7 +754,7 @@ class Store:
         committed and must still be announced."""
         try:
             self._writer.checkpoint()
-        except (sqlite3.Error, MemoryError) as exc:
+        except Exception as exc:  # the database's errors, and MemoryError: logged, not fatal
             self._unchecked_pages = CHECKPOINT_PAGES // 2
             if not self._checkpoint_failing:
                 self._checkpoint_failing = True

@@ -295,7 +295,7 @@ Q_INSERT: Final = (
     "run_at, created_at, idempotency_key, after, blockers, delay, schedule_key, concurrency_key) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-Q_INSERT_DEP: Final = "INSERT OR IGNORE INTO job_deps (dep_id, job_id) VALUES (?, ?)"
+Q_INSERT_DEP: Final = "INSERT INTO job_deps (dep_id, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
 Q_HAS_DEPS: Final = "SELECT EXISTS (SELECT 1 FROM job_deps)"
 Q_DEP_STATES: Final = "SELECT id, status, name FROM jobs WHERE id IN ({ids})"
 Q_UNBLOCK: Final = f"""
@@ -304,9 +304,10 @@ Q_UNBLOCK: Final = f"""
 """
 Q_RELEASE: Final = f"""
     UPDATE jobs SET status = '{decide(JobStatus.WAITING, Event.RELEASED)}',
-                    run_at = CASE WHEN delay IS NULL THEN max(run_at, :now)
-                                  ELSE :now + delay END,
-                    scheduled = CASE WHEN delay IS NULL THEN run_at > :now ELSE delay > 0 END
+                    run_at = CASE WHEN delay IS NOT NULL THEN :now + delay
+                                  WHEN run_at > :now THEN run_at ELSE :now END,
+                    scheduled = CASE WHEN delay IS NULL AND run_at > :now THEN 1
+                                     WHEN delay > 0 THEN 1 ELSE 0 END
     WHERE id IN (SELECT job_id FROM job_deps WHERE dep_id = :dep)
           AND status = '{JobStatus.WAITING}' AND blockers <= 0
     RETURNING id, name, run_at, scheduled
@@ -391,8 +392,7 @@ Q_STARTS_IN_WINDOW: Final = "SELECT count(*), min(at) FROM starts WHERE name = ?
 Q_RECORD_START: Final = "INSERT INTO starts (name, at) VALUES (?, ?)"
 Q_READY_IN_ORDER: Final = f"""
     SELECT id, name, concurrency_key FROM jobs
-    WHERE {_status_allows(Event.STARTED)} AND scheduled = 0 AND +name NOT IN ({{paused}})
-          AND +name IN ({{names}})
+    WHERE {_status_allows(Event.STARTED)} AND scheduled = 0 AND +name IN ({{names}})
     ORDER BY priority, run_at, id
 """
 Q_CLAIM_IDS: Final = f"""
@@ -434,7 +434,7 @@ Q_COMPLETE_ALL: Final = f"""
                     result = done.column3, finished_at = ?
     FROM (VALUES {{attempts}}) AS done
     WHERE jobs.id = done.column1 AND jobs.attempts = done.column2 AND jobs.owner = ?
-          AND NOT jobs.cancel_requested AND {_status_allows(Event.COMPLETED)}
+          AND jobs.cancel_requested = 0 AND {_status_allows(Event.COMPLETED)}
     RETURNING jobs.id
 """
 """Completes many attempts in one statement: ``{attempts}`` is one ``(?, ?, ?)`` per attempt
@@ -447,11 +447,11 @@ Q_ATTEMPT_STATE: Final = (
 )
 Q_RUNNING_OF: Final = (
     "SELECT id, name, attempts, max_attempts, cancel_requested FROM jobs "
-    f"WHERE status = '{_RUNNING}' AND owner IS ?"
+    f"WHERE status = '{_RUNNING}' AND owner IS NOT DISTINCT FROM ?"
 )
 """The running jobs of an owner (``NULL``: claimed before owners were stored, version 4)."""
 Q_CANCELS_OF: Final = (
-    f"SELECT id FROM jobs WHERE status = '{_RUNNING}' AND owner = ? AND cancel_requested"
+    f"SELECT id FROM jobs WHERE status = '{_RUNNING}' AND owner = ? AND cancel_requested = 1"
 )
 Q_REGISTER: Final = (
     "INSERT INTO owners (pid, host, started_at, heartbeat_at, lease, handlers, doorbell) "
@@ -523,7 +523,9 @@ Q_TOUCH: Final = f"PRAGMA user_version = {SCHEMA_VERSION}"
 database takes writes, as a write that changes nothing would not (it commits on a full disk)."""
 Q_COUNT_BY_STATUS_NAME: Final = "SELECT status, name, count(*) FROM jobs GROUP BY status, name"
 Q_RECENT_FINISHED: Final = f"""
-    SELECT status, count(*), avg(max(finished_at - started_at, 0)) FROM jobs
+    SELECT status, count(*),
+           avg(CASE WHEN finished_at > started_at THEN finished_at - started_at ELSE 0 END)
+    FROM jobs
     WHERE finished_at >= ? AND status IN ('{JobStatus.COMPLETED}', '{JobStatus.FAILED}')
     GROUP BY status
 """
@@ -924,6 +926,9 @@ def open_reader(path: str) -> sqlite3.Connection:
 class Writer:
     """The one connection that writes, with the state only the writer may keep.
 
+    This is SQLite's; :class:`.postgres.PgWriter` runs the same logic and statements on
+    PostgreSQL, overriding what differs (connection, transactions, owners' liveness, news).
+
     Methods run inside a transaction the caller opened with :meth:`begin`; they never commit.
     ``pending_count`` (pending jobs) and ``next_due`` are kept here, in step with every write,
     and reloaded from the file by :meth:`rollback`.
@@ -932,6 +937,15 @@ class Writer:
     syncs it, which may take milliseconds): whoever drives it calls :meth:`checkpoint` where a
     pause is harmless.
     """
+
+    faults: tuple[type[BaseException], ...] = (
+        sqlite3.OperationalError,
+        sqlite3.InternalError,
+        MemoryError,
+    )
+    """Errors of the database itself (I/O, disk full, locked), not of one command."""
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error, FileGone)
+    """Every error the database raises."""
 
     def __init__(self, path: str, *, synchronous: Synchronous = "normal") -> None:
         """Open (creating or upgrading) the database at ``path`` and take its shared lock.
@@ -945,6 +959,38 @@ class Writer:
         self.synchronous = synchronous
         _refuse_network_filesystem(path)
         self._lock_fd = _acquire_lock(path)
+        self._init_state()
+        try:
+            try:
+                self._conn = _connect(path)
+            except sqlite3.Error as exc:
+                raise _open_error(path, exc) from None
+            try:
+                _migrate(self._conn, path)
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+                self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+                # After a checkpoint empties it, the WAL file is cut back to this size.
+                self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+                self._conn.execute("PRAGMA busy_timeout = 0")
+                self._identity = _file_identity(path)
+                self._data_version = -1
+                self._reload_counters()
+                self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                # Read once the WAL is open (a read opens it): it stays while we have it open.
+                self._wal_identity = _file_identity(f"{path}-wal")
+            except sqlite3.Error as exc:
+                self._conn.close()
+                raise _open_error(path, exc) from None
+            except BaseException:
+                self._conn.close()
+                raise
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _init_state(self) -> None:
+        """The state kept beside the connection, as it is before the first transaction."""
         self.owner: int | None = None
         """This process's owner id, once registered: the jobs it claims carry it."""
         self.names: tuple[str, ...] = ()
@@ -962,48 +1008,21 @@ class Writer:
         begins after another process wrote; :meth:`reregister` makes it an owner again."""
         self._registered: tuple[int | None] | None = None
         """While a registration is not committed: the owner before it."""
-        try:
-            try:
-                self._conn = _connect(path)
-            except sqlite3.Error as exc:
-                raise _open_error(path, exc) from None
-            try:
-                _migrate(self._conn, path)
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-                self._conn.execute("PRAGMA wal_autocheckpoint = 0")
-                # After a checkpoint empties it, the WAL file is cut back to this size.
-                self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-                self._conn.execute("PRAGMA busy_timeout = 0")
-                self._identity = _file_identity(path)
-                self._pending: int | None = None
-                self._data_version = -1
-                self.next_tick: float | None = None
-                """The earliest next tick of a schedule (``None``: no schedule)."""
-                self.paused: frozenset[str] = frozenset()
-                """The handlers whose jobs are not claimed."""
-                self.next_window: float | None = None
-                """When a rate limit that held jobs back lets one start again."""
-                self._has_deps = False
-                self.next_due: float | None = None
-                """When the earliest scheduled job becomes due (``None``: none is scheduled).
+        self._pending: int | None = None
+        self.next_tick: float | None = None
+        """The earliest next tick of a schedule (``None``: no schedule)."""
+        self.paused: frozenset[str] = frozenset()
+        """The handlers whose jobs are not claimed."""
+        self.next_window: float | None = None
+        """When a rate limit that held jobs back lets one start again."""
+        self._has_deps = False
+        self.next_due: float | None = None
+        """When the earliest scheduled job becomes due (``None``: none is scheduled).
 
-                Kept in step with every write, so claims look for due jobs only when some may
-                be due. It may be early (a scheduled job was cancelled), never late.
-                """
-                self._reload_counters()
-                self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-                # Read once the WAL is open (a read opens it): it stays while we have it open.
-                self._wal_identity = _file_identity(f"{path}-wal")
-            except sqlite3.Error as exc:
-                self._conn.close()
-                raise _open_error(path, exc) from None
-            except BaseException:
-                self._conn.close()
-                raise
-        except BaseException:
-            os.close(self._lock_fd)
-            raise
+        Kept in step with every write, so claims look for due jobs only when some may
+        be due. It may be early (a scheduled job was cancelled), never late.
+        """
+        self._counters_stale = False
 
     def _schedule(self, run_at: float) -> None:
         if self.next_due is None or run_at < self.next_due:
@@ -1022,6 +1041,20 @@ class Writer:
         finally:
             os.close(self._lock_fd)
             self._release_owner_lock(unlink=self._retired)
+
+    def _hold_lock_of(self, owner: int) -> None:
+        """Take the lock that tells others this process, owner ``owner``, is alive."""
+        self._owner_fd = _hold_owner_lock(self.path, owner)
+
+    def _owner_alive(self, owner: int) -> bool:
+        """Whether owner ``owner``'s process still holds its lock (alive, as far as the lock
+        tells)."""
+        return owner_process_alive(self.path, owner)
+
+    def _forget_lock_of(self, owner: int) -> None:
+        """Remove what is left of the lock of owner ``owner``, taken over."""
+        with contextlib.suppress(OSError):
+            os.unlink(owner_lock_path(self.path, owner))
 
     def _release_owner_lock(self, *, unlink: bool) -> None:
         if self._owner_fd is None:
@@ -1060,7 +1093,7 @@ class Writer:
         self.lease = lease
         self.lease_lost = False
         self._release_owner_lock(unlink=True)
-        self._owner_fd = _hold_owner_lock(self.path, owner)
+        self._hold_lock_of(owner)
         self.owner = owner
         self.handlers = dict(handlers)
         self.names = tuple(sorted(handlers))
@@ -1095,14 +1128,13 @@ class Writer:
         for owner, pid, host, heartbeat_at, lease in self._conn.execute(Q_OWNERS).fetchall():
             if owner == self.owner:
                 continue
-            alive = owner_process_alive(self.path, owner)
+            alive = self._owner_alive(owner)
             if alive and heartbeat_at > now - lease:
                 continue
             rows = self._conn.execute(Q_RUNNING_OF, (owner,)).fetchall()
             changes += self._recover(rows, now)
             self._conn.execute(Q_DROP_OWNER, (owner,))
-            with contextlib.suppress(OSError):
-                os.unlink(owner_lock_path(self.path, owner))
+            self._forget_lock_of(owner)
             why = (
                 f"its lease lapsed (no heartbeat for {now - heartbeat_at:.1f} s)"
                 if alive
@@ -1119,6 +1151,16 @@ class Writer:
                 len(rows),
             )
         return changes
+
+    def announce(self, rings: set[str]) -> list[tuple[str, bool]]:
+        """Make the news ``rings`` (kinds of :mod:`.._doorbell`) reach the other processes
+        once the transaction commits: the doorbells to ring after the commit."""
+        return self.doorbells()
+
+    def classify(self, error: BaseException) -> Fault | None:
+        """What ``error``, raised by a write, says of the database (``None``: not a fault of
+        the database itself)."""
+        return classify_fault(error, self.path)
 
     def doorbells(self) -> list[tuple[str, bool]]:
         """The doorbells of the other owners, each with whether that owner runs handlers:
@@ -1218,7 +1260,7 @@ class Writer:
         self._conn.execute("SAVEPOINT command")
         try:
             yield undone
-        except (sqlite3.OperationalError, sqlite3.InternalError, MemoryError):
+        except self.faults:
             raise
         except Exception as exc:
             self._conn.execute("ROLLBACK TO command")
@@ -1240,7 +1282,7 @@ class Writer:
             (self.owner,) = self._registered
             self._registered = None
             self.lease_lost = self.owner is not None
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(*self.errors):
             self._reload_counters()
 
     @property
@@ -1308,6 +1350,9 @@ class Writer:
     def find_by_key(self, key: str) -> Job | None:
         row = self._conn.execute(Q_BY_KEY, (key,)).fetchone()
         return None if row is None else row_to_job(row)
+
+    def _ids_used(self, last_id: int) -> None:
+        """Ids up to ``last_id`` were given: SQLite's ``AUTOINCREMENT`` keeps the mark itself."""
 
     def next_id(self) -> int:
         """The id the next inserted job gets (read inside the transaction: nobody else can
@@ -1390,6 +1435,7 @@ class Writer:
             )
             changes.append(Change(event, job_id, new.name, status))
         self._conn.executemany(Q_INSERT, rows)
+        self._ids_used(first_id + len(jobs) - 1)
         self._add_pending(pending)
         if deps:
             self._conn.executemany(Q_INSERT_DEP, deps)
@@ -1514,10 +1560,11 @@ class Writer:
         by_key: dict[tuple[str, str], int] = {}
         picked: list[int] = []
         started: list[tuple[str, float]] = []
-        paused = ", ".join("?" * len(self.paused))  # SQLite takes an empty list: NOT IN ()
-        names = ", ".join("?" * len(self.names))
+        claimable = [name for name in self.names if name not in self.paused]
+        if not claimable:
+            return []
         ready = self._conn.execute(
-            Q_READY_IN_ORDER.format(paused=paused, names=names), [*sorted(self.paused), *self.names]
+            Q_READY_IN_ORDER.format(names=", ".join("?" * len(claimable))), claimable
         )
         for scanned, (job_id, name, key) in enumerate(ready):
             if len(picked) == limit or scanned == CLAIM_SCAN_LIMIT:
@@ -1549,10 +1596,14 @@ class Writer:
     def _room(self, now: float, limits: Mapping[str, Limits]) -> dict[str, float]:
         """How many more jobs of each limited handler may start now."""
         names = sorted(limits)
-        running = dict(
-            self._conn.execute(
-                Q_RUNNING_BY_NAME.format(names=", ".join("?" * len(names))), names
-            ).fetchall()
+        running = (
+            dict(
+                self._conn.execute(
+                    Q_RUNNING_BY_NAME.format(names=", ".join("?" * len(names))), names
+                ).fetchall()
+            )
+            if names
+            else {}
         )
         room: dict[str, float] = {}
         self.next_window = None

@@ -15,7 +15,7 @@ import sys
 import urllib.parse
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import click
 import trio
@@ -60,6 +60,19 @@ errors = Console(stderr=True)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _log_handler: logging.Handler | None = None
+
+
+DB_HELP: Final = "The queue's SQLite file, or a postgresql:// URL (with ?schema=name)."
+
+
+def without_password(db: str) -> str:
+    """``db`` as it may be printed: a URL's password left out."""
+    parts = urllib.parse.urlsplit(db)
+    if parts.password is None:
+        return db
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}@" if parts.username else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -171,7 +184,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 @main.command("serve")
-@click.option("--db", default="jobs.db", show_default=True, help="The queue's SQLite file.")
+@click.option("--db", default="jobs.db", show_default=True, help=DB_HELP)
 @click.option("--handlers", required=True, help="The Registry to run, as module:attribute.")
 @_serve_options
 def serve_command(db: str, handlers: str, log_level: str, **kwargs: Any) -> None:
@@ -186,7 +199,8 @@ def serve_command(db: str, handlers: str, log_level: str, **kwargs: Any) -> None
         # One unwrapped line, whatever the terminal's width and the path's length: scripts
         # (and the tests) read the URL from it.
         errors.print(
-            f"conveyor: serving [bold]{escape(db)}[/] with {options.workers} workers on "
+            f"conveyor: serving [bold]{escape(without_password(db))}[/] with "
+            f"{options.workers} workers on "
             f"{running.url} (dashboard {running.url}/, API schema {running.url}/openapi.json). "
             f"Ctrl-C stops.",
             soft_wrap=True,
@@ -196,7 +210,7 @@ def serve_command(db: str, handlers: str, log_level: str, **kwargs: Any) -> None
 
 
 @main.command("worker")
-@click.option("--db", default="jobs.db", show_default=True, help="The queue's SQLite file.")
+@click.option("--db", default="jobs.db", show_default=True, help=DB_HELP)
 @click.option("--handlers", required=True, help="The Registry to run, as module:attribute.")
 @click.option(
     "--workers", default=4, show_default=True, type=click.IntRange(min=1), help="Jobs at once."
@@ -253,7 +267,7 @@ def worker_command(
                     heartbeat=heartbeat,
                 ):
                     errors.print(
-                        f"conveyor: worker on [bold]{escape(db)}[/] running "
+                        f"conveyor: worker on [bold]{escape(without_password(db))}[/] running "
                         f"{', '.join(sorted(registry)) or 'no handlers'} with {workers} "
                         f"workers (process {os.getpid()}). SIGTERM or Ctrl-C stops.",
                         soft_wrap=True,
