@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,24 @@ def test_a_blocking_method_called_inside_an_event_loop_is_refused(tmp_path: Path
                 queue.stats()
 
         trio.run(main)
+
+
+def test_a_subscribed_listener_gets_every_commits_changes_on_the_loop_thread(
+    tmp_path: Path,
+) -> None:
+    seen: list[tuple[str, str]] = []
+    threads: set[str] = set()
+
+    def listener(changes: Sequence[conveyor.Change]) -> None:
+        threads.add(threading.current_thread().name)
+        seen.extend((change.name, change.status.value) for change in changes)
+
+    with conveyor.blocking.open_queue(tmp_path / "jobs.db", handlers=registry()) as queue:
+        queue.subscribe(listener)
+        queue.wait(queue.enqueue("double", 1).id, timeout=30)
+        queue.unsubscribe(listener)
+        count = len(seen)
+        queue.wait(queue.enqueue("double", 2).id, timeout=30)
+    assert ("double", "completed") in seen
+    assert len(seen) == count  # not called once unsubscribed
+    assert threads == {"conveyor-loop"}

@@ -22,6 +22,7 @@ import attrs
 import sniffio
 import trio
 
+from ._actors.store import Listener
 from ._errors import InvalidArgument, QueueClosed
 from ._queue import BatchProgress, Queue
 from ._runtime import open_queue as open_async_queue
@@ -102,6 +103,29 @@ class BlockingQueue:
     wait_all = _Blocking(Queue.wait_all)
     list = _Blocking(Queue.list)
     stats = _Blocking(Queue.stats)
+
+    def subscribe(self, listener: Listener) -> None:
+        """:meth:`Queue.subscribe`: call ``listener`` with the :class:`Change` values of every
+        commit, once durable. It is called on the queue's event loop thread, not the caller's:
+        it must be quick and thread-safe, must not block, and must not call this queue's
+        blocking methods (they would wait for the loop it holds). Hand the changes to another
+        thread (a ``queue.Queue``, a ``threading.Event``) for anything slower."""
+        _refuse_inside_an_event_loop("Queue.subscribe")
+
+        async def add() -> None:
+            self._queue.subscribe(listener)
+
+        self._loop.run(add)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        """:meth:`Queue.unsubscribe`: stop calling a listener given to :meth:`subscribe`; once
+        it returns, the listener is not called again."""
+        _refuse_inside_an_event_loop("Queue.unsubscribe")
+
+        async def remove() -> None:
+            self._queue.unsubscribe(listener)
+
+        self._loop.run(remove)
 
     def progress(self, job_ids: Iterable[int]) -> Iterator[BatchProgress]:
         """:meth:`Queue.progress`, as a blocking iterator."""

@@ -3,6 +3,10 @@ the files processed in worker processes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,3 +212,117 @@ def test_a_failing_task_runs_exactly_max_retries_plus_one_times(
     assert stats["failed_tasks"] == 1
     assert status["retry_count"] == 2
     assert (tmp_path / "attempts.log").read_text().splitlines() == [files[0]] * 3
+
+
+def test_tasks_cancelled_while_processing_runs_never_run(tmp_path: Path) -> None:
+    """Bug 1 again, with the workers claiming tasks as they are added and cancelled."""
+    paths = []
+    for n in range(60):
+        path = tmp_path / f"audio{n}.mp3"
+        path.write_bytes(b"x")
+        paths.append(str(path))
+    with QueueManager(
+        max_workers=2, processor=processors.analyse, db_path=tmp_path / "queue.db"
+    ) as manager:
+        manager.start_processing()
+        cancelled = {}
+        for path in paths:
+            task_id = manager.add_task(path)
+            cancelled[task_id] = manager.cancel_task(task_id)
+        until_idle(manager)
+        statuses = {t: manager.get_task_status(t)["status"] for t in cancelled}  # type: ignore[index]
+        manager.stop_processing()
+    ran = set(done_order(tmp_path)) if (tmp_path / "done.log").exists() else set()
+    assert any(cancelled.values())
+    for task_id, was_cancelled in cancelled.items():
+        if was_cancelled:
+            assert statuses[task_id] == "cancelled"
+    ran_ids = {t for t, path in zip(cancelled, paths, strict=True) if path in ran}
+    assert not ran_ids & {t for t, c in cancelled.items() if c}
+
+
+# --- the review's findings (015): each one, shown absent ------------------------------------------
+def test_the_first_add_tasks_of_many_threads_at_once_all_store(tmp_path: Path) -> None:
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def add(n: int) -> None:
+        start.wait()
+        try:
+            manager.add_task(str(tmp_path / f"{n}.mp3"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    with QueueManager(processor=processors.analyse, db_path=tmp_path / "queue.db") as manager:
+        threads = [threading.Thread(target=add, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        total = manager.get_statistics()["total_tasks"]
+    assert errors == []
+    assert total == 8
+
+
+def test_a_missing_file_fails_at_once_without_retry(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.mp3")
+    _, status = process_one(
+        missing,
+        max_retries=3,
+        retry_delay=0.05,
+        processor=processors.analyse,
+        db_path=tmp_path / "queue.db",
+    )
+    assert (status["status"], status["retry_count"]) == ("failed", 0)
+    assert status["error_message"] == f"file not found: {missing}"
+
+
+def test_an_error_message_is_the_processors_error_not_a_traceback(
+    tmp_path: Path, files: list[str]
+) -> None:
+    _, status = process_one(
+        files[0], max_retries=0, processor=processors.always_fails, db_path=tmp_path / "q.db"
+    )
+    assert status["error_message"] == f"OSError: cannot analyse {files[0]}"
+
+
+def test_stop_processing_may_be_called_from_the_progress_callback(
+    tmp_path: Path, files: list[str]
+) -> None:
+    stopped = threading.Event()
+    failures: list[BaseException] = []
+
+    def stop_when_done(stats: dict[str, Any]) -> None:
+        if stats["pending_tasks"] == 0 and stats["processing_tasks"] == 0:
+            try:
+                manager.stop_processing()
+            except BaseException as exc:
+                failures.append(exc)
+            stopped.set()
+
+    with QueueManager(
+        max_workers=1,
+        progress_update_interval=0.05,
+        processor=processors.analyse,
+        db_path=tmp_path / "queue.db",
+    ) as manager:
+        manager.add_tasks(files)
+        manager.start_processing(stop_when_done)
+        assert stopped.wait(120)
+        assert manager.start_processing()  # it did stop: it starts again
+        manager.stop_processing()
+    assert failures == []
+
+
+def test_the_global_instance_is_closed_at_exit(tmp_path: Path) -> None:
+    """A program that never closes it leaves no owner behind (its tasks are not cut short)."""
+    db = tmp_path / "queue.db"
+    program = (
+        "import processors\n"
+        "from conveyor.compat import get_queue_manager\n"
+        f"manager = get_queue_manager(processor=processors.analyse, db_path={str(db)!r})\n"
+        f"manager.add_task({str(tmp_path / 'a.mp3')!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(processors.__file__).parent)}
+    subprocess.run([sys.executable, "-c", program], check=True, env=env, timeout=60)
+    assert [p.name for p in tmp_path.iterdir() if ".owner-" in p.name] == []

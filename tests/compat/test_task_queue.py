@@ -504,3 +504,43 @@ async def test_the_helpers_default_to_the_module_level_manager(
     assert status is not None
     assert status["status"] == "pending"
     assert (tmp_path / "conveyor.db").exists()
+
+
+async def test_start_and_stop_may_be_called_from_different_tasks(
+    manager: TaskQueueManager,
+) -> None:
+    """As a web framework's startup and shutdown hooks, or a fixture's, call them."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.start)  # a task that ends once the manager started
+    assert manager.running
+    task_id = await manager.enqueue("test", {"data": "x"})
+    status = await wait_for_task(task_id, timeout=60, manager=manager)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.stop)
+    assert not manager.running
+    assert status is not None
+    assert status["status"] == TaskStatus.COMPLETED
+
+
+async def test_a_cancelled_stop_stops_the_queue_at_once(manager: TaskQueueManager) -> None:
+    """Cancelling the task in stop() is a crash, as cancelling open_queue's block is: the
+    queue is closed when it returns, however long the running task would take."""
+    started = anyio.Event()
+
+    async def forever(payload: Any) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    manager.register_handler("forever", forever)
+    await manager.start()
+    task_id = await manager.enqueue("forever", {})
+    await started.wait()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await manager.stop()
+    assert not manager.running
+    # Opening the file anew (as a producer) finds the task left running by the crash, and
+    # puts it back to pending.
+    status = await manager.get_task_status(task_id)
+    assert status is not None
+    assert status["status"] == TaskStatus.PENDING

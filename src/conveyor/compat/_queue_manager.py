@@ -14,8 +14,10 @@ until ``stop_processing``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import enum
+import itertools
 import os
 import threading
 import time
@@ -27,7 +29,7 @@ from .._errors import InvalidArgument
 from .._job import JSON, Job, JobSpec, JobStatus
 from .._process import reference, resolve
 from .._registry import Registry
-from .._retry import Backoff
+from .._retry import Backoff, Fail
 
 HANDLER: Final = "conveyor.compat.process_file"
 
@@ -65,10 +67,30 @@ def conveyor_priority(priority: int) -> int:
     return max(1, min(10, 11 - priority))
 
 
+def error_message(error: str | None) -> str | None:
+    """A task's error as the manager gave it: the exception's message (with its type, unless
+    it is :class:`conveyor.Fail`), without the traceback conveyor stores with it."""
+    if error is None:
+        return None
+    _, header, tail = error.rpartition("Traceback (most recent call last):\n")
+    if not header:
+        return error  # not a traceback: a timeout, a lost worker process
+    # The frames are indented; the exception's text is what follows them.
+    text = "\n".join(itertools.dropwhile(lambda line: line[:1] in ("", " "), tail.splitlines()))
+    return text.removeprefix(_FAIL_PREFIX) or error
+
+
+_FAIL_PREFIX: Final = f"{Fail.__module__}.{Fail.__qualname__}: "
+
+
 def process_file(payload: dict[str, str]) -> JSON:
     """The handler run in the worker processes: the manager's processor, on one file."""
+    file_path = payload["file_path"]
+    if not os.path.exists(file_path):
+        # Retrying cannot make it appear: the task fails at once, as the manager's did.
+        raise Fail(f"file not found: {file_path}")
     processor = resolve(payload["module"], payload["qualname"])
-    return processor(payload["file_path"])
+    return processor(file_path)
 
 
 class QueueManager:
@@ -121,6 +143,8 @@ class QueueManager:
         }
         self._db_path = db_path
         self._lock = threading.Lock()
+        # Apart from _lock, which start_processing holds while it opens the producer.
+        self._opening = threading.Lock()
         self._producer: contextlib.ExitStack | None = None
         self._queue: blocking.BlockingQueue | None = None
         self._processing: contextlib.ExitStack | None = None
@@ -173,7 +197,7 @@ class QueueManager:
             "worker_id": None,
             "started_at": job.started_at,
             "completed_at": job.finished_at,
-            "error_message": job.error,
+            "error_message": error_message(job.error),
             "result": job.result,
         }
 
@@ -226,22 +250,23 @@ class QueueManager:
                 target=self._report_progress, args=(progress_callback,), daemon=True
             )
             thread.start()
-            stack.callback(thread.join)
+            stack.callback(_join_unless_current, thread)
             stack.callback(self._stop_progress.set)
         return True
 
     def stop_processing(self) -> None:
         """Stop gracefully: running tasks get 10 s to finish, then go back to pending (the
-        attempt not counted), to run when processing starts again."""
+        attempt not counted), to run when processing starts again. May be called from the
+        progress callback, which is then not called again."""
         with self._lock:
             stack, self._processing = self._processing, None
         if stack is not None:
             stack.close()
 
     def close(self) -> None:
-        """Stop processing, and close the manager's queue."""
+        """Stop processing, and close the manager's queue (a later call opens it again)."""
         self.stop_processing()
-        with self._lock:
+        with self._opening:
             producer, self._producer, self._queue = self._producer, None, None
         if producer is not None:
             producer.close()
@@ -257,19 +282,31 @@ class QueueManager:
             callback(self.get_statistics())
 
     def _open(self) -> blocking.BlockingQueue:
-        """The manager's producer queue, opened on first use."""
-        if self._queue is None:
-            stack = contextlib.ExitStack()
-            self._queue = stack.enter_context(
-                blocking.open_queue(
-                    self._db_path,
-                    handlers=self._registry,
-                    workers=0,
-                    max_pending=self._options["max_pending"],
+        """The manager's producer queue, opened on first use (by one thread: the others wait
+        for it)."""
+        queue = self._queue
+        if queue is not None:
+            return queue
+        with self._opening:
+            if self._queue is None:
+                stack = contextlib.ExitStack()
+                self._queue = stack.enter_context(
+                    blocking.open_queue(
+                        self._db_path,
+                        handlers=self._registry,
+                        workers=0,
+                        max_pending=self._options["max_pending"],
+                    )
                 )
-            )
-            self._producer = stack
-        return self._queue
+                self._producer = stack
+            return self._queue
+
+
+def _join_unless_current(thread: threading.Thread) -> None:
+    """Join ``thread``, unless it is the caller's own (the progress callback stopping the
+    processing): a thread cannot wait for itself to end."""
+    if thread is not threading.current_thread():
+        thread.join()
 
 
 def _job_id(task_id: str | int) -> int | None:
@@ -286,7 +323,8 @@ _instance_lock = threading.Lock()
 
 def get_queue_manager(**options: Any) -> QueueManager:
     """The process-wide :class:`QueueManager`, made with ``options`` on the first call (which
-    must give ``processor``); later calls return it and ignore their options."""
+    must give ``processor``); later calls return it and ignore their options. It is closed
+    when the interpreter exits (``atexit``), if the program did not close it."""
     global _instance
     with _instance_lock:
         if _instance is None:
@@ -295,4 +333,7 @@ def get_queue_manager(**options: Any) -> QueueManager:
                     "the first get_queue_manager() call makes the manager: give it processor="
                 )
             _instance = QueueManager(**options)
+            # Its queue's thread is a daemon: without a close, the interpreter would end it
+            # abruptly, running tasks and all.
+            atexit.register(_instance.close)
         return _instance

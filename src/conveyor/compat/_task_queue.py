@@ -31,6 +31,7 @@ from .._retry import Backoff
 from .._runtime import open_queue
 from .._storage import sqlite as storage
 from .._workflow import Step, Workflow
+from ._host import Host
 
 logger = logging.getLogger("conveyor.compat")
 
@@ -151,7 +152,7 @@ class TaskQueueManager:
         self.handlers: dict[str, Callable[[Any], Any]] = {}
         self.counters = Counters()
         self._options = options
-        self._stack: contextlib.AsyncExitStack | None = None
+        self._host: Host[Queue] | None = None
         self._queue: Queue | None = None
 
     @property
@@ -183,33 +184,38 @@ class TaskQueueManager:
         logger.info("registered handler for task type %s", task_type)
 
     async def start(self) -> None:
-        """Start ``worker_count`` workers on the caller's event loop; nothing if started."""
-        if self._stack is not None:
+        """Start ``worker_count`` workers on the caller's event loop; nothing if started.
+
+        The queue is held open by a task of its own, so :meth:`stop` may be called from
+        another task than this (a web framework's shutdown hook, a fixture's teardown)."""
+        if self._host is not None:
             return
-        stack = contextlib.AsyncExitStack()
+        host = Host(self._open_started)
+        self._host = host
         try:
-            queue = await stack.enter_async_context(
-                open_queue(
-                    self.db_path,
-                    handlers=self._registry(),
-                    workers=self.worker_count,
-                    **self._options,
-                )
-            )
+            self._queue = await host.start()
         except BaseException:
-            await stack.aclose()
+            self._host = None
             raise
-        queue.subscribe(self.counters.note)
-        self._stack, self._queue = stack, queue
         logger.info("started the task queue with %d workers", self.worker_count)
 
     async def stop(self) -> None:
         """Stop gracefully (running tasks finish or go back to pending, as leaving
-        :func:`conveyor.open_queue`'s block does); nothing if not started."""
-        stack, self._stack, self._queue = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+        :func:`conveyor.open_queue`'s block does); nothing if not started. Any task may call
+        it; if it is cancelled, the queue stops at once, as a crash."""
+        host, self._host, self._queue = self._host, None, None
+        if host is not None:
+            await host.stop()
             logger.info("stopped the task queue")
+
+    @contextlib.asynccontextmanager
+    async def _open_started(self) -> AsyncIterator[Queue]:
+        """The queue while started: this manager's workers, counted."""
+        async with open_queue(
+            self.db_path, handlers=self._registry(), workers=self.worker_count, **self._options
+        ) as queue:
+            queue.subscribe(self.counters.note)
+            yield queue
 
     async def __aenter__(self) -> TaskQueueManager:
         await self.start()
