@@ -1,0 +1,297 @@
+"""Many hosts on one PostgreSQL queue, with real faults.
+
+Each worker host is a network namespace made here (``ip netns``) with a veth pair to the root
+namespace, where a ``socat`` relay on the pair's address leads to the server; in it runs a real
+``conveyor worker`` process. The producer is the test's own queue. Faults: every process of a
+host killed, a host's link cut for longer than its lease and restored, the server restarted.
+Needs root, ``ip``, ``socat`` and PostgreSQL; skips saying which is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+
+import conveyor
+from conveyor import JobStatus
+
+from conftest import POSTGRES_URL, postgres_unreachable
+
+pytestmark = [pytest.mark.anyio, pytest.mark.trio_only, pytest.mark.slow, pytest.mark.timeout(300)]
+
+TESTS = Path(__file__).parent.parent
+HEARTBEAT = 0.5
+PORT = 15432
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """trio on the real clock: the hosts live in real time."""
+    return "trio"
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "making network namespaces needs root"
+    for tool in ("ip", "socat"):
+        if shutil.which(tool) is None:
+            return f"no {tool} on this machine"
+    return postgres_unreachable()
+
+
+def run(*command: str) -> None:
+    subprocess.run(command, check=True, capture_output=True)
+
+
+@attrs.define
+class Host:
+    """A network namespace linked to the root namespace, where the server is relayed."""
+
+    name: str
+    address: str  # the root side of the link: the relay listens there
+    relay: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def link(self) -> str:
+        return f"{self.name}a"
+
+    def url(self, schema: str) -> str:
+        return f"postgresql://postgres@{self.address}:{PORT}/test?schema={schema}"
+
+    def stderr(self) -> str:
+        return "" if self.log is None else self.log.read_text()
+
+    def cut(self) -> None:
+        run("ip", "link", "set", self.link, "down")
+
+    def restore(self) -> None:
+        run("ip", "link", "set", self.link, "up")
+
+
+@contextlib.contextmanager
+def network_host(index: int) -> Iterator[Host]:
+    tag = secrets.token_hex(2)
+    name = f"cv{index}{tag}"
+    octet = 100 + secrets.randbelow(100)
+    root_side, host_side = f"10.{octet}.{index}.1", f"10.{octet}.{index}.2"
+    host = Host(name, root_side)
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "link", "add", f"{name}a", "type", "veth", "peer", "name", f"{name}b")
+        run("ip", "link", "set", f"{name}b", "netns", name)
+        run("ip", "addr", "add", f"{root_side}/30", "dev", f"{name}a")
+        run("ip", "link", "set", f"{name}a", "up")
+        run("ip", "-n", name, "addr", "add", f"{host_side}/30", "dev", f"{name}b")
+        run("ip", "-n", name, "link", "set", f"{name}b", "up")
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        host.relay = subprocess.Popen(
+            [
+                "socat",
+                f"TCP-LISTEN:{PORT},bind={root_side},reuseaddr,fork",
+                "TCP:127.0.0.1:5432",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        yield host
+    finally:
+        for process in (host.worker, host.relay):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+        with contextlib.suppress(subprocess.CalledProcessError):
+            run("ip", "link", "del", f"{name}a")
+        run("ip", "netns", "del", name)
+
+
+def start_worker(host: Host, schema: str, directory: Path) -> None:
+    """``conveyor worker`` in the host's namespace, on the queue, running ``owner_handlers``;
+    returns once it is ready."""
+    host.log = directory / f"{host.name}.err"
+    with host.log.open("wb") as stderr:
+        host.worker = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.name,
+                sys.executable,
+                "-c",
+                "import conveyor.service; conveyor.service.main()",
+                "worker",
+                "--db",
+                host.url(schema),
+                "--handlers",
+                "owner_handlers:registry",
+                "--workers",
+                "4",
+                "--heartbeat",
+                str(HEARTBEAT),
+                "--shutdown-grace",
+                "1",
+            ],
+            stderr=stderr,
+            env={**os.environ, "PYTHONPATH": str(TESTS)},
+            cwd=TESTS,
+        )
+    deadline = time.monotonic() + 60
+    while "conveyor: worker on" not in host.stderr():
+        assert host.worker.poll() is None, host.stderr()
+        assert time.monotonic() < deadline, host.stderr()
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    reason = _missing()
+    if reason is not None:
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"hosts_{secrets.token_hex(6)}"
+    yield name
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+@pytest.fixture
+def hosts(schema: str, tmp_path: Path) -> Iterator[list[Host]]:
+    """Three worker hosts, not started yet."""
+    with network_host(1) as a, network_host(2) as b, network_host(3) as c:
+        yield [a, b, c]
+
+
+def ran(directory: Path) -> dict[int, list[tuple[int, int]]]:
+    """Each worker process's attempts, by process id: (job id, attempt) in order."""
+    runs: dict[int, list[tuple[int, int]]] = {}
+    for log in directory.glob("ran-*.log"):
+        pid = int(log.stem.removeprefix("ran-"))
+        lines = log.read_text().splitlines()
+        runs[pid] = [(int(job), int(attempt)) for job, attempt in map(str.split, lines)]
+    return runs
+
+
+async def wait_for(condition: object, timeout: float = 60.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():  # type: ignore[operator]  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+
+
+async def test_a_killed_hosts_running_jobs_are_taken_over_within_two_heartbeats(
+    schema: str, hosts: list[Host], tmp_path: Path
+) -> None:
+    url = f"{POSTGRES_URL}?schema={schema}"
+    async with conveyor.open_queue(url, heartbeat=HEARTBEAT, known_handlers=["record"]) as queue:
+        for host in hosts:
+            start_worker(host, schema, tmp_path)
+        specs = [conveyor.JobSpec("record", {"dir": str(tmp_path), "seconds": 0.3})] * 120
+        jobs = await queue.enqueue_many(specs)
+        doomed = hosts[0]
+        assert doomed.worker is not None
+        # The worker runs as a child of `ip netns exec`: it has the same process id (exec).
+        await wait_for(lambda: doomed.worker is not None and doomed.worker.pid in ran(tmp_path))
+        doomed.worker.send_signal(signal.SIGKILL)
+        doomed.worker.wait()
+        killed = time.time()
+        done = await queue.wait_all([job.id for job in jobs], timeout=120)
+    assert {job.status for job in done} == {JobStatus.COMPLETED}
+    interrupted = [job for job in done if job.attempts == 2]
+    assert interrupted, "the killed host was running nothing"
+    assert all("was interrupted" in (job.error or "") for job in interrupted)
+    assert all(job.result != {"pid": doomed.worker.pid} for job in interrupted)
+    taken_over_after = max(job.started_at or 0 for job in interrupted) - killed
+    print(f"the killed host's jobs started again {taken_over_after:.2f} s after the kill")
+    # Its lease (two heartbeats) lapses, and another host notices at its next heartbeat.
+    assert taken_over_after <= 3 * HEARTBEAT + 1.0
+    for job in done:
+        runs = [pid for pid, attempts in ran(tmp_path).items() if (job.id, 1) in attempts]
+        assert len(runs) <= 1  # no attempt ran twice
+
+
+async def test_a_cut_off_hosts_jobs_run_elsewhere_and_its_late_outcomes_are_refused(
+    schema: str, hosts: list[Host], tmp_path: Path
+) -> None:
+    url = f"{POSTGRES_URL}?schema={schema}"
+    cut_off, *others = hosts
+    async with conveyor.open_queue(url, heartbeat=HEARTBEAT, known_handlers=["record"]) as queue:
+        start_worker(cut_off, schema, tmp_path)
+        assert cut_off.worker is not None
+        job = await queue.enqueue("record", {"dir": str(tmp_path), "seconds": 3})
+        await wait_for(lambda: ran(tmp_path))
+        for other in others:
+            start_worker(other, schema, tmp_path)
+        cut_off.cut()
+        done = await queue.wait(job.id, timeout=60)
+        await anyio.sleep(4 * HEARTBEAT)  # longer than its lease, and its attempt has ended
+        cut_off.restore()
+        await wait_for(lambda: "lost its lease" in cut_off.stderr(), timeout=60)
+        await anyio.sleep(1)
+        after = await queue.get(job.id)
+    log = cut_off.stderr()
+    assert done.status is JobStatus.COMPLETED
+    assert done.attempts == 2
+    assert done.result != {"pid": cut_off.worker.pid}
+    assert after == done  # the late outcome changed nothing
+    assert f"outcome (completed) of job {job.id} attempt 1" in log  # refused as stale
+
+
+def restart_server() -> None:
+    run("pg_ctlcluster", "15", "main", "restart")
+
+
+async def test_a_server_restart_mid_drain_loses_nothing_acknowledged(
+    schema: str, hosts: list[Host], tmp_path: Path
+) -> None:
+    if shutil.which("pg_ctlcluster") is None:
+        pytest.skip("no pg_ctlcluster to restart the server with")
+    url = f"{POSTGRES_URL}?schema={schema}"
+    acknowledged: list[int] = []
+    async with conveyor.open_queue(url, heartbeat=HEARTBEAT, known_handlers=["record"]) as queue:
+        for host in hosts:
+            start_worker(host, schema, tmp_path)
+        specs = [conveyor.JobSpec("record", {"dir": str(tmp_path), "seconds": 0.05})] * 300
+        acknowledged += [job.id for job in await queue.enqueue_many(specs)]
+        await wait_for(lambda: sum(map(len, ran(tmp_path).values())) >= 50)
+
+        async def enqueue_meanwhile() -> None:
+            for _ in range(100):
+                with contextlib.suppress(conveyor.DatabaseError):
+                    job = await queue.enqueue("record", {"dir": str(tmp_path)})
+                    acknowledged.append(job.id)
+                await anyio.sleep(0.05)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(enqueue_meanwhile)
+            await anyio.to_thread.run_sync(restart_server)
+        done = await _wait_through_faults(queue, acknowledged)
+    assert len(done) == len(acknowledged)
+    assert {job.status for job in done} == {JobStatus.COMPLETED}
+    for host in hosts:
+        assert host.worker is not None
+        assert host.worker.poll() is None, host.stderr()  # every host lived through it
+
+
+async def _wait_through_faults(queue: conveyor.Queue, ids: list[int]) -> list[conveyor.Job]:
+    """Every job of ``ids`` once finished; a read failing while the server comes back is
+    tried again."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return await queue.wait_all(ids, timeout=max(deadline - time.monotonic(), 1))
+        except conveyor.DatabaseError:
+            if time.monotonic() > deadline:
+                raise
+            await anyio.sleep(0.5)
