@@ -10,30 +10,25 @@ Needs root, ``ip``, ``socat`` and PostgreSQL; skips saying which is missing.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import attrs
 import pytest
 
 import conveyor
 from conveyor import JobStatus
 
 from conftest import POSTGRES_URL, postgres_unreachable
+from netns import Host, missing_tools, network_host, run, start_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.trio_only, pytest.mark.slow, pytest.mark.timeout(300)]
 
-TESTS = Path(__file__).parent.parent
 HEARTBEAT = 0.5
-PORT = 15432
 
 
 @pytest.fixture
@@ -43,115 +38,7 @@ def anyio_backend() -> str:
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "making network namespaces needs root"
-    for tool in ("ip", "socat"):
-        if shutil.which(tool) is None:
-            return f"no {tool} on this machine"
-    return postgres_unreachable()
-
-
-def run(*command: str) -> None:
-    subprocess.run(command, check=True, capture_output=True)
-
-
-@attrs.define
-class Host:
-    """A network namespace linked to the root namespace, where the server is relayed."""
-
-    name: str
-    address: str  # the root side of the link: the relay listens there
-    relay: subprocess.Popen[bytes] | None = None
-    worker: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
-
-    @property
-    def link(self) -> str:
-        return f"{self.name}a"
-
-    def url(self, schema: str) -> str:
-        return f"postgresql://postgres@{self.address}:{PORT}/test?schema={schema}"
-
-    def stderr(self) -> str:
-        return "" if self.log is None else self.log.read_text()
-
-    def cut(self) -> None:
-        run("ip", "link", "set", self.link, "down")
-
-    def restore(self) -> None:
-        run("ip", "link", "set", self.link, "up")
-
-
-@contextlib.contextmanager
-def network_host(index: int) -> Iterator[Host]:
-    tag = secrets.token_hex(2)
-    name = f"cv{index}{tag}"
-    octet = 100 + secrets.randbelow(100)
-    root_side, host_side = f"10.{octet}.{index}.1", f"10.{octet}.{index}.2"
-    host = Host(name, root_side)
-    run("ip", "netns", "add", name)
-    try:
-        run("ip", "link", "add", f"{name}a", "type", "veth", "peer", "name", f"{name}b")
-        run("ip", "link", "set", f"{name}b", "netns", name)
-        run("ip", "addr", "add", f"{root_side}/30", "dev", f"{name}a")
-        run("ip", "link", "set", f"{name}a", "up")
-        run("ip", "-n", name, "addr", "add", f"{host_side}/30", "dev", f"{name}b")
-        run("ip", "-n", name, "link", "set", f"{name}b", "up")
-        run("ip", "-n", name, "link", "set", "lo", "up")
-        host.relay = subprocess.Popen(
-            [
-                "socat",
-                f"TCP-LISTEN:{PORT},bind={root_side},reuseaddr,fork",
-                "TCP:127.0.0.1:5432",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-        yield host
-    finally:
-        for process in (host.worker, host.relay):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
-        with contextlib.suppress(subprocess.CalledProcessError):
-            run("ip", "link", "del", f"{name}a")
-        run("ip", "netns", "del", name)
-
-
-def start_worker(host: Host, schema: str, directory: Path) -> None:
-    """``conveyor worker`` in the host's namespace, on the queue, running ``owner_handlers``;
-    returns once it is ready."""
-    host.log = directory / f"{host.name}.err"
-    with host.log.open("wb") as stderr:
-        host.worker = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                host.name,
-                sys.executable,
-                "-c",
-                "import conveyor.service; conveyor.service.main()",
-                "worker",
-                "--db",
-                host.url(schema),
-                "--handlers",
-                "owner_handlers:registry",
-                "--workers",
-                "4",
-                "--heartbeat",
-                str(HEARTBEAT),
-                "--shutdown-grace",
-                "1",
-            ],
-            stderr=stderr,
-            env={**os.environ, "PYTHONPATH": str(TESTS)},
-            cwd=TESTS,
-        )
-    deadline = time.monotonic() + 60
-    while "conveyor: worker on" not in host.stderr():
-        assert host.worker.poll() is None, host.stderr()
-        assert time.monotonic() < deadline, host.stderr()
-        time.sleep(0.02)
+    return missing_tools() or postgres_unreachable()
 
 
 @pytest.fixture
@@ -196,7 +83,7 @@ async def test_a_killed_hosts_running_jobs_are_taken_over_within_two_heartbeats(
     url = f"{POSTGRES_URL}?schema={schema}"
     async with conveyor.open_queue(url, heartbeat=HEARTBEAT, known_handlers=["record"]) as queue:
         for host in hosts:
-            start_worker(host, schema, tmp_path)
+            start_worker(host, schema, tmp_path, heartbeat=HEARTBEAT)
         specs = [conveyor.JobSpec("record", {"dir": str(tmp_path), "seconds": 0.3})] * 120
         jobs = await queue.enqueue_many(specs)
         doomed = hosts[0]
@@ -227,12 +114,12 @@ async def test_a_cut_off_hosts_jobs_run_elsewhere_and_its_late_outcomes_are_refu
     url = f"{POSTGRES_URL}?schema={schema}"
     cut_off, *others = hosts
     async with conveyor.open_queue(url, heartbeat=HEARTBEAT, known_handlers=["record"]) as queue:
-        start_worker(cut_off, schema, tmp_path)
+        start_worker(cut_off, schema, tmp_path, heartbeat=HEARTBEAT)
         assert cut_off.worker is not None
         job = await queue.enqueue("record", {"dir": str(tmp_path), "seconds": 3})
         await wait_for(lambda: ran(tmp_path))
         for other in others:
-            start_worker(other, schema, tmp_path)
+            start_worker(other, schema, tmp_path, heartbeat=HEARTBEAT)
         cut_off.cut()
         done = await queue.wait(job.id, timeout=60)
         await anyio.sleep(4 * HEARTBEAT)  # longer than its lease, and its attempt has ended
@@ -261,7 +148,7 @@ async def test_a_server_restart_mid_drain_loses_nothing_acknowledged(
     acknowledged: list[int] = []
     async with conveyor.open_queue(url, heartbeat=HEARTBEAT, known_handlers=["record"]) as queue:
         for host in hosts:
-            start_worker(host, schema, tmp_path)
+            start_worker(host, schema, tmp_path, heartbeat=HEARTBEAT)
         specs = [conveyor.JobSpec("record", {"dir": str(tmp_path), "seconds": 0.05})] * 300
         acknowledged += [job.id for job in await queue.enqueue_many(specs)]
         await wait_for(lambda: sum(map(len, ran(tmp_path).values())) >= 50)

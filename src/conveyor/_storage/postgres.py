@@ -160,26 +160,32 @@ _CREATE: Final = f"""
 """
 
 # --- The statements that differ from SQLite's, by the SQLite statement they replace. ----------
-Q_BEGIN: Final = "BEGIN ISOLATION LEVEL READ COMMITTED"
-Q_COUNT_WRITE: Final = "UPDATE conveyor_meta SET writes = writes + 1 RETURNING writes"
-"""Begins every write transaction: the row's lock serialises writers until the commit."""
-Q_IDS_USED: Final = "UPDATE conveyor_meta SET next_job_id = greatest(next_job_id, %s)"
-Q_NOTIFY: Final = "SELECT pg_notify(%s, %s)"
+Q_BEGIN: Final = (
+    "BEGIN ISOLATION LEVEL READ COMMITTED; "
+    "UPDATE conveyor_meta SET writes = writes + 1 RETURNING writes, next_job_id"
+)
+"""Begins every write transaction (one round trip): the row's lock serialises writers until
+the commit, and the count tells whether another process wrote since this one last did."""
+Q_COUNTERS: Final = """
+    SELECT (SELECT min(run_at) FROM jobs WHERE scheduled = 1),
+           (SELECT min(next_run_at) FROM schedules WHERE paused = 0),
+           EXISTS (SELECT 1 FROM job_deps),
+           ARRAY(SELECT name FROM handler_state WHERE paused <> 0),
+           EXISTS (SELECT 1 FROM owners WHERE id = %s)
+"""
+"""What the writer keeps of the tables (SQLite's reads of it, in one round trip), and whether
+this process's owner row is still there."""
 Q_META: Final = "SELECT version FROM conveyor_meta"
 Q_TABLES_IN_SCHEMA: Final = (
     "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
 )
 
 OVERRIDES: Final[dict[str, str]] = {
-    sqlite.Q_NEXT_ID: (
-        "SELECT greatest(next_job_id, coalesce((SELECT max(id) FROM jobs), 0) + 1) "
-        "FROM conveyor_meta"
-    ),
     sqlite.Q_TOUCH: "UPDATE conveyor_meta SET writes = writes",
     sqlite.Q_PAUSED: "SELECT name FROM handler_state WHERE paused <> 0",
 }
-"""Statements SQLite's dialect cannot share: ids, the header write, and integer flags (which
-SQLite reads as booleans in place, where PostgreSQL needs a comparison)."""
+"""Statements SQLite's dialect cannot share: the header write, and integer flags (which SQLite
+reads as booleans in place, where PostgreSQL needs a comparison)."""
 
 _FLAG_TESTS: Final = {"WHERE NOT paused": "WHERE paused = 0", "AND NOT paused": "AND paused = 0"}
 
@@ -381,6 +387,10 @@ class PgWriter(Writer):
         self.target = target
         self._init_state()
         self._writes = -1
+        self._owner_row = True
+        self._news: str | None = None
+        self._next_id = 1
+        self._ids_given = False
         self._conn: PgConnection = self._connect()  # type: ignore[assignment]
 
     def _connect(self) -> PgConnection:
@@ -410,23 +420,53 @@ class PgWriter(Writer):
         if self._pg.raw.closed or self._pg.raw.broken:
             self._connect()
             self._counters_stale = True
-        self._pg.raw.execute(Q_BEGIN)
-        row = self._pg.raw.execute(Q_COUNT_WRITE).fetchone()
+        cursor = self._pg.raw.execute(Q_BEGIN)
+        cursor.nextset()
+        row = cursor.fetchone()
         assert row is not None
         others_wrote = row[0] != self._writes + 1
-        self._writes = row[0]
+        self._writes, self._next_id = row
+        self._news = None
+        self._ids_given = False
         if self._counters_stale or others_wrote:
             self._reload_counters()
             self._doorbells = None
             if self.owner is not None and not self.lease_lost:
-                exists = self._pg.execute(sqlite.Q_OWNER_EXISTS, (self.owner,)).fetchone()
-                self.lease_lost = not (exists and exists[0])
+                self.lease_lost = not self._owner_row
+
+    def _reload_counters(self) -> None:
+        row = self._pg.raw.execute(Q_COUNTERS, (self.owner,)).fetchone()
+        assert row is not None
+        self._pending = None
+        self.next_due, self.next_tick, self._has_deps, paused, self._owner_row = row
+        self.paused = frozenset(paused)
+        self._counters_stale = False
 
     def commit(self) -> None:
-        self._pg.raw.execute("COMMIT")
+        """Commit, with what was kept for the end (the next job id, the news) sent in the
+        same round trip; the news is delivered only if it commits."""
+        ending: list[psycopg.sql.Composable] = []
+        if self._ids_given:
+            ending.append(
+                psycopg.sql.SQL("UPDATE conveyor_meta SET next_job_id = {}").format(
+                    psycopg.sql.Literal(self._next_id)
+                )
+            )
+        if self._news is not None:
+            ending.append(
+                psycopg.sql.SQL("NOTIFY {}, {}").format(
+                    psycopg.sql.Identifier(self.target.channel), psycopg.sql.Literal(self._news)
+                )
+            )
+        ending.append(psycopg.sql.SQL("COMMIT"))
+        self._pg.raw.execute(psycopg.sql.SQL("; ").join(ending))
+        self._news = None
+        self._ids_given = False
         self._registered = None
 
     def rollback(self) -> None:
+        self._news = None
+        self._ids_given = False
         if not self._pg.raw.closed and not self._pg.raw.broken:
             try:
                 if self._pg.in_transaction:
@@ -448,8 +488,15 @@ class PgWriter(Writer):
     def touch(self) -> None:
         self._conn.execute(sqlite.Q_TOUCH)
 
+    def next_id(self) -> int:
+        """Read with the transaction's first statement (nobody else inserts until it
+        commits)."""
+        return self._next_id
+
     def _ids_used(self, last_id: int) -> None:
-        self._pg.raw.execute(Q_IDS_USED, (last_id + 1,))
+        """Kept, and written with the commit."""
+        self._next_id = max(self._next_id, last_id + 1)
+        self._ids_given = True
 
     def _hold_lock_of(self, owner: int) -> None:
         """Nothing to hold: owners on PostgreSQL are judged by their lease alone."""
@@ -461,9 +508,9 @@ class PgWriter(Writer):
         """Nothing was held."""
 
     def announce(self, rings: set[str]) -> list[tuple[str, bool]]:
-        """``NOTIFY`` the queue's channel in this transaction: PostgreSQL delivers it to
-        every listening process once (and only if) the transaction commits."""
-        self._pg.raw.execute(Q_NOTIFY, (self.target.channel, f"{self.owner}:{''.join(rings)}"))
+        """``NOTIFY`` the queue's channel with the commit: PostgreSQL delivers it to every
+        listening process once (and only if) the transaction commits."""
+        self._news = f"{self.owner}:{''.join(sorted(rings))}"
         return []
 
     def classify(self, error: BaseException) -> Fault | None:
