@@ -33,9 +33,10 @@ def conveyor(
 
 @contextlib.contextmanager
 def running_server(
-    db: Path, *args: str, handlers: str = "service_handlers:registry"
+    db: Path | str, *args: str, handlers: str = "service_handlers:registry"
 ) -> Iterator[Server]:
-    """``conveyor serve`` on ``db``; stopped with SIGTERM on exit unless already stopped."""
+    """``conveyor serve`` on ``db`` (a file, or a PostgreSQL URL); stopped with SIGTERM on
+    exit unless already stopped."""
     process = subprocess.Popen(
         [CONVEYOR, "serve", "--db", str(db), "--handlers", handlers, "--port", "0", *args],
         cwd=TESTS,

@@ -224,3 +224,17 @@ async def _enqueue_when_back(queue: conveyor.Queue) -> conveyor.Job:
         except conveyor.DatabaseUnavailable:
             await anyio.sleep(0.1)
     raise AssertionError("the queue did not take writes again")
+
+
+def test_the_service_serves_a_queue_on_postgresql(schema_url: str) -> None:
+    import httpx
+
+    from service_server import running_server
+
+    with running_server(schema_url) as server:
+        created = httpx.post(f"{server.url}/jobs", json={"name": "hello", "payload": {"x": 1}})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        done = httpx.get(f"{server.url}/jobs/{job_id}/wait", params={"timeout": 10})
+    assert done.json()["status"] == "completed", done.text
+    assert done.json()["result"] == {"hello": {"x": 1}}
