@@ -87,6 +87,17 @@ async def test_payload_that_is_not_json_is_refused(open_test_queue: QueueOpener)
         assert await queue.list() == []
 
 
+async def test_a_key_with_a_nul_character_is_refused(open_test_queue: QueueOpener) -> None:
+    async with open_test_queue(make_registry()) as queue:
+        with pytest.raises(conveyor.InvalidArgument, match="must not hold a NUL"):
+            await queue.enqueue("noop", idempotency_key="order\x00-1")
+        job = await queue.enqueue("noop", {"text": "a NUL \x00 in a payload is JSON's"})
+        stored = await queue.get(job.id)
+        assert await queue.list() == [stored]
+    assert stored is not None
+    assert stored.payload == {"text": "a NUL \x00 in a payload is JSON's"}
+
+
 async def test_enqueue_many_returns_the_jobs_in_order(open_test_queue: QueueOpener) -> None:
     async with open_test_queue(make_registry(), workers=1) as queue:
         specs = [JobSpec("noop", {"n": n}, priority=3, delay=60) for n in range(50)]

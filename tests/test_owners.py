@@ -216,7 +216,7 @@ def test_a_claim_reads_the_ready_index_in_order_whatever_the_names(
 ) -> None:
     """Without statistics (a file never analysed), the filter on handler names must not lead
     the planner to the index by name and a sort of every pending job of those names."""
-    sql = getattr(sqlite, statement).format(names="?, ?", ids="?")
+    sql = getattr(sqlite, statement).format(names="?, ?", ids="?", scan=10)
     params = [1.0, 1, "a", "b", 8] if statement == "Q_CLAIM" else ["a", "b"]
     plan = " ".join(row[3] for row in first._conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
     assert "jobs_ready" in plan

@@ -217,10 +217,10 @@ async def test_dropped_connections_are_survived_and_no_job_is_lost_or_run_twice(
     assert all(runs[n] == 1 for n in range(400)), runs.most_common(3)
 
 
-async def _enqueue_when_back(queue: conveyor.Queue) -> conveyor.Job:
+async def _enqueue_when_back(queue: conveyor.Queue, name: str = "work") -> conveyor.Job:
     for _ in range(100):
         try:
-            return await queue.enqueue("work", -1)
+            return await queue.enqueue(name, -1)
         except conveyor.DatabaseUnavailable:
             await anyio.sleep(0.1)
     raise AssertionError("the queue did not take writes again")
@@ -238,3 +238,122 @@ def test_the_service_serves_a_queue_on_postgresql(schema_url: str) -> None:
         done = httpx.get(f"{server.url}/jobs/{job_id}/wait", params={"timeout": 10})
     assert done.json()["status"] == "completed", done.text
     assert done.json()["result"] == {"hello": {"x": 1}}
+
+
+def test_a_schema_name_too_long_for_its_channel_is_refused() -> None:
+    with pytest.raises(conveyor.InvalidArgument, match="at most 54"):
+        parse_target(URL, schema="s" * 55)
+
+
+@pytestmark_async
+async def test_a_nul_in_an_error_message_is_stored_and_the_job_retried(schema_url: str) -> None:
+    async def boom(payload: None) -> None:
+        raise ValueError("bad\x00byte")
+
+    registry = conveyor.Registry()
+    registry.handler("boom", max_attempts=2, backoff=conveyor.Backoff(initial=0))(boom)
+    async with conveyor.open_queue(schema_url, handlers=registry) as queue:
+        job = await queue.enqueue("boom")
+        await queue.wait(job.id, timeout=10)
+        failed = await queue.get(job.id)
+    assert failed is not None
+    assert (failed.status, failed.attempts) == (conveyor.JobStatus.FAILED, 2)
+    assert "bad\ufffdbyte" in (failed.error or "")
+
+
+@pytestmark_async
+async def test_attempts_beyond_32_bits_are_stored(schema_url: str) -> None:
+    async with conveyor.open_queue(schema_url, known_handlers=["noop"]) as queue:
+        job = await queue.enqueue("noop", max_attempts=2**40)
+        stored = await queue.get(job.id)
+    assert stored is not None
+    assert stored.max_attempts == 2**40
+
+
+@pytestmark_async
+async def test_a_lock_wait_that_times_out_fails_the_call_and_the_queue_goes_on(
+    schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    from conveyor._storage import postgres
+
+    monkeypatch.setattr(postgres, "LOCK_TIMEOUT", "300ms")
+    schema = schema_url.rpartition("=")[2]
+    async with conveyor.open_queue(schema_url, known_handlers=["noop"]) as queue:
+        with psycopg.connect(POSTGRES_URL) as holder:  # holds the writers' row
+            holder.execute(f"UPDATE {schema}.conveyor_meta SET writes = writes")
+            with pytest.raises(conveyor.DatabaseUnavailable, match="Nothing of this call"):
+                await queue.enqueue("noop")
+            holder.rollback()
+        job = await _enqueue_when_back(queue, "noop")
+    assert job.status is conveyor.JobStatus.PENDING
+
+
+def _writer(schema_url: str) -> Any:
+    from conveyor._storage.postgres import PgWriter
+    from conveyor._storage.sqlite import NewJob
+
+    writer = PgWriter(parse_target(schema_url))
+    writer.begin()
+    job = NewJob(
+        name="noop",
+        payload_json="null",
+        payload=None,
+        priority=5,
+        max_attempts=1,
+        timeout=None,
+        run_at=0.0,
+        idempotency_key=None,
+    )
+    writer.insert([job], 0.0, writer.next_id())
+    return writer
+
+
+def _count_jobs(schema_url: str) -> int:
+    import psycopg
+
+    schema = schema_url.rpartition("=")[2]
+    with psycopg.connect(POSTGRES_URL) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {schema}.jobs").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_commit_whose_answer_is_lost_but_went_through_is_a_commit(
+    schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    writer = _writer(schema_url)
+    execute = writer._pg.raw.execute
+
+    def commit_then_lose_the_answer(query: Any, *args: Any) -> Any:
+        execute(query, *args)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(writer._pg.raw, "execute", commit_then_lose_the_answer)
+    writer.commit()  # no error: the server says it committed
+    monkeypatch.undo()
+    writer.close()
+    assert _count_jobs(schema_url) == 1
+
+
+def test_a_commit_whose_answer_is_lost_and_that_did_not_go_through_fails(
+    schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    writer = _writer(schema_url)
+    execute = writer._pg.raw.execute
+
+    def abort_and_lose_the_answer(query: Any, *args: Any) -> Any:
+        execute("ROLLBACK")
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(writer._pg.raw, "execute", abort_and_lose_the_answer)
+    with pytest.raises(psycopg.OperationalError):
+        writer.commit()
+    monkeypatch.undo()
+    writer.close()
+    assert _count_jobs(schema_url) == 0

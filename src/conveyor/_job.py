@@ -176,13 +176,16 @@ def encode_json(value: JSON, what: str) -> str:
 
 
 def check_text(what: str, value: str) -> None:
-    """Refuse a str that cannot be stored as UTF-8 text (it holds a lone surrogate)."""
+    """Refuse a str that cannot be stored as text everywhere: one holding a lone surrogate
+    (not UTF-8) or a NUL character (which PostgreSQL's text cannot hold)."""
     try:
         value.encode()
     except UnicodeEncodeError:
         raise InvalidArgument(
             f"{what} must be Unicode text; {value!r} holds a lone surrogate"
         ) from None
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} must not hold a NUL character: {value!r}")
 
 
 def _check_priority(_: object, __: object, value: int) -> None:

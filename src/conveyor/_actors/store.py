@@ -680,7 +680,12 @@ class Store:
                 fault.what,
             )
         self._episode.failures += 1
-        error = DatabaseUnavailable(f"{fault.what}. Nothing of this call was written; retry.")
+        error = DatabaseUnavailable(
+            f"{fault.what}. This call may have been written: look before doing it again, or "
+            "give it an idempotency key and retry"
+            if fault.in_doubt
+            else f"{fault.what}. Nothing of this call was written; retry."
+        )
         effects = Effects(self._claims)
         for command in batch:
             if isinstance(command, Report | Tick):

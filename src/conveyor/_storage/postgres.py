@@ -24,6 +24,7 @@ import contextlib
 import functools
 import logging
 import re
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -37,6 +38,7 @@ import psycopg.sql
 
 from .._doorbell import KINDS
 from .._errors import DatabaseError, InvalidArgument, SchemaTooNew
+from .._events import Change
 from .._job import JobStatus
 from . import sqlite
 from .sqlite import Fault, Writer, _sql_list
@@ -58,7 +60,9 @@ in the middle of a write transaction would otherwise hold the writers' lock (and
 other host) until its connection times out, which takes minutes. A conveyor transaction never
 waits on its client for more than milliseconds."""
 
-_SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,53}")
+"""At most 54 characters: the notification channel, ``conveyor_<schema>``, must fit in
+PostgreSQL's 63."""
 _TABLES: Final = ("jobs", "job_deps", "schedules", "handler_state", "starts", "owners")
 
 # --- The tables. --------------------------------------------------------------------------------
@@ -81,8 +85,8 @@ _CREATE: Final = f"""
         scheduled        INTEGER NOT NULL DEFAULT 0
                          CHECK (scheduled = 0 OR (scheduled = 1 AND status = 'pending')),
         priority         INTEGER NOT NULL CHECK (priority BETWEEN 1 AND 10),
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+        attempts         BIGINT NOT NULL DEFAULT 0,
+        max_attempts     BIGINT NOT NULL CHECK (max_attempts >= 1),
         timeout          DOUBLE PRECISION,
         run_at           DOUBLE PRECISION NOT NULL,
         created_at       DOUBLE PRECISION NOT NULL,
@@ -95,7 +99,7 @@ _CREATE: Final = f"""
         cancel_requested INTEGER NOT NULL DEFAULT 0,
         idempotency_key  TEXT,
         after            TEXT,
-        blockers         INTEGER NOT NULL DEFAULT 0,
+        blockers         BIGINT NOT NULL DEFAULT 0,
         delay            DOUBLE PRECISION,
         cancelled_by     BIGINT,
         schedule_key     TEXT,
@@ -126,7 +130,7 @@ _CREATE: Final = f"""
         timezone     TEXT NOT NULL,
         catch_up     TEXT NOT NULL CHECK (catch_up IN ('latest', 'all', 'none')),
         priority     INTEGER NOT NULL,
-        max_attempts INTEGER,
+        max_attempts BIGINT,
         timeout      DOUBLE PRECISION,
         next_run_at  DOUBLE PRECISION NOT NULL,
         last_run_at  DOUBLE PRECISION,
@@ -139,7 +143,7 @@ _CREATE: Final = f"""
         name         TEXT PRIMARY KEY,
         paused       INTEGER NOT NULL DEFAULT 0,
         declared_at  DOUBLE PRECISION,
-        max_attempts INTEGER,
+        max_attempts BIGINT,
         timeout      DOUBLE PRECISION
     );
     CREATE TABLE starts (
@@ -162,7 +166,8 @@ _CREATE: Final = f"""
 # --- The statements that differ from SQLite's, by the SQLite statement they replace. ----------
 Q_BEGIN: Final = (
     "BEGIN ISOLATION LEVEL READ COMMITTED; "
-    "UPDATE conveyor_meta SET writes = writes + 1 RETURNING writes, next_job_id"
+    "UPDATE conveyor_meta SET writes = writes + 1 "
+    "RETURNING writes, next_job_id, pg_current_xact_id()::text"
 )
 """Begins every write transaction (one round trip): the row's lock serialises writers until
 the commit, and the count tells whether another process wrote since this one last did."""
@@ -176,6 +181,8 @@ Q_COUNTERS: Final = """
 """What the writer keeps of the tables (SQLite's reads of it, in one round trip), and whether
 this process's owner row is still there."""
 Q_META: Final = "SELECT version FROM conveyor_meta"
+Q_XACT_STATUS: Final = "SELECT pg_xact_status(%s::xid8)"
+"""Whether a transaction committed: asked after its commit's answer was lost."""
 Q_TABLES_IN_SCHEMA: Final = (
     "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
 )
@@ -219,6 +226,25 @@ class _BoolAsInteger(psycopg.adapt.Dumper):
         return b"1" if obj else b"0"
 
 
+def _without_nul(parameters: Any) -> Any:
+    """``parameters`` with NUL characters in texts replaced by U+FFFD: PostgreSQL's text
+    cannot hold them, and an error message or a progress message may (names and keys are
+    refused with NUL before they get here; JSON escapes it)."""
+    if isinstance(parameters, dict):
+        if any(isinstance(value, str) and "\x00" in value for value in parameters.values()):
+            return {key: _replace_nul(value) for key, value in parameters.items()}
+        return parameters
+    if parameters is not None and any(
+        isinstance(value, str) and "\x00" in value for value in parameters
+    ):
+        return [_replace_nul(value) for value in parameters]
+    return parameters
+
+
+def _replace_nul(value: Any) -> Any:
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
 class PgConnection:
     """A psycopg connection with the calls of a sqlite3 one that conveyor makes, each
     statement translated (:func:`translate`), and ``replacing`` some outright (a reader's
@@ -233,11 +259,11 @@ class PgConnection:
         return replaced if replaced is not None else translate(statement)
 
     def execute(self, statement: str, parameters: Any = None) -> psycopg.Cursor[Any]:
-        return self.raw.execute(self._sql(statement), parameters)
+        return self.raw.execute(self._sql(statement), _without_nul(parameters))
 
     def executemany(self, statement: str, rows: Iterable[Any]) -> psycopg.Cursor[Any]:
         cursor = self.raw.cursor()
-        cursor.executemany(self._sql(statement), rows)
+        cursor.executemany(self._sql(statement), [_without_nul(row) for row in rows])
         return cursor
 
     @property
@@ -285,7 +311,7 @@ def parse_target(url: str, schema: str | None = None) -> Target:
     if not isinstance(chosen, str) or not _SCHEMA_NAME.fullmatch(chosen):
         raise InvalidArgument(
             f"a PostgreSQL schema name for conveyor is lowercase letters, digits and _ (not "
-            f"starting with a digit, at most 63), not {chosen!r}"
+            f"starting with a digit, at most 54), not {chosen!r}"
         )
     conninfo = urllib.parse.urlunsplit(parts._replace(query=kept))
     netloc = parts.hostname or ""
@@ -365,6 +391,10 @@ def open_reader(target: Target) -> PgConnection:
 
 
 # --- The writer. ----------------------------------------------------------------------------
+class CommitInDoubt(Exception):
+    """A commit's answer was lost, and the server could not be asked whether it went through."""
+
+
 class PgWriter(Writer):
     """The store's connection to PostgreSQL: :class:`.sqlite.Writer`'s logic and statements.
 
@@ -391,6 +421,8 @@ class PgWriter(Writer):
         self._news: str | None = None
         self._next_id = 1
         self._ids_given = False
+        self._xid = ""
+        self._calm_until = 0.0
         self._conn: PgConnection = self._connect()  # type: ignore[assignment]
 
     def _connect(self) -> PgConnection:
@@ -420,12 +452,20 @@ class PgWriter(Writer):
         if self._pg.raw.closed or self._pg.raw.broken:
             self._connect()
             self._counters_stale = True
-        cursor = self._pg.raw.execute(Q_BEGIN)
-        cursor.nextset()
-        row = cursor.fetchone()
+            self._calm_for_a_lease()
+        started = time.monotonic()
+        try:
+            cursor = self._pg.raw.execute(Q_BEGIN)
+            cursor.nextset()
+            row = cursor.fetchone()
+        except psycopg.Error:
+            self.rollback()  # a lock wait that timed out leaves the transaction failed
+            raise
+        if time.monotonic() - started > self.lease / 4:
+            self._calm_for_a_lease()
         assert row is not None
         others_wrote = row[0] != self._writes + 1
-        self._writes, self._next_id = row
+        self._writes, self._next_id, self._xid = row
         self._news = None
         self._ids_given = False
         if self._counters_stale or others_wrote:
@@ -459,7 +499,11 @@ class PgWriter(Writer):
                 )
             )
         ending.append(psycopg.sql.SQL("COMMIT"))
-        self._pg.raw.execute(psycopg.sql.SQL("; ").join(ending))
+        try:
+            self._pg.raw.execute(psycopg.sql.SQL("; ").join(ending))
+        except psycopg.OperationalError as exc:
+            if not self._committed_after_all(exc):
+                raise
         self._news = None
         self._ids_given = False
         self._registered = None
@@ -481,6 +525,41 @@ class PgWriter(Writer):
                 self.lease_lost = self.owner is not None
             return
         super().rollback()
+
+    def _committed_after_all(self, error: psycopg.OperationalError) -> bool:
+        """Whether the transaction whose commit's answer was lost committed, asked on a new
+        connection. Raises ``error`` if it did not, and :class:`CommitInDoubt` if the server
+        cannot tell (then this process stops its attempts and registers anew: the jobs the
+        batch may have claimed for it are taken over once the old owner's lease lapses)."""
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                with contextlib.closing(connect(self.target)) as probe:
+                    row = probe.execute(Q_XACT_STATUS, (self._xid,)).fetchone()
+            except (psycopg.Error, DatabaseError):
+                time.sleep(0.2)
+                continue
+            status = None if row is None else row[0]
+            if status == "committed":
+                logger.info("conveyor's commit on %s went through, its answer was lost", self.path)
+                return True
+            if status == "aborted":
+                return False
+            time.sleep(0.05)  # in progress: the server has not yet seen the connection go
+        self.lease_lost = True
+        raise CommitInDoubt(
+            f"the commit on {self.path} may or may not have gone through ({error})"
+        ) from error
+
+    def _calm_for_a_lease(self) -> None:
+        """Take over no other owner for a lease from now: every heartbeat was held up with
+        this process's writes (a lock wait, a server gone), so all look late."""
+        self._calm_until = time.monotonic() + min(self.lease, 3600.0)
+
+    def rescue(self, now: float) -> list[Change]:
+        if time.monotonic() < self._calm_until:
+            return []
+        return super().rescue(now)
 
     def checkpoint(self) -> None:
         """Nothing to do: the server checkpoints its own write-ahead log."""
@@ -514,7 +593,9 @@ class PgWriter(Writer):
         return []
 
     def classify(self, error: BaseException) -> Fault | None:
-        if isinstance(error, psycopg.OperationalError | DatabaseError):
+        if isinstance(error, CommitInDoubt):
+            return Fault(True, str(error), in_doubt=True)
+        if isinstance(error, psycopg.OperationalError | psycopg.InternalError | DatabaseError):
             return Fault(True, f"PostgreSQL at {self.path} cannot be written ({error})".strip())
         if isinstance(error, MemoryError):
             return Fault(True, "conveyor ran out of memory")

@@ -349,9 +349,10 @@ Q_RECOUNT_BLOCKERS: Final = f"""
 have completed while it was cancelled, which was not counted then."""
 Q_RESULTS: Final = "SELECT id, result FROM jobs WHERE id IN ({ids})"
 Q_PURGE_DEPS: Final = (
-    "DELETE FROM job_deps WHERE dep_id NOT IN (SELECT id FROM jobs) "
-    "OR job_id NOT IN (SELECT id FROM jobs)"
+    "DELETE FROM job_deps WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = job_deps.dep_id) "
+    "OR NOT EXISTS (SELECT 1 FROM jobs WHERE id = job_deps.job_id)"
 )
+"""(``NOT EXISTS`` rather than ``NOT IN``: PostgreSQL plans the latter as a scan per row.)"""
 _SCHEDULE_COLUMNS: Final = (
     "key, name, payload, every, cron, timezone, catch_up, priority, max_attempts, timeout, "
     "next_run_at, last_run_at, last_job_id, paused"
@@ -394,6 +395,7 @@ Q_READY_IN_ORDER: Final = f"""
     SELECT id, name, concurrency_key FROM jobs
     WHERE {_status_allows(Event.STARTED)} AND scheduled = 0 AND +name IN ({{names}})
     ORDER BY priority, run_at, id
+    LIMIT {{scan}}
 """
 Q_CLAIM_IDS: Final = f"""
     UPDATE jobs SET status = '{decide(JobStatus.PENDING, Event.STARTED)}',
@@ -815,6 +817,8 @@ class Fault:
 
     passes: bool
     what: str
+    in_doubt: bool = False
+    """The batch may have been committed after all (its commit's answer was lost)."""
 
 
 def classify_fault(error: BaseException, path: str) -> Fault | None:
@@ -1541,8 +1545,13 @@ class Writer:
         if not self.names:
             return []
         limited = {name: lim for name, lim in (limits or {}).items() if lim.limits_claims}
-        if limited or self.paused:
+        if limited:
             rows = self._claim_within_limits(limit, now, limited)
+        elif self.paused:
+            claimable = [name for name in self.names if name not in self.paused]
+            statement = Q_CLAIM.format(names=", ".join("?" * len(claimable)))
+            params = (now, self.owner, *claimable, limit)
+            rows = self._conn.execute(statement, params).fetchall() if claimable else []
         else:
             params = (now, self.owner, *self.names, limit)
             rows = self._conn.execute(self._claim_sql, params).fetchall()
@@ -1563,9 +1572,10 @@ class Writer:
         claimable = [name for name in self.names if name not in self.paused]
         if not claimable:
             return []
-        ready = self._conn.execute(
-            Q_READY_IN_ORDER.format(names=", ".join("?" * len(claimable))), claimable
+        statement = Q_READY_IN_ORDER.format(
+            names=", ".join("?" * len(claimable)), scan=CLAIM_SCAN_LIMIT
         )
+        ready = self._conn.execute(statement, claimable)
         for scanned, (job_id, name, key) in enumerate(ready):
             if len(picked) == limit or scanned == CLAIM_SCAN_LIMIT:
                 break
