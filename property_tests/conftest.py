@@ -1,8 +1,10 @@
 """Hypothesis profiles for the property suite, chosen by the HYPOTHESIS_PROFILE variable.
 
 ``ci`` (the default) is bounded so that the whole suite stays within a few minutes on two
-cores; ``thorough`` runs twenty times as many examples, by hand. No deadline: examples
-run a real SQLite file, and their virtual time says nothing about their real time.
+cores (the state machine on PostgreSQL runs fewer examples there: ``POSTGRES_EXAMPLES`` of
+``test_state_machine``); ``thorough`` runs twenty times as many examples, by hand. No
+deadline: examples run a real SQLite file (or PostgreSQL schema), and their virtual time says
+nothing about their real time.
 
 ``CONVEYOR_MUTANT=<name>`` plants one of the bugs of ``mutants.py`` for the whole run, to see
 the suite catch it (by hand, never in CI).

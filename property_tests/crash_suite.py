@@ -1,6 +1,7 @@
 """The kill -9 suite: a loaded queue killed at random moments, restarted, then drained.
 
     python property_tests/crash_suite.py --cycles 200 [--seed N] [--disk-full] [--processes K]
+                                         [--postgres URL]
 
 runs it by hand (CI runs a few cycles of each kind through ``test_crash_suite.py``). Each
 cycle starts a child process in which producers enqueue jobs and print each acknowledged id,
@@ -20,8 +21,15 @@ With ``--processes K`` (K > 1), each cycle also runs K - 1 worker processes on t
 the survivors must take over its running jobs (its lock is free at once; they look every
 heartbeat) and lose nothing. Every process is then killed at the cycle's end, as before.
 
+With ``--postgres URL`` (e.g. ``postgresql://postgres@127.0.0.1:5432/test``) the queue lives in
+a fresh schema on that server instead of a SQLite file (dropped at the end if the run passed,
+kept for a look if not); the kill -9 cycles and the checks are the same. There no lock tells
+that a killed process is gone: its running jobs are taken over once its lease (two heartbeats)
+lapses, by a later cycle's processes or the drain, and only those may run again.
+``--processes K`` works the same way; ``--disk-full`` does not apply (the disk is the server's).
+
 The same file is the child: ``crash_suite.py load DB``, ``crash_suite.py work DB`` and
-``crash_suite.py drain DB``.
+``crash_suite.py drain DB`` (DB a file, or a ``postgresql://`` URL naming the schema).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 from typing import Final
@@ -123,11 +132,14 @@ class Report:
     squeezes: int = 0
     workers_killed: int = 0
     seconds: float = 0.0
+    database: str = ""
+    """Where the queue lived: its file, or its PostgreSQL URL (with its schema)."""
 
     def summary(self) -> str:
         verdict = "PASS" if not self.problems else "FAIL"
         return (
-            f"{verdict}: {self.cycles} kill cycles in {self.seconds:.0f} s, {self.jobs} jobs, "
+            f"{verdict}: {self.cycles} kill cycles on {self.database} in {self.seconds:.0f} s, "
+            f"{self.jobs} jobs, "
             f"{len(self.acknowledged)} acknowledged, {len(self.running_at_a_kill)} running at a "
             f"kill, {self.reruns} re-run, {self.squeezes} disk-full phases, "
             f"{self.workers_killed} worker processes killed beside running ones"
@@ -135,7 +147,11 @@ class Report:
         )
 
 
-def _spawn(mode: str, db: Path, log: Path) -> subprocess.Popen[str]:
+Database = Path | str
+"""A SQLite file, or the URL of a PostgreSQL schema."""
+
+
+def _spawn(mode: str, db: Database, log: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, __file__, mode, str(db)],
         stdout=subprocess.PIPE,
@@ -150,7 +166,7 @@ def _kill_at_random(
     squeeze: Path | None,
     report: Report,
     workers: list[subprocess.Popen[str]] | None = None,
-    db: Path | None = None,
+    db: Database | None = None,
 ) -> set[int]:
     """Let ``child`` run a random while, SIGKILL it, and return the ids it acknowledged.
 
@@ -213,11 +229,12 @@ def _kill(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
-def _note_running(db: Path, report: Report) -> None:
-    """Note the jobs running now (right after a kill): those may run again."""
-    if db.exists():
-        running = _rows(db, "SELECT id, status FROM jobs WHERE status = 'running'")
-        report.running_at_a_kill |= {job_id for job_id, _ in running}
+def _note_running(db: Database, report: Report) -> None:
+    """Note the jobs running now (right after a kill): those may run again. (On PostgreSQL a
+    killed process's jobs stay ``running`` until its lease lapses: noted at each kill while
+    they wait.)"""
+    running = _rows(db, "SELECT id, status FROM jobs WHERE status = 'running'")
+    report.running_at_a_kill |= {job_id for job_id, _ in running}
 
 
 def _fill(disk: Path) -> Path:
@@ -238,7 +255,14 @@ def _mount_small_disk(folder: Path) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], check=True)
 
 
-def _rows(db: Path, query: str) -> list[tuple[int, str]]:
+def _rows(db: Database, query: str) -> list[tuple[int, str]]:
+    """The rows ``query`` reads in the queue's database (none before it has its tables)."""
+    if isinstance(db, str):
+        from postgres_schemas import rows
+
+        return rows(db, query)
+    if not db.exists():
+        return []
     conn = sqlite3.connect(db)
     try:
         return conn.execute(query).fetchall()
@@ -247,24 +271,46 @@ def _rows(db: Path, query: str) -> list[tuple[int, str]]:
 
 
 def run(
-    cycles: int, directory: Path, seed: int, *, disk_full: bool = False, processes: int = 1
+    cycles: int,
+    directory: Path,
+    seed: int,
+    *,
+    disk_full: bool = False,
+    processes: int = 1,
+    postgres: str | None = None,
 ) -> Report:
+    """Run the suite; with ``postgres`` (a server's URL), in the schema its ``?schema=`` names
+    or else in a fresh one, named by the report's ``database`` (the caller drops it:
+    :func:`postgres_schemas.drop_schema`)."""
+    if postgres is not None and disk_full:
+        raise ValueError("the disk-full phases fill a local disk: not with --postgres")
     rng = random.Random(seed)
     disk = directory / "disk" if disk_full else None
     if disk is not None:
         _mount_small_disk(disk)
     try:
-        return _run(cycles, rng, directory, disk, processes)
+        db: Database = (disk or directory) / "jobs.db"
+        if postgres is not None:
+            from postgres_schemas import fresh_schema, schema_url
+
+            named = "schema=" in urllib.parse.urlsplit(postgres).query
+            db = postgres if named else schema_url(postgres, fresh_schema("crash"))
+        return _run(cycles, rng, directory, db, disk, processes)
     finally:
         if disk is not None:
             subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def _run(
-    cycles: int, rng: random.Random, directory: Path, disk: Path | None, processes: int
+    cycles: int,
+    rng: random.Random,
+    directory: Path,
+    db: Database,
+    disk: Path | None,
+    processes: int,
 ) -> Report:
-    db, log = (disk or directory) / "jobs.db", directory / "side-effects.log"
-    report = Report()
+    log = directory / "side-effects.log"
+    report = Report(database=str(db))
     began = time.monotonic()
     for _ in range(cycles):
         squeeze = disk if disk is not None and rng.random() < 1 / 3 else None
@@ -283,7 +329,7 @@ def _run(
     return report
 
 
-def _check(report: Report, db: Path, log: Path) -> None:
+def _check(report: Report, db: Database, log: Path) -> None:
     stored = dict(_rows(db, "SELECT id, status FROM jobs"))
     report.jobs = len(stored)
     lost = report.acknowledged - stored.keys()
@@ -294,7 +340,8 @@ def _check(report: Report, db: Path, log: Path) -> None:
         report.problems.append(f"left running: {running[:20]}")
     starts: Counter[int] = Counter()
     done: set[int] = set()
-    for line in log.read_text().splitlines():
+    # No log at all: no handler ever started (then every stored job is reported below).
+    for line in (log.read_text() if log.exists() else "").splitlines():
         match line.split():
             case ["start", job_id, _]:
                 starts[int(job_id)] += 1
@@ -324,13 +371,37 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=1, help="processes on the file per cycle (default 1)"
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=None,
+        help="run the queue in a fresh schema on this PostgreSQL server instead of a file",
+    )
     args = parser.parse_args()
+    if args.postgres is not None and args.disk_full:
+        parser.error("--disk-full fills a local disk; it does not apply to --postgres")
+    if args.postgres is not None and not args.postgres.startswith(("postgresql://", "postgres://")):
+        parser.error(f"--postgres takes a postgresql:// URL, not {args.postgres!r}")
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="conveyor-crash-"))
     directory.mkdir(parents=True, exist_ok=True)
-    print(f"seed {seed}, files in {directory}")
-    report = run(args.cycles, directory, seed, disk_full=args.disk_full, processes=args.processes)
+    print(f"seed {seed}, files in {directory}", flush=True)
+    report = run(
+        args.cycles,
+        directory,
+        seed,
+        disk_full=args.disk_full,
+        processes=args.processes,
+        postgres=args.postgres,
+    )
     print(report.summary())
+    if args.postgres is not None:
+        if report.problems:
+            print(f"the schema is kept for a look: {report.database}")
+        else:
+            from postgres_schemas import drop_schema
+
+            drop_schema(report.database)
     sys.exit(1 if report.problems else 0)
 
 

@@ -5,13 +5,22 @@ step is sent to it with ``trio.from_thread.run`` and ends with the queue settled
 blocked (SQL runs inline, handlers are async, so nothing is in flight elsewhere). Time passes
 only when a step jumps the clock, to the next deadline any task sleeps on, one at a time, so
 every timer fires at its exact virtual time.
+
+The queue lives in a SQLite file or, given a ``postgresql://`` URL, in a schema on PostgreSQL
+(:class:`RealQueue`); on PostgreSQL its SQL still runs inline, as round trips to the server
+that take no virtual time. There the queue's ``LISTEN`` connection is left out
+(:func:`deaf_doorbells`): it hears only the queue's own notifications (the second owner is rung
+by hand, as on SQLite), yet their arrival, and its connecting in a thread, would wake the event
+loop at moments the steps do not set, so that the same example could interleave differently
+when Hypothesis runs it again. News by ``NOTIFY`` is tested in ``tests/test_postgres.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -21,6 +30,7 @@ import trio.testing
 
 import conveyor
 from conveyor._actors.messages import Look, Report
+from conveyor._storage.postgres import PgDoorbell, PgWriter, is_postgres, parse_target
 from conveyor._storage.sqlite import Outcome, Writer
 
 from model import (
@@ -114,11 +124,30 @@ class Claimed:
 Event = Start | Ended | Cancelled | Requeued | Paused | Claimed
 
 
-class RealQueue:
-    """One SQLite file, and the queue process that is open on it (or crashed)."""
+@contextlib.contextmanager
+def deaf_doorbells() -> Iterator[None]:
+    """While in the block, PostgreSQL doorbells hear nothing: they open no connection and
+    never wake (see the module docstring)."""
+    listen = PgDoorbell.listen
 
-    def __init__(self, path: Path, scripts: dict[int, tuple[Behaviour, ...]]) -> None:
+    async def deaf(self: PgDoorbell, on_ring: Callable[[set[str]], None]) -> None:
+        await trio.sleep_forever()
+
+    PgDoorbell.listen = deaf  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        PgDoorbell.listen = listen  # type: ignore[method-assign]
+
+
+class RealQueue:
+    """One SQLite file (or PostgreSQL schema, named by its URL), and the queue process that is
+    open on it (or crashed)."""
+
+    def __init__(self, path: Path | str, scripts: dict[int, tuple[Behaviour, ...]]) -> None:
         self.path = path
+        self.on_postgres = is_postgres(str(path))
+        """Owners are judged by their lease alone there (no lock files)."""
         self.scripts = scripts
         self.events: list[Event] = []
         self.dependency_results: dict[tuple[int, int], object] = {}
@@ -135,15 +164,19 @@ class RealQueue:
         self._nursery: trio.Nursery | None = None
         self._budget = StepBudget()
         self.second: Writer | None = None
-        """The second owner: another process's writer on the file, driven by hand."""
+        """The second owner: another process's writer on the file (or schema), driven by
+        hand."""
         self._second_claims: dict[tuple[int, int], conveyor.Job] = {}
         self._thread = threading.Thread(target=self._thread_main, daemon=True)
         self.registry = conveyor.Registry()
+        self._patches = contextlib.ExitStack()
 
     # --- life of the event loop --------------------------------------------------------------
     def start(self, workers: int, limits: dict[str, HandlerLimits] | None = None) -> None:
         """Start the event loop and open the queue, its handlers registered with ``limits``."""
         self.registry = self._registry(limits or {})
+        if self.on_postgres:
+            self._patches.enter_context(deaf_doorbells())
         self._thread.start()
         self._running.wait()
         self.run(self._open, workers)
@@ -153,10 +186,13 @@ class RealQueue:
         if self.second is not None:
             self.second.close()
             self.second = None
-        if self._token is not None and self._thread.is_alive():
-            self.run(self._crash)
-            trio.from_thread.run(self._end, trio_token=self._token)
-        self._thread.join()
+        try:
+            if self._token is not None and self._thread.is_alive():
+                self.run(self._crash)
+                trio.from_thread.run(self._end, trio_token=self._token)
+            self._thread.join()
+        finally:
+            self._patches.close()
 
     def run(self, step: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``step(*args)`` on the event loop, wait until the queue settles, return its value.
@@ -369,8 +405,11 @@ class RealQueue:
 
     # --- the second owner --------------------------------------------------------------------
     def second_open(self) -> None:
-        """Another process opens the file and registers as an owner of the same handlers."""
-        writer = Writer(str(self.path))
+        """Another process opens the file (or schema) and registers as an owner of the same
+        handlers."""
+        writer: Writer = (
+            PgWriter(parse_target(str(self.path))) if self.on_postgres else Writer(str(self.path))
+        )
         self.second = writer
         handlers = dict.fromkeys(HANDLER_NAMES, (3, None))
         self._second(lambda: writer.register(self._wall(), handlers, lease=LEASE))
@@ -397,7 +436,9 @@ class RealQueue:
         return renewed
 
     def second_die(self) -> None:
-        """The second owner's process dies: its lock is released, its row stays."""
+        """The second owner's process dies: its row stays; on SQLite its lock is released (the
+        queue finds it dead at once), on PostgreSQL its connection closes and only its lease
+        can tell."""
         self._second_writer().close()
         self.second = None
 

@@ -1,7 +1,10 @@
 """The state machine: random steps on the real queue, checked against the model after each one.
 
 Shared by the Hypothesis test (``test_state_machine.py``) and the regression tests replaying the
-counterexamples it found (``test_found_regressions.py``).
+counterexamples it found (``test_found_regressions.py``). :class:`QueueMachine` keeps the queue
+in a SQLite file; :class:`PostgresQueueMachine` runs the same steps and checks on PostgreSQL,
+each example in a fresh schema, the model told that owners are judged by their lease alone
+there (see ``model.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 import conveyor
 from harness import EPOCH, HANDLER_NAMES, Cancelled, Claimed, Ended, Paused, RealQueue, Requeued
+from postgres_schemas import POSTGRES_URL, drop_schema, fresh_schema, schema_url
 
 from model import (
     SCHEDULE_PRIORITY,
@@ -310,10 +314,9 @@ class QueueMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.directory = Path(tempfile.mkdtemp(prefix="conveyor-machine-"))
         self.scripts: dict[int, tuple[Behaviour, ...]] = {}
-        self.real = RealQueue(self.directory / "jobs.db", self.scripts)
-        self.model = Model(workers=1)
+        self.real = RealQueue(self._create_store(), self.scripts)
+        self.model = Model(workers=1, leases_only=self.real.on_postgres)
         self.tags = 0
         self.answers: list[tuple[str | None, int]] = []  # (key, id) of every acknowledged enqueue
         self.zombies: list[tuple[int, int]] = []  # attempts a crash interrupted
@@ -322,7 +325,7 @@ class QueueMachine(RuleBasedStateMachine):
     # --- steps -------------------------------------------------------------------------------
     @initialize(workers=st.integers(1, 4), limits=limits_by_handler)
     def open_queue(self, workers: int, limits: dict[str, HandlerLimits] | None = None) -> None:
-        self.model = Model(workers, limits)
+        self.model = Model(workers, limits, leases_only=self.real.on_postgres)
         self.real.start(workers, limits)
         self.check()
 
@@ -382,6 +385,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.cancel_job(data.draw(self._job_ids(), label="job_id"))
 
     def cancel_job(self, job_id: int) -> None:
+        if any(job_id in dead.jobs for dead in self.model.crashed):
+            event("a cancel of a job a crashed process holds, before its lease lapsed")
         assert self.real.cancel(job_id) is self.model.cancel(job_id)
         self.check()
 
@@ -555,6 +560,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.model.reopen(workers)
         for catch_up in due:
             event(f"ticks due at reopen, catch_up={catch_up}")
+        if self.model.crashed:
+            event("a crashed process's jobs wait for its lease to lapse")
         self.check()
 
     @rule(spec=specs(ready=True, keyed=False), checkpoints=st.integers(0, 4))
@@ -646,9 +653,17 @@ class QueueMachine(RuleBasedStateMachine):
 
     def deliver_stale(self, job_id: int, attempt: int, kind: conveyor.Event) -> None:
         job = self.model.jobs[job_id]
-        if job.status is Status.RUNNING and job.attempts == attempt:
-            # Requeued and running the same attempt number again: not stale by its number.
+        if (
+            job.status is Status.RUNNING
+            and job.attempts == attempt
+            and job_id not in self.model.held_elsewhere()
+        ):
+            # Requeued and running the same attempt number again here: not stale by its
+            # number. (Held by another owner, such as the crashed process itself on
+            # PostgreSQL until its lease lapses, the outcome is refused by its owner.)
             return
+        if job_id in self.model.held_elsewhere():
+            event("a stale outcome of a job another owner holds was refused")
         self.real.deliver_stale_outcome(job_id, attempt, kind)
         self.check()
 
@@ -673,8 +688,18 @@ class QueueMachine(RuleBasedStateMachine):
                 self._drain()
                 self._check_invariants()
         finally:
-            self.real.close()
-            shutil.rmtree(self.directory, ignore_errors=True)
+            try:
+                self.real.close()
+            finally:
+                self._remove_store()
+
+    def _create_store(self) -> Path | str:
+        """Where this example's queue lives: a SQLite file in a fresh directory."""
+        self.directory = Path(tempfile.mkdtemp(prefix="conveyor-machine-"))
+        return self.directory / "jobs.db"
+
+    def _remove_store(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def _drain(self) -> None:
         """Advance time until every job is finished (invariant 1, no loss)."""
@@ -882,3 +907,20 @@ def _upstream(jobs: dict[int, conveyor.Job], job_id: int) -> set[int]:
             found.add(dep)
             todo += jobs[dep].after
     return found
+
+
+class PostgresQueueMachine(QueueMachine):
+    """The same steps and checks with the queue in a fresh schema on PostgreSQL (dropped after
+    the example), the second owner a :class:`~conveyor._storage.postgres.PgWriter` on it.
+
+    Only the model's finding of dead owners differs (``Model.leases_only``): no lock file
+    tells that a crashed process (the queue's own, or the second owner) is gone, so its running
+    jobs are taken over once its lease lapses, at a heartbeat, rather than at once.
+    """
+
+    def _create_store(self) -> Path | str:
+        self.url = schema_url(POSTGRES_URL, fresh_schema("machine"))
+        return self.url
+
+    def _remove_store(self) -> None:
+        drop_schema(self.url)

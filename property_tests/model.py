@@ -21,6 +21,16 @@ over the second owner's running jobs if that owner died or its last heartbeat is
 :data:`LEASE` seconds old or more: they end as an interrupted attempt, as after a crash. An
 outcome from the second owner after that changes nothing.
 
+Where the queue lives decides how a dead process is found (``leases_only``). On a SQLite file
+each owner holds a lock that the kernel releases when its process dies, so a dead owner is
+found at once: a queue reopened after a crash recovers the crashed process's running jobs as it
+opens, and a dead second owner is taken over at the queue's next heartbeat. On PostgreSQL no
+lock can tell whether a process on another host lives, so owners are judged by their lease
+alone: a dead owner (the second one, or the queue's own process before a crash) keeps its
+running jobs, which hold their slots under the handlers' limits and can only be asked to
+cancel, until its last heartbeat is :data:`LEASE` seconds old at a heartbeat of the queue (or
+at its opening); then they are taken over as above.
+
 Limits follow the issue that brought them, again without conveyor's code: a ready job whose
 handler is paused, or whose handler's ``concurrency``, ``key_concurrency`` (per concurrency key)
 or rate limit (starts in the last ``seconds``, a start at ``t`` counting until ``t + seconds``)
@@ -156,10 +166,15 @@ SECOND_RESULT: Final = {"by": "the second owner"}
 @attrs.define
 class SecondOwner:
     """Another process on the file: when it last renewed its lease, whether its process
-    lives, the jobs it holds, and every ``(job id, attempt)`` it claimed."""
+    lives, the jobs it holds, and every ``(job id, attempt)`` it claimed.
+
+    On PostgreSQL a crashed process of the queue itself is one too, dead from the start, until
+    its lease lapses and its jobs are taken over (``registered`` orders the takeovers as the
+    owners' ids do)."""
 
     heartbeat_at: float
     alive: bool = True
+    registered: int = 0
     taken_over: bool = False
     jobs: set[int] = attrs.Factory(set)
     claims: list[tuple[int, int]] = attrs.Factory(list)
@@ -311,12 +326,27 @@ class Start:
 
 
 class Model:
-    def __init__(self, workers: int, limits: dict[str, HandlerLimits] | None = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        limits: dict[str, HandlerLimits] | None = None,
+        *,
+        leases_only: bool = False,
+    ) -> None:
         self.workers = workers
         self.limits = limits or {}
+        self.leases_only = leases_only
+        """Owners are judged by their lease alone (PostgreSQL): see the module docstring."""
         self.paused: set[str] = set()
         self.holds: set[str] = set()
         self.second: SecondOwner | None = None
+        self.crashed: list[SecondOwner] = []
+        """With ``leases_only``: the queue's processes that crashed holding running jobs that
+        are not taken over yet."""
+        self.registrations = 1
+        """Owners registered so far (the queue's first process is the first)."""
+        self.registered = 1
+        """When the queue's current process registered (in :attr:`registrations`)."""
         self.opened_at = 0.0
         self.second_starts: list[Start] = []
         """What held back a ready job while a slot was free, at some point (for statistics)."""
@@ -341,9 +371,20 @@ class Model:
         return [job for job in self.jobs.values() if job.status is Status.RUNNING]
 
     def running_here(self) -> list[Job]:
-        """The running jobs of the queue itself (not the second owner's)."""
-        held = set() if self.second is None else self.second.jobs
+        """The running jobs of the queue's current process (not the second owner's, nor
+        those a crashed process still holds)."""
+        held = self.held_elsewhere()
         return [job for job in self.running() if job.id not in held]
+
+    def others(self) -> list[SecondOwner]:
+        """The other owners that hold jobs or may: the second owner and the crashed
+        processes, in the order they registered."""
+        owners = [*self.crashed, *([] if self.second is None else [self.second])]
+        return sorted(owners, key=lambda owner: owner.registered)
+
+    def held_elsewhere(self) -> set[int]:
+        """The running jobs another owner holds (the second owner or a crashed process)."""
+        return {job_id for owner in self.others() for job_id in owner.jobs}
 
     def ready(self) -> list[Job]:
         due = [
@@ -373,35 +414,43 @@ class Model:
         return min(times, default=None)
 
     def next_takeover(self) -> float | None:
-        """When the queue's heartbeat takes over the second owner (``None``: there is none
+        """When the queue's heartbeat next takes over another owner (``None``: there is none
         to take over)."""
-        second = self.second
-        if second is None or second.taken_over:
-            return None
+        times = [self._takeover_of(owner) for owner in self.others() if not owner.taken_over]
+        return min(times, default=None)
+
+    def _takeover_of(self, owner: SecondOwner) -> float:
         beats = int((self.now - self.opened_at) // HEARTBEAT) + 1
         first = self.opened_at + HEARTBEAT * beats
-        if not second.alive:
-            return first
-        lapse = second.heartbeat_at + LEASE
+        if not owner.alive and not self.leases_only:
+            return first  # its lock is free: dead, as the next heartbeat finds
+        lapse = owner.heartbeat_at + LEASE
         return max(
             first, self.opened_at + HEARTBEAT * math.ceil((lapse - self.opened_at) / HEARTBEAT)
         )
 
+    def _gone(self, owner: SecondOwner) -> bool:
+        """Whether the queue finds ``owner`` gone now: its lease lapsed, or (where a lock
+        tells) its process died."""
+        if owner.heartbeat_at <= self.now - LEASE:
+            return True
+        return not owner.alive and not self.leases_only
+
     def _take_over(self) -> None:
-        """The second owner is gone or silent: its running jobs end as interrupted attempts."""
-        second = self.second
-        if second is None or second.taken_over:
-            return
-        if second.alive and second.heartbeat_at > self.now - LEASE:
-            return
-        for job_id in sorted(second.jobs):
-            job = self.jobs[job_id]
-            self._interrupt(job, cancel_requested=job.cancel_requested)
-        second.jobs.clear()
-        if second.alive:
-            second.taken_over = True
-        else:
-            self.second = None
+        """The other owners gone or silent: their running jobs end as interrupted attempts."""
+        for owner in self.others():
+            if owner.taken_over or not self._gone(owner):
+                continue
+            for job_id in sorted(owner.jobs):
+                job = self.jobs[job_id]
+                self._interrupt(job, cancel_requested=job.cancel_requested)
+            owner.jobs.clear()
+            if owner in self.crashed:
+                self.crashed.remove(owner)
+            elif owner.alive:
+                owner.taken_over = True
+            else:
+                self.second = None
 
     def _interrupt(self, job: Job, *, cancel_requested: bool) -> None:
         job.ends_at = None
@@ -422,7 +471,8 @@ class Model:
 
     # --- the second owner ------------------------------------------------------------------
     def second_opens(self) -> None:
-        self.second = SecondOwner(heartbeat_at=self.now)
+        self.registrations += 1
+        self.second = SecondOwner(heartbeat_at=self.now, registered=self.registrations)
 
     def second_claim(self) -> int | None:
         """The second owner claims the best ready job of a handler not paused (it applies no
@@ -447,6 +497,8 @@ class Model:
         self.second.heartbeat_at = self.now
         if self.second.taken_over:
             # It registers anew, and stops (and never reports) the attempts it had.
+            self.registrations += 1
+            self.second.registered = self.registrations
             self.second.taken_over = False
             self.second.claims.clear()
             return False
@@ -602,8 +654,8 @@ class Model:
         job = self.jobs.get(job_id)
         if job is None or job.status in TERMINAL:
             return False
-        if self.second is not None and job_id in self.second.jobs:
-            # Running in the other process: requested; its end, or a takeover, settles it.
+        if job_id in self.held_elsewhere():
+            # Running in another process: requested; its end, or a takeover, settles it.
             job.cancel_requested = True
             return True
         if job.status in (Status.PENDING, Status.WAITING):
@@ -728,9 +780,26 @@ class Model:
         self.now = time
 
     def crash(self) -> list[tuple[int, int]]:
-        """The process dies: nothing changes in storage; returns the attempts it was running."""
+        """The process dies: nothing changes in storage; returns the attempts it was running.
+
+        With ``leases_only`` its jobs stay running, held by its owner (whose last heartbeat is
+        its last renewal, or its opening), until a queue finds its lease lapsed.
+        """
         self.open = False
-        return [(job.id, job.attempts) for job in self.running_here()]
+        running = self.running_here()
+        if self.leases_only and running:
+            beats = (self.now - self.opened_at) // HEARTBEAT
+            dead = SecondOwner(
+                heartbeat_at=self.opened_at + HEARTBEAT * beats,
+                alive=False,
+                registered=self.registered,
+            )
+            for job in running:
+                job.ends_at = None  # its handler is gone with the process
+                dead.jobs.add(job.id)
+                dead.claims.append((job.id, job.attempts))
+            self.crashed.append(dead)
+        return [(job.id, job.attempts) for job in running]
 
     def reopen(self, workers: int, *, cancel_requested: frozenset[int] = frozenset()) -> None:
         """A new queue opens the file: interrupted attempts count, due ticks are enqueued
@@ -738,13 +807,20 @@ class Model:
 
         ``cancel_requested`` holds running jobs whose cancel was committed before the crash
         (and their handler's end was not): they end ``cancelled``.
+
+        With ``leases_only`` the crashed process's attempts count only once its lease lapsed:
+        now if it has, else at a later heartbeat (:meth:`next_takeover`).
         """
         self.open = True
         self.opened_at = self.now
         self.generation += 1
         self.workers = workers
+        self.registrations += 1
+        self.registered = self.registrations
         if workers == 1:
             self.single_worker_generations.add(self.generation)
+        for job_id in cancel_requested & self.held_elsewhere():
+            self.jobs[job_id].cancel_requested = True  # held by the crashed process
         for job in self.running_here():
             self._interrupt(job, cancel_requested=job.id in cancel_requested)
         self._take_over()

@@ -113,6 +113,26 @@ async def test_a_rate_limit_spaces_starts_by_its_window(
     assert offsets == [0, 0, 60, 60, 120]
 
 
+@pytest.mark.trio_only  # jobs of 100 s: virtual time only
+async def test_a_window_filled_by_one_claim_opens_again_on_time(
+    open_test_queue: QueueOpener, wall_clock: Callable[[], float]
+) -> None:
+    tracker = Tracker(wall_clock)
+    slow = conveyor.Registry()
+
+    @slow.handler("limited", rate_limit="2/minute")
+    async def limited(payload: Any) -> None:
+        await tracker.run("limited", payload, 100)  # no end frees a slot before the window
+
+    # Nor does a heartbeat come to look again: the window's opening must wake the queue.
+    async with open_test_queue(slow, workers=8, heartbeat=3600) as queue:
+        begin = wall_clock()
+        specs = [conveyor.JobSpec("limited", n) for n in range(3)]
+        await finish(queue, await queue.enqueue_many(specs))
+    offsets = sorted(round(at - begin) for _, at in tracker.starts)
+    assert offsets == [0, 0, 60]
+
+
 async def test_a_paused_handlers_jobs_wait_until_it_is_resumed(
     open_test_queue: QueueOpener, wall_clock: Callable[[], float]
 ) -> None:

@@ -1598,10 +1598,25 @@ class Writer:
         ready.close()
         if started:
             self._conn.executemany(Q_RECORD_START, started)
+            self._note_windows_filled({name for name, _ in started}, room, limits)
         if not picked:
             return []
         statement = Q_CLAIM_IDS.format(ids=", ".join("?" * len(picked)))
         return self._conn.execute(statement, [now, self.owner, *picked]).fetchall()
+
+    def _note_windows_filled(
+        self, names: set[str], room: Mapping[str, float], limits: Mapping[str, Limits]
+    ) -> None:
+        """The rate windows of ``names`` this claim's own starts filled: :attr:`next_window`
+        says when the first of them opens again, for the jobs they hold back."""
+        for name in names:
+            rate = limits[name].rate
+            if rate is None or room.get(name, 1) > 0:
+                continue
+            _, oldest = self._conn.execute(Q_STARTS_IN_WINDOW, (name,)).fetchone()
+            opens = oldest + rate[1]
+            if self.next_window is None or opens < self.next_window:
+                self.next_window = opens
 
     def _room(self, now: float, limits: Mapping[str, Limits]) -> dict[str, float]:
         """How many more jobs of each limited handler may start now."""
