@@ -269,9 +269,11 @@ class Runtime:
     async def learn_handlers(self, names: Iterable[str]) -> None:
         """Make sure each of ``names`` is a handler this queue knows (its own, one that a
         process declared in the file, or one of ``known_handlers``): the file's declarations
-        are read again when one is not declared yet (a worker may have declared it since).
-        :class:`UnknownHandler` naming the known ones otherwise."""
-        if all(name in self.registry or name in self._declared for name in names):
+        are read again when one is not known yet (a worker may have declared it since).
+        :class:`UnknownHandler` naming the known ones otherwise. (A name known only from
+        ``known_handlers`` takes the defaults a worker declares for it from the next
+        heartbeat's reading, not from a read per enqueue.)"""
+        if all(self._knows(name) for name in names):
             return
         await self.refresh_declared()
         unknown = {name for name in names if not self._knows(name)}
@@ -687,6 +689,8 @@ async def _running_actors(
         memory=memory,
     )
     queue = Queue(runtime)
+    # What workers declared, for the names and defaults of the jobs this queue enqueues.
+    await runtime.refresh_declared()
     try:
         with store_tx, pool_tx, timer_tx:
             async with anyio.create_task_group() as tg:

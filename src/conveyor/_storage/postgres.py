@@ -226,6 +226,12 @@ class _BoolAsInteger(psycopg.adapt.Dumper):
         return b"1" if obj else b"0"
 
 
+_ONE_ROW_INSERT: Final = re.compile(r"(INSERT INTO [^;]*? VALUES )(\((?:%s, )*%s\))([^;]*)", re.S)
+FEW_ROWS: Final = 256
+"""Rows inserted by one multi-row statement at most (at 16 parameters a row, far below the
+protocol's 65,535); more go through psycopg's pipeline, faster for many."""
+
+
 def _without_nul(parameters: Any) -> Any:
     """``parameters`` with NUL characters in texts replaced by U+FFFD: PostgreSQL's text
     cannot hold them, and an error message or a progress message may (names and keys are
@@ -262,8 +268,20 @@ class PgConnection:
         return self.raw.execute(self._sql(statement), _without_nul(parameters))
 
     def executemany(self, statement: str, rows: Iterable[Any]) -> psycopg.Cursor[Any]:
+        """Run ``statement`` once per row of ``rows``: a few rows of an ``INSERT ... VALUES``
+        as one statement of many rows (one round trip, where psycopg's pipeline costs more for
+        the few rows of a batch); more rows, or another statement, through the pipeline."""
+        sql = self._sql(statement)
+        rows = [_without_nul(row) for row in rows]
+        single = _ONE_ROW_INSERT.fullmatch(sql)
         cursor = self.raw.cursor()
-        cursor.executemany(self._sql(statement), [_without_nul(row) for row in rows])
+        if single is None or not rows or len(rows) > FEW_ROWS:
+            cursor.executemany(sql, rows)
+            return cursor
+        head, values, tail = single.groups()
+        cursor.execute(
+            f"{head}{', '.join([values] * len(rows))}{tail}", [v for row in rows for v in row]
+        )
         return cursor
 
     @property
