@@ -9,8 +9,6 @@ production: real time, SQL on its own thread. Tests that need virtual time are m
 
 from __future__ import annotations
 
-import functools
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,13 +22,10 @@ import trio.testing
 
 import conveyor
 
-from helpers import QueueOpener
+from helpers import POSTGRES_URL, QueueOpener, postgres_unreachable
 
 EPOCH = 1_800_000_000.0
 """The mock wall clock's reading at the start of a trio test."""
-
-POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-"""The PostgreSQL database the core behaviour tests also run on, each in a schema of its own."""
 
 BOTH_DATABASES = frozenset(
     {
@@ -93,18 +88,6 @@ def wall_clock(anyio_backend_name: str) -> Callable[[], float]:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "jobs.db"
-
-
-@functools.cache
-def postgres_unreachable() -> str | None:
-    """Why the tests' PostgreSQL cannot be used (``None``: it can)."""
-    try:
-        import psycopg
-
-        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
-    except Exception as exc:
-        return f"no PostgreSQL at {POSTGRES_URL} ({exc})"
-    return None
 
 
 @pytest.fixture

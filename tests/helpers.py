@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -9,6 +11,22 @@ from typing import Any
 import anyio
 
 import conveyor
+
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL database the core behaviour tests also run on, each in a schema of its own."""
+
+
+@functools.cache
+def postgres_unreachable() -> str | None:
+    """Why the tests' PostgreSQL cannot be used (``None``: it can)."""
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except Exception as exc:
+        return f"no PostgreSQL at {POSTGRES_URL} ({exc})"
+    return None
+
 
 QueueOpener = Callable[..., AbstractAsyncContextManager[conveyor.Queue]]
 """What the ``open_test_queue`` fixture is: ``open_queue`` on the test's file and clock."""

@@ -21,8 +21,7 @@ from conveyor._storage.postgres import (
     translate,
 )
 
-from conftest import POSTGRES_URL, postgres_unreachable
-from helpers import Gate
+from helpers import POSTGRES_URL, Gate, postgres_unreachable
 
 URL = "postgresql://app:secret@db.example:5433/jobs"
 

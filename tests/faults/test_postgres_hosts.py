@@ -13,6 +13,7 @@ import contextlib
 import secrets
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 import conveyor
 from conveyor import JobStatus
 
-from conftest import POSTGRES_URL, postgres_unreachable
+from helpers import POSTGRES_URL, postgres_unreachable
 from netns import Host, missing_tools, network_host, run, start_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.trio_only, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -135,15 +136,28 @@ async def test_a_cut_off_hosts_jobs_run_elsewhere_and_its_late_outcomes_are_refu
     assert f"outcome (completed) of job {job.id} attempt 1" in log  # refused as stale
 
 
-def restart_server() -> None:
-    run("pg_ctlcluster", "15", "main", "restart")
+def local_cluster() -> tuple[str, str] | None:
+    """The version and name of the Debian cluster serving port 5432, if there is one."""
+    if shutil.which("pg_lsclusters") is None:
+        return None
+    listed = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout
+    for line in listed.splitlines():
+        version, name, port, *_ = line.split()
+        if port == "5432":
+            return version, name
+    return None
+
+
+def restart_server(cluster: tuple[str, str]) -> None:
+    run("pg_ctlcluster", *cluster, "restart")
 
 
 async def test_a_server_restart_mid_drain_loses_nothing_acknowledged(
     schema: str, hosts: list[Host], tmp_path: Path
 ) -> None:
-    if shutil.which("pg_ctlcluster") is None:
-        pytest.skip("no pg_ctlcluster to restart the server with")
+    cluster = local_cluster()
+    if cluster is None:
+        pytest.skip("no local Debian cluster on port 5432 to restart (pg_lsclusters)")
     url = f"{POSTGRES_URL}?schema={schema}"
     acknowledged: list[int] = []
     async with conveyor.open_queue(url, heartbeat=HEARTBEAT, known_handlers=["record"]) as queue:
@@ -162,7 +176,7 @@ async def test_a_server_restart_mid_drain_loses_nothing_acknowledged(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(enqueue_meanwhile)
-            await anyio.to_thread.run_sync(restart_server)
+            await anyio.to_thread.run_sync(restart_server, cluster)
         done = await _wait_through_faults(queue, acknowledged)
     assert len(done) == len(acknowledged)
     assert {job.status for job in done} == {JobStatus.COMPLETED}
