@@ -82,6 +82,27 @@ async def test_cancel_of_a_running_job_cancels_its_handler(open_test_queue: Queu
     assert done.result is None
 
 
+async def test_a_cancel_of_a_running_job_is_logged(
+    open_test_queue: QueueOpener, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = conveyor.Registry()
+    gate = Gate()
+
+    @registry.handler("long")
+    async def long(payload: None) -> None:
+        await gate.pass_through()
+
+    caplog.set_level("INFO", logger="conveyor")
+    async with open_test_queue(registry) as queue:
+        job = await queue.enqueue("long")
+        await gate.entered.wait()
+        await queue.cancel(job.id)
+        await queue.wait(job.id, timeout=10)
+    (record,) = [r for r in caplog.records if getattr(r, "conveyor_job", None) == job.id]
+    assert record.levelname == "INFO"
+    assert record.getMessage() == f"job {job.id} (long) was cancelled while running attempt 1"
+
+
 async def test_a_cancelled_sync_handler_finishes_and_its_result_is_discarded(
     open_test_queue: QueueOpener,
 ) -> None:

@@ -180,6 +180,19 @@ async def test_enqueue_beyond_max_pending_raises_queue_full_and_writes_nothing(
         assert len(await queue.list()) == 3
 
 
+async def test_a_full_queue_is_logged(
+    open_test_queue: QueueOpener, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="conveyor")
+    async with open_test_queue(make_registry(), max_pending=1) as queue:
+        await queue.enqueue("noop", delay=60)
+        with pytest.raises(conveyor.QueueFull):
+            await queue.enqueue("noop", delay=60)
+    (record,) = [r for r in caplog.records if getattr(r, "conveyor_event", None) == "queue_full"]
+    assert record.levelname == "WARNING"
+    assert "max_pending is 1" in record.getMessage()
+
+
 async def test_an_idempotent_repeat_does_not_count_against_max_pending(
     open_test_queue: QueueOpener,
 ) -> None:

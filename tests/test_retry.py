@@ -203,3 +203,34 @@ async def test_wait_and_get_agree_on_a_job_that_failed_then_completed(
         read = await queue.get(job.id)
     assert waited == read
     assert "first try fails" in (waited.error or "")
+
+
+async def test_a_retry_and_a_dead_letter_are_logged_for_the_operator(
+    open_test_queue: QueueOpener, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = conveyor.Registry()
+
+    @registry.handler("flaky", max_attempts=2, backoff=conveyor.Backoff(initial=0.5, jitter=0))
+    async def flaky(payload: None) -> None:
+        raise ValueError("the disk said no")
+
+    @registry.handler("fine")
+    async def fine(payload: None) -> str:
+        return "ok"
+
+    caplog.set_level("INFO", logger="conveyor")
+    async with open_test_queue(registry) as queue:
+        job = await queue.enqueue("flaky")
+        await queue.wait(job.id, timeout=60)
+        await queue.wait((await queue.enqueue("fine")).id, timeout=60)
+    ends = [r for r in caplog.records if getattr(r, "conveyor_job", None) is not None]
+    assert [(r.levelname, r.conveyor_event, r.conveyor_attempt) for r in ends] == [  # type: ignore[attr-defined]
+        ("INFO", "retried", 1),
+        ("WARNING", "failed", 2),
+    ]
+    assert ends[0].getMessage() == (
+        f"job {job.id} (flaky) attempt 1 of 2 failed: ValueError: the disk said no; "
+        "it runs again in 0.50 s"
+    )
+    assert "dead-lettered: ValueError: the disk said no" in ends[1].getMessage()
+    assert all(r.conveyor_handler == "flaky" for r in ends)  # type: ignore[attr-defined]

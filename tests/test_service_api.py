@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -343,3 +345,40 @@ async def test_wait_of_a_running_job_ends_when_the_service_stops_waits(
                 service.stop_waits()
         service.close()
         gate.open()
+
+
+async def test_a_delay_and_a_timeout_may_be_given_with_units(
+    client: httpx.AsyncClient, wall_clock: Callable[[], float]
+) -> None:
+    job = await enqueue(client, "echo", delay="1m30s", timeout="5m")
+    assert job["run_at"] == pytest.approx(job["created_at"] + 90, abs=0.01)
+    assert job["timeout"] == 300
+
+
+async def test_run_at_may_be_an_iso_8601_time(
+    client: httpx.AsyncClient, wall_clock: Callable[[], float]
+) -> None:
+    when = datetime.datetime.fromtimestamp(round(wall_clock()) + 3600, datetime.UTC)
+    job = await enqueue(client, "echo", run_at=when.isoformat().replace("+00:00", "Z"))
+    assert job["run_at"] == when.timestamp()
+
+
+async def test_an_iso_time_without_its_offset_is_a_422_naming_the_field(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/jobs", json={"name": "echo", "run_at": "2030-01-01T09:00"})
+    body = assert_problem(response, 422, "invalid")
+    assert "run_at" in json.dumps(body)
+    assert "needs its UTC offset" in json.dumps(body)
+
+
+async def test_a_duration_that_is_not_one_is_a_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/jobs", json={"name": "echo", "delay": "soon"})
+    body = assert_problem(response, 422, "invalid")
+    assert "'soon' is not a duration" in json.dumps(body)
+
+
+async def test_purge_takes_an_age_with_units(client: httpx.AsyncClient) -> None:
+    response = await client.post("/jobs/purge", json={"older_than": "7d"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"deleted": 0}

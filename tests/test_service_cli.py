@@ -26,6 +26,23 @@ def test_durations_take_a_unit() -> None:
         parse_duration("soon")
 
 
+def test_durations_add_up_their_parts() -> None:
+    assert parse_duration("1m30s") == 90
+    assert parse_duration("1h30m") == 5400
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("1h30")  # 30 what?
+
+
+def test_duration_flags_take_units() -> None:
+    from click.testing import CliRunner
+
+    from conveyor.service._cli import main
+
+    refused = CliRunner().invoke(main, ["enqueue", "hello", "--delay", "soon"])
+    assert refused.exit_code == 2
+    assert "'soon' is not a duration" in refused.output
+
+
 @slow
 def test_client_commands_drive_a_running_service(db_path: Path) -> None:
     with running_server(db_path) as server:

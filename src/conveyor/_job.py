@@ -367,3 +367,29 @@ class Job:
     after: tuple[int, ...] = ()
     schedule_key: str | None = None
     concurrency_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as a JSON-ready dict: every field, the status as its text, ``after`` as a
+        list (what ``conveyor serve``'s API answers, and what a web route can return)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "payload": self.payload,
+            "status": self.status.value,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "run_at": self.run_at,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "result": self.result,
+            "error": self.error,
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "timeout": self.timeout,
+            "idempotency_key": self.idempotency_key,
+            "after": list(self.after),
+            "schedule_key": self.schedule_key,
+            "concurrency_key": self.concurrency_key,
+        }

@@ -36,6 +36,7 @@ from .._limits import Limits
 from .._storage.sqlite import (
     CancelResult,
     Fault,
+    LogNote,
     NewJob,
     Outcome,
     Writer,
@@ -128,6 +129,8 @@ class Effects:
     doorbells: list[tuple[str, bool]] = attrs.Factory(list)
     """The other owners' doorbells, each with whether it runs handlers, read if news rings."""
     fenced: bool = False
+    notes: list[LogNote] = attrs.Factory(list)
+    """Log records of the batch, emitted once it is committed."""
 
     def wake(self) -> None:
         """Jobs may have become ready: the batch's end claims for the slots the pool wants."""
@@ -161,6 +164,7 @@ def apply_batch(
     :class:`WriterBusy` before anything is done.
     """
     writer.begin(wait=wait_for_lock)
+    writer.notes.clear()
     limited = bool(writer.paused) or any(lim.limits_claims for lim in (limits or {}).values())
     try:
         # Taken over by another process: outcomes of the old lease are refused, and what
@@ -175,6 +179,7 @@ def apply_batch(
         except Exception:
             writer.rollback()
             writer.begin()
+            writer.notes.clear()
             fenced = _fence_if_lost(writer, now) or fenced
             effects = _replay_one_by_one(
                 writer, commands, now, max_pending, Effects(claims, limited=limited)
@@ -191,6 +196,7 @@ def apply_batch(
             effects.rings.add(CHANGED)
         if effects.rings:
             effects.doorbells = writer.announce(effects.rings)
+        effects.notes = list(writer.notes)
         writer.commit()
     except BaseException:
         writer.rollback()
@@ -316,6 +322,10 @@ def _apply(
         try:
             results, inserted, changes = _enqueue(writer, command.jobs, now, max_pending)
         except (QueueFull, JobNotFound) as exc:
+            if isinstance(exc, QueueFull):
+                writer.notes.append(
+                    LogNote(logging.WARNING, "%s", (exc,), {"conveyor_event": "queue_full"})
+                )
             effects.failures.append((command.reply, exc))
             return
         effects.replies.append((command.reply, results))
@@ -771,6 +781,8 @@ class Store:
             logger.info("conveyor checkpoints %s again", self._writer.path)
 
     def _announce(self, effects: Effects, now: float) -> None:
+        for note in effects.notes:
+            note.emit()
         for reply, value in effects.replies:
             reply.set(value)
         for reply, error in effects.failures:

@@ -625,6 +625,27 @@ class Outcome:
     """The priority a retry runs at (``None``: unchanged)."""
 
 
+@attrs.frozen
+class LogNote:
+    """A log record a write transaction makes, emitted once the transaction is committed (a
+    batch rolled back and replayed makes its records again)."""
+
+    level: int
+    message: str
+    args: tuple[object, ...]
+    extra: dict[str, object]
+
+    def emit(self) -> None:
+        logger.log(self.level, self.message, *self.args, extra=self.extra)
+
+
+def error_summary(error: str | None) -> str:
+    """The one line of an attempt's error that says what happened (a traceback's last)."""
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    summary = lines[-1].strip() if lines else "no error text"
+    return summary if len(summary) <= 200 else summary[:199] + "…"
+
+
 @attrs.define
 class Undone:
     """Set by :meth:`Writer.savepoint` when its block failed and was undone."""
@@ -1027,6 +1048,8 @@ class Writer:
         be due. It may be early (a scheduled job was cancelled), never late.
         """
         self._counters_stale = False
+        self.notes: list[LogNote] = []
+        """The log records of the open transaction, for the store to emit after the commit."""
 
     def _schedule(self, run_at: float) -> None:
         if self.next_due is None or run_at < self.next_due:
@@ -1261,6 +1284,7 @@ class Writer:
         """
         undone = Undone()
         counters = (self._pending, self.next_due)
+        noted = len(self.notes)
         self._conn.execute("SAVEPOINT command")
         try:
             yield undone
@@ -1270,6 +1294,7 @@ class Writer:
             self._conn.execute("ROLLBACK TO command")
             self._conn.execute("RELEASE command")
             self._pending, self.next_due = counters
+            del self.notes[noted:]
             undone.error = exc
         else:
             self._conn.execute("RELEASE command")
@@ -1737,6 +1762,7 @@ class Writer:
             retry_delay=outcome.retry_delay,
             retry_priority=outcome.retry_priority,
         )
+        self._note_end(job, event, attempts, max_attempts, error, outcome.retry_delay)
         duration = _attempt_duration(outcome, now)
         # A completion keeps the error of the failure before it, as the row does.
         stored_error = job.error if event is Event.COMPLETED else error
@@ -1748,6 +1774,51 @@ class Writer:
             else None
         )
         return Change(event, job.id, job.name, status, duration, final=final)
+
+    def _note_end(
+        self,
+        job: Job,
+        event: Event,
+        attempt: int,
+        max_attempts: int,
+        error: str | None,
+        retry_delay: float,
+    ) -> None:
+        """Note what an operator wants to know of an attempt's end: a failure that will be
+        retried (INFO), a job that failed for good (WARNING), a running job cancelled (INFO)."""
+        extra: dict[str, object] = {
+            "conveyor_job": job.id,
+            "conveyor_handler": job.name,
+            "conveyor_attempt": attempt,
+            "conveyor_event": str(event),
+        }
+        if event is Event.RETRIED:
+            self.notes.append(
+                LogNote(
+                    logging.INFO,
+                    "job %d (%s) attempt %d of %d failed: %s; it runs again in %.2f s",
+                    (job.id, job.name, attempt, max_attempts, error_summary(error), retry_delay),
+                    extra,
+                )
+            )
+        elif event is Event.FAILED:
+            self.notes.append(
+                LogNote(
+                    logging.WARNING,
+                    "job %d (%s) failed for good at attempt %d of %d, dead-lettered: %s",
+                    (job.id, job.name, attempt, max_attempts, error_summary(error)),
+                    extra,
+                )
+            )
+        elif event is Event.CANCELLED:
+            self.notes.append(
+                LogNote(
+                    logging.INFO,
+                    "job %d (%s) was cancelled while running attempt %d",
+                    (job.id, job.name, attempt),
+                    extra,
+                )
+            )
 
     def _write_end(
         self,

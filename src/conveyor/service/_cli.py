@@ -353,6 +353,25 @@ def _show(answer: Answer, as_json: bool, render: Callable[[Any], Any]) -> None:
         _fail(answer.exit, answer.reason)
 
 
+class _Duration(click.ParamType):  # type: ignore[type-arg]
+    """Seconds, given as ``90``, ``90s``, ``1m30s``, ``1h`` or ``7d``."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
+
+
 def _job_id(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise click.BadParameter(f"a job id is a positive integer, not {value!r}")
@@ -366,7 +385,7 @@ JOB_ID = click.argument("job_id", type=_job_id, metavar="ID")
 @click.argument("name")
 @click.option("--payload", default="null", help="The job's payload, as JSON.")
 @click.option("--priority", type=int, default=5, show_default=True, help="1 (first) to 10.")
-@click.option("--delay", type=float, help="Seconds before it may run.")
+@click.option("--delay", type=DURATION, help="How long before it may run: 90, 90s, 1m30s, 2h.")
 @click.option("--key", help="Idempotency key.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait until it is finished.")
 @_client_options
@@ -416,7 +435,9 @@ def get(job_id: int, url: str, token: str | None, as_json: bool) -> None:
     is_flag=True,
     help=f"Wait for every job given (at most {MAX_PROGRESS_IDS}), showing a progress bar.",
 )
-@click.option("--timeout", type=float, help="Give up after this many seconds (exit code 5).")
+@click.option(
+    "--timeout", type=DURATION, help="Give up after this long (exit code 5): 30, 30s, 5m."
+)
 @_client_options
 def wait(
     job_ids: tuple[int, ...],
@@ -527,16 +548,17 @@ def stats(url: str, token: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--older-than", required=True, help="Age of finished jobs to delete: 90s, 12h, 7d.")
+@click.option(
+    "--older-than",
+    required=True,
+    type=DURATION,
+    help="Age of finished jobs to delete: 90s, 12h, 7d.",
+)
 @_client_options
-def purge(older_than: str, url: str, token: str | None, as_json: bool) -> None:
+def purge(older_than: float, url: str, token: str | None, as_json: bool) -> None:
     """Delete finished jobs that finished longer ago than --older-than."""
-    try:
-        seconds = parse_duration(older_than)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--older-than") from None
     answer = _call(
-        url, token, lambda c: c.call("POST", "/jobs/purge", json={"older_than": seconds})
+        url, token, lambda c: c.call("POST", "/jobs/purge", json={"older_than": older_than})
     )
     _show(answer, as_json, lambda body: f"deleted {body['deleted']} finished jobs")
 
@@ -653,7 +675,9 @@ def schedule() -> None:
 )
 @click.option("--priority", type=int, default=5, show_default=True, help="1 (first) to 10.")
 @click.option("--max-attempts", type=int, help="Attempts per job (default: the handler's).")
-@click.option("--timeout", type=float, help="Seconds each job may run (default: the handler's).")
+@click.option(
+    "--timeout", type=DURATION, help="How long each job may run (default: the handler's)."
+)
 @_client_options
 def schedule_add(
     key: str,

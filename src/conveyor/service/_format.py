@@ -13,7 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION: Final = re.compile(r"\s*(?:\d+(?:\.\d+)?|(?:\d+(?:\.\d+)?[smhdw])+)\s*")
+_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 
 STATUS_STYLES: Final = {
     "waiting": "blue",
@@ -26,17 +27,19 @@ STATUS_STYLES: Final = {
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``text``: a number with an optional unit s, m, h, d or w (``7d``, ``90s``).
+    """Seconds in ``text``: a number of seconds (``90``), or numbers each with a unit s, m,
+    h, d or w, added up (``90s``, ``1m30s``, ``1h``, ``7d``).
 
-    Raises ``ValueError`` naming the text and the accepted form.
+    Raises ``ValueError`` naming the text and the accepted forms.
     """
-    match = _DURATION.match(text)
-    if match is None:
+    if _DURATION.fullmatch(text) is None:
         raise ValueError(
-            f"{text!r} is not a duration: use a number with an optional unit s, m, h, d or w "
-            f"(for example 90s, 12h, 7d)"
+            f"{text!r} is not a duration: use seconds, or numbers with a unit s, m, h, d or w "
+            f"(for example 90, 90s, 1m30s, 12h, 7d)"
         )
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    return sum(
+        float(number) * _UNITS[unit or "s"] for number, unit in _DURATION_PART.findall(text.strip())
+    )
 
 
 def format_every(seconds: float) -> str:

@@ -6,12 +6,21 @@ wrong type instead of having it guessed.
 
 from __future__ import annotations
 
+import datetime
 import json
 import zoneinfo
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from .._job import (
     MAX_DELAY,
@@ -26,6 +35,7 @@ from .._job import (
 from .._queue import BatchProgress, Stats
 from .._registry import Handler
 from .._schedule import Schedule
+from ._format import parse_duration
 
 MAX_ID: Final = 2**63 - 1
 """SQLite's largest integer: ids beyond it cannot exist."""
@@ -55,6 +65,38 @@ Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 JobIdIn = Annotated[int, Field(ge=1, le=MAX_ID)]
 
+DURATION_PATTERN: Final = r"^\s*(\d+(\.\d+)?|(\d+(\.\d+)?[smhdw])+)\s*$"
+
+
+def _duration(value: object) -> object:
+    """A duration given as text (``90s``, ``1m30s``, ``7d``) as seconds; a number as it is."""
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+def _moment(value: object) -> object:
+    """A time given as ISO 8601 text, with its offset, as epoch seconds; a number as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither epoch seconds nor an ISO 8601 time such as 2030-01-01T09:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{value!r} needs its UTC offset (Z, or +01:00): which zone is it in?")
+    return moment.timestamp()
+
+
+def _seconds_schema(description: str, *, nullable: bool = True) -> WithJsonSchema:
+    kinds: list[dict[str, Any]] = [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": DURATION_PATTERN},
+    ]
+    return WithJsonSchema(
+        {"anyOf": [*kinds, {"type": "null"}] if nullable else kinds, "description": description}
+    )
+
 
 def _run_at_in_range(value: float | None) -> float | None:
     check_run_at(value)  # InvalidArgument is a ValueError: pydantic reports it at body...run_at
@@ -83,23 +125,39 @@ class JobIn(BaseModel):
     priority: int = Field(
         default=5, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="1 runs first; 10 runs last."
     )
-    delay: float | None = Field(
-        default=None,
-        ge=0,
-        le=MAX_DELAY,
-        allow_inf_nan=False,
-        description="Seconds from now until it may run (at most a hundred years).",
-    )
-    run_at: Annotated[float | None, AfterValidator(_run_at_in_range)] = Field(
-        default=None,
-        allow_inf_nan=False,
-        # The range for clients; the validator, the core's own rule, also refuses 0 < t < 2000.
-        json_schema_extra={"minimum": 0, "maximum": MAX_RUN_AT},
-        description="Wall-clock epoch seconds when it may run: from 946684800 (year 2000) to "
-        "32503680000 (year 3000), or 0 for at once.",
-    )
+    delay: Annotated[
+        float | None,
+        BeforeValidator(_duration),
+        _seconds_schema(
+            "How long from now until it may run: seconds, or text such as 90s, 1m30s, 2h, 7d "
+            "(at most a hundred years)."
+        ),
+    ] = Field(default=None, ge=0, le=MAX_DELAY, allow_inf_nan=False)
+    run_at: Annotated[
+        float | None,
+        BeforeValidator(_moment),
+        AfterValidator(_run_at_in_range),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    # The range for clients; the validator, the core's own rule, also refuses
+                    # 0 < t < 2000.
+                    {"type": "number", "minimum": 0, "maximum": MAX_RUN_AT},
+                    {"type": "string", "format": "date-time"},
+                    {"type": "null"},
+                ],
+                "description": "When it may run: wall-clock epoch seconds from 946684800 (year "
+                "2000) to 32503680000 (year 3000), or 0 for at once; or an ISO 8601 time with "
+                "its offset (2030-01-01T09:00:00Z).",
+            }
+        ),
+    ] = Field(default=None, allow_inf_nan=False)
     max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_LIMIT)
-    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    timeout: Annotated[
+        float | None,
+        BeforeValidator(_duration),
+        _seconds_schema("How long an attempt may run: seconds, or text such as 30s, 5m."),
+    ] = Field(default=None, gt=0, allow_inf_nan=False)
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,
@@ -207,7 +265,14 @@ class PurgeIn(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    older_than: Seconds = Field(description="Delete jobs that finished more than this ago (s).")
+    older_than: Annotated[
+        Seconds,
+        BeforeValidator(_duration),
+        _seconds_schema(
+            "Delete jobs that finished more than this ago: seconds, or text such as 12h, 7d.",
+            nullable=False,
+        ),
+    ]
 
 
 class JobOut(BaseModel):
@@ -463,28 +528,7 @@ class ProblemOut(BaseModel):
 
 def job_to_dict(job: Job) -> dict[str, Any]:
     """A job as the API's JSON object (the fields of :class:`JobOut`)."""
-    return {
-        "id": job.id,
-        "name": job.name,
-        "payload": job.payload,
-        "status": job.status.value,
-        "priority": job.priority,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "run_at": job.run_at,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "result": job.result,
-        "error": job.error,
-        "progress": job.progress,
-        "progress_message": job.progress_message,
-        "timeout": job.timeout,
-        "idempotency_key": job.idempotency_key,
-        "after": list(job.after),
-        "schedule_key": job.schedule_key,
-        "concurrency_key": job.concurrency_key,
-    }
+    return job.to_dict()
 
 
 def job_summary_dict(job: Job) -> dict[str, Any]:
