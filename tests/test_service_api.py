@@ -382,3 +382,23 @@ async def test_purge_takes_an_age_with_units(client: httpx.AsyncClient) -> None:
     response = await client.post("/jobs/purge", json={"older_than": "7d"})
     assert response.status_code == 200, response.text
     assert response.json() == {"deleted": 0}
+
+
+async def test_every_operation_has_a_stable_id_and_a_tag(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    operations = {
+        operation["operationId"]: operation
+        for methods in schema["paths"].values()
+        for operation in methods.values()
+    }
+    assert {"enqueueJob", "getJob", "cancelJob", "waitJob", "listJobs"} <= set(operations)
+    assert all(operation["tags"] for operation in operations.values())
+    assert {tag["name"] for tag in schema["tags"]} >= {"jobs", "schedules", "handlers"}
+
+
+async def test_the_schema_names_the_bearer_scheme(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    scheme = schema["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert {"bearerAuth": []} in schema["security"]
+    assert schema["paths"]["/healthz"]["get"]["security"] == [{}]

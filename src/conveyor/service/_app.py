@@ -20,6 +20,7 @@ from fastapi import Body, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
@@ -30,7 +31,15 @@ from .._job import MAX_KEY_LENGTH, Job, JobSpec, JobStatus
 from .._queue import BatchProgress, Queue
 from .._registry import Registry
 from .._workflow import Step, Workflow
-from ._guard import AUTH_SCOPE_KEY, DEFAULT_BODY_TIMEOUT, OLD_COOKIES, Guard, Hosts, Sessions
+from ._guard import (
+    AUTH_SCOPE_KEY,
+    DEFAULT_BODY_TIMEOUT,
+    OLD_COOKIES,
+    OPEN_PATHS,
+    Guard,
+    Hosts,
+    Sessions,
+)
 from ._metrics import CONTENT_TYPE, Metrics, ThroughputSeries
 from ._models import (
     MAX_ID,
@@ -815,14 +824,15 @@ def _build_app(service: Service) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _problems_as_problem_json(
-                get_openapi(
-                    title=app.title,
-                    version=app.version,
-                    summary=app.summary,
-                    routes=app.routes,
-                )
+            _name_operations(app)
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+                tags=[{"name": tag, "description": text} for tag, text in TAGS.items()],
             )
+            app.openapi_schema = _with_bearer_auth(_problems_as_problem_json(schema))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -847,6 +857,71 @@ def _progress_ids(text: str) -> list[int]:
             errors=[{"loc": "query.ids", "msg": detail, "type": "value_error"}],
         )
     return ids
+
+
+TAGS: Final = {
+    "jobs": "Enqueue, read, wait for, cancel and requeue jobs.",
+    "workflows": "Jobs that run after others, stored together.",
+    "schedules": "Recurring jobs.",
+    "handlers": "The handlers the queue runs, their limits and pauses.",
+    "stats": "Counts, throughput and metrics.",
+    "service": "Health, the dashboard and its session.",
+}
+
+OPERATIONS: Final = {
+    "enqueue": ("enqueueJob", "jobs"),
+    "enqueue_batch": ("enqueueJobs", "jobs"),
+    "requeue_failed": ("requeueFailedJobs", "jobs"),
+    "cancel_pending": ("cancelPendingJobs", "jobs"),
+    "purge": ("purgeJobs", "jobs"),
+    "list_jobs": ("listJobs", "jobs"),
+    "batch_progress": ("getJobsProgress", "jobs"),
+    "get_job": ("getJob", "jobs"),
+    "wait_job": ("waitJob", "jobs"),
+    "cancel_job": ("cancelJob", "jobs"),
+    "requeue_job": ("requeueJob", "jobs"),
+    "enqueue_workflow": ("enqueueWorkflow", "workflows"),
+    "get_workflow": ("getWorkflow", "workflows"),
+    "set_schedule": ("setSchedule", "schedules"),
+    "list_schedules": ("listSchedules", "schedules"),
+    "delete_schedule": ("deleteSchedule", "schedules"),
+    "list_handlers": ("listHandlers", "handlers"),
+    "pause_handler": ("pauseHandler", "handlers"),
+    "resume_handler": ("resumeHandler", "handlers"),
+    "stats": ("getStats", "stats"),
+    "throughput": ("getThroughput", "stats"),
+    "metrics": ("getMetrics", "stats"),
+    "new_session": ("newSession", "service"),
+    "healthz": ("getHealth", "service"),
+    "readyz": ("getReadiness", "service"),
+    "dashboard": ("getDashboard", "service"),
+}
+"""Each route's operation id (what generated clients name their methods) and tag, by the name
+of its function."""
+
+
+def _name_operations(app: FastAPI) -> None:
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            route.operation_id, tag = OPERATIONS[route.name]
+            route.tags = [tag]
+
+
+def _with_bearer_auth(schema: dict[str, Any]) -> dict[str, Any]:
+    """Document the bearer token every route but ``/healthz`` takes (when the server has one)."""
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The server's token (`conveyor serve --token`), or a dashboard "
+            "session from `POST /session`. Needed only when the server has a token.",
+        }
+    }
+    schema["security"] = [{"bearerAuth": []}, {}]
+    for path in (*OPEN_PATHS, "/"):  # the dashboard's page holds no data
+        for operation in schema.get("paths", {}).get(path, {}).values():
+            operation["security"] = [{}]
+    return schema
 
 
 def _problems_as_problem_json(schema: dict[str, Any]) -> dict[str, Any]:
