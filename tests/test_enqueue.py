@@ -126,20 +126,41 @@ async def test_a_used_idempotency_key_returns_the_existing_job(
     open_test_queue: QueueOpener,
 ) -> None:
     async with open_test_queue(make_registry()) as queue:
-        first = await queue.enqueue("noop", {"v": 1}, delay=60, idempotency_key="order-7")
-        again = await queue.enqueue("noop", {"v": 2}, delay=60, idempotency_key="order-7")
+        first = await queue.enqueue("noop", {"v": 1, "w": 2}, delay=60, idempotency_key="o-7")
+        again = await queue.enqueue("noop", {"w": 2, "v": 1}, delay=60, idempotency_key="o-7")
         assert again.id == first.id
-        assert again.payload == {"v": 1}
         assert len(await queue.list()) == 1
+
+
+async def test_a_used_key_with_another_payload_or_handler_is_refused(
+    open_test_queue: QueueOpener,
+) -> None:
+    registry = make_registry()
+
+    @registry.handler("resize")
+    async def resize(payload: object) -> None:
+        return None
+
+    async with open_test_queue(registry) as queue:
+        first = await queue.enqueue("noop", {"v": 1}, delay=60, idempotency_key="order-7")
+        with pytest.raises(conveyor.IdempotencyConflict, match="'order-7' is held by job"):
+            await queue.enqueue("noop", {"v": 2}, delay=60, idempotency_key="order-7")
+        with pytest.raises(conveyor.IdempotencyConflict, match="not 'resize'"):
+            await queue.enqueue("resize", {"v": 1}, delay=60, idempotency_key="order-7")
+        assert [job.id for job in await queue.list()] == [first.id]
 
 
 async def test_one_key_in_one_batch_yields_one_job(open_test_queue: QueueOpener) -> None:
     async with open_test_queue(make_registry()) as queue:
         jobs = await queue.enqueue_many(
-            [JobSpec("noop", n, delay=60, idempotency_key="k") for n in range(3)]
+            [JobSpec("noop", {"n": 1}, delay=60, idempotency_key="k") for _ in range(3)]
         )
         assert {job.id for job in jobs} == {jobs[0].id}
         assert len(await queue.list()) == 1
+        with pytest.raises(conveyor.IdempotencyConflict, match="an earlier job of this batch"):
+            await queue.enqueue_many(
+                [JobSpec("noop", n, delay=60, idempotency_key="other") for n in range(2)]
+            )
 
 
 async def test_concurrent_enqueues_with_one_key_yield_one_job(

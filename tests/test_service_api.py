@@ -402,3 +402,11 @@ async def test_the_schema_names_the_bearer_scheme(client: httpx.AsyncClient) -> 
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert {"bearerAuth": []} in schema["security"]
     assert schema["paths"]["/healthz"]["get"]["security"] == [{}]
+
+
+async def test_a_key_reused_for_other_work_is_a_409_naming_it(client: httpx.AsyncClient) -> None:
+    first = await client.post("/jobs", json={"name": "echo", "payload": 1, "idempotency_key": "k"})
+    assert first.status_code == 201
+    other = await client.post("/jobs", json={"name": "echo", "payload": 2, "idempotency_key": "k"})
+    body = assert_problem(other, 409, "idempotency-conflict")
+    assert "'k' is held by job" in body["detail"]

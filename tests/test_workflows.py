@@ -396,7 +396,7 @@ async def test_a_step_after_two_steps_that_share_an_idempotency_key_runs_after_t
     async with open_test_queue(registry(record)) as queue:
         flow = Workflow()
         one = flow.add("step", "one", idempotency_key="same")
-        two = flow.add("step", "two", idempotency_key="same")
+        two = flow.add("step", "one", idempotency_key="same")
         flow.add("step", "after both", after=[one, two])
         first, second, last = await queue.enqueue_workflow(flow)
         assert first.id == second.id

@@ -24,6 +24,12 @@ class NotJSONSerializable(InvalidArgument):
     """A payload or a result cannot be stored as JSON; the message says which."""
 
 
+class IdempotencyConflict(InvalidArgument):
+    """An idempotency key is held by a job of another handler or payload: a key names one
+    piece of work, so the enqueue is refused (nothing was written) rather than answered with
+    a job that is not what was asked for."""
+
+
 class QueueFull(ConveyorError):
     """The queue already holds ``max_pending`` pending jobs; nothing was written."""
 

@@ -148,8 +148,9 @@ class Queue:
 
         ``priority`` 1..10 (1 runs first; FIFO within a priority). ``delay`` (seconds from now)
         or ``run_at`` (wall-clock seconds), not both, schedule it for later. ``max_attempts`` and
-        ``timeout`` default to the handler's. With an ``idempotency_key`` already held by a job,
-        that job is returned and nothing is written (the key stays held while its job exists).
+        ``timeout`` default to the handler's. With an ``idempotency_key`` already held by a job
+        of the same handler and payload, that job is returned and nothing is written (the key
+        stays held while its job exists); held by other work, :class:`IdempotencyConflict`.
         ``after`` takes ids of stored jobs: the job is ``waiting`` until all of them completed
         (its delay counts from then), and is cancelled if one fails or is cancelled.
         ``concurrency_key`` groups jobs for the handler's ``key_concurrency``.

@@ -18,6 +18,7 @@ same transaction, so a job enqueued into an idle queue starts one commit later.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,7 +30,14 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._doorbell import CANCEL, CHANGED, READY, DoorbellLike
-from .._errors import DatabaseError, DatabaseUnavailable, JobNotFound, QueueClosed, QueueFull
+from .._errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    JobNotFound,
+    QueueClosed,
+    QueueFull,
+)
 from .._events import Change
 from .._job import JSON, Event, Job, JobStatus
 from .._limits import Limits
@@ -321,7 +329,7 @@ def _apply(
     elif isinstance(command, Enqueue):
         try:
             results, inserted, changes = _enqueue(writer, command.jobs, now, max_pending)
-        except (QueueFull, JobNotFound) as exc:
+        except (QueueFull, JobNotFound, IdempotencyConflict) as exc:
             if isinstance(exc, QueueFull):
                 writer.notes.append(
                     LogNote(logging.WARNING, "%s", (exc,), {"conveyor_event": "queue_full"})
@@ -487,6 +495,25 @@ def _claim_for_pool(
     ]
 
 
+def _check_same_work(key: str, new: NewJob, holder: str, name: str, payload: JSON) -> None:
+    """Refuse ``new`` if the job holding ``key`` (``holder``: a stored job, or one earlier in
+    the same batch) is of another handler ``name`` or ``payload`` (compared as JSON values:
+    key order aside)."""
+    asked = json.loads(new.payload_json)
+    if name == new.name and payload == asked:
+        return
+    raise IdempotencyConflict(
+        f"idempotency key {key!r} is held by {holder}, of handler {name!r} with payload "
+        f"{_shown(payload)}, not {new.name!r} with {_shown(asked)}: a key names one piece of "
+        "work; use another key for other work"
+    )
+
+
+def _shown(payload: JSON) -> str:
+    text = json.dumps(payload)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
 def _enqueue(
     writer: Writer, jobs: Sequence[NewJob], now: float, max_pending: float
 ) -> tuple[list[Job], list[Job], list[Change]]:
@@ -503,10 +530,16 @@ def _enqueue(
         key = new.idempotency_key
         if key is not None:
             if key in fresh_by_key:
+                first = fresh[fresh_by_key[key]]
+                first_payload = json.loads(first.payload_json)
+                _check_same_work(
+                    key, new, "an earlier job of this batch", first.name, first_payload
+                )
                 results.append(fresh_by_key[key])
                 continue
             existing = writer.find_by_key(key)
             if existing is not None:
+                _check_same_work(key, new, f"job {existing.id}", existing.name, existing.payload)
                 results.append(existing)
                 continue
             fresh_by_key[key] = len(fresh)

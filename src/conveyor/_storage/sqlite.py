@@ -1470,7 +1470,7 @@ class Writer:
             self._conn.executemany(Q_INSERT_DEP, deps)
             self._has_deps = True
             cancelled: set[int] = set()
-            for dep, (status, name) in states.items():
+            for dep, (status, name) in sorted(states.items()):
                 if status in (JobStatus.FAILED, JobStatus.CANCELLED):
                     ended = self._cancel_dependents(dep, name, status, now)
                     cancelled.update(change.job_id for change in ended)

@@ -386,7 +386,16 @@ def _build_app(service: Service) -> FastAPI:
         "/jobs",
         status_code=201,
         response_model=JobOut,
-        responses={**_ERRORS, **_BODY, **_WRITE},
+        responses={
+            **_ERRORS,
+            **_BODY,
+            **_WRITE,
+            409: {
+                "model": ProblemOut,
+                "description": "The idempotency key is held by a job of another handler or "
+                "payload (`idempotency-conflict`); nothing was written.",
+            },
+        },
         summary="Enqueue a job",
     )
     async def enqueue(

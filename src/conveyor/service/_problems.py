@@ -13,6 +13,7 @@ from typing import Final
 from .._errors import (
     ConveyorError,
     DatabaseError,
+    IdempotencyConflict,
     InvalidArgument,
     JobNotFound,
     NotJSONSerializable,
@@ -40,6 +41,7 @@ _TITLES: Final[dict[str, str]] = {
     "no-route": "No such route",
     "method-not-allowed": "Method not allowed on this route",
     "conflict": "The job is not in a state that allows this",
+    "idempotency-conflict": "The idempotency key is held by a job of other work",
     "too-large": "The request body is too large",
     "invalid": "The request is well-formed but invalid",
     "unknown-handler": "No handler of that name is registered",
@@ -89,6 +91,8 @@ class Problem(Exception):
 
 def problem_for(error: ConveyorError) -> Problem:
     """The problem a client sees for an error the queue raised."""
+    if isinstance(error, IdempotencyConflict):
+        return Problem(409, "idempotency-conflict", str(error))
     if isinstance(error, UnknownHandler):
         return Problem(422, "unknown-handler", str(error))
     if isinstance(error, NotJSONSerializable):
