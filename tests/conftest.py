@@ -10,7 +10,6 @@ production: real time, SQL on its own thread. Tests that need virtual time are m
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -22,7 +21,7 @@ import trio.testing
 
 import conveyor
 
-from helpers import POSTGRES_URL, QueueOpener, postgres_unreachable
+from helpers import POSTGRES_URL, QueueOpener, fresh_schema
 
 EPOCH = 1_800_000_000.0
 """The mock wall clock's reading at the start of a trio test."""
@@ -96,15 +95,8 @@ def database(request: pytest.FixtureRequest, db_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield str(db_path)
         return
-    reason = postgres_unreachable()
-    if reason is not None:
-        pytest.skip(reason)
-    import psycopg
-
-    schema = f"test_{uuid.uuid4().hex[:16]}"
-    yield f"{POSTGRES_URL}?schema={schema}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    with fresh_schema("test") as schema:
+        yield f"{POSTGRES_URL}?schema={schema}"
 
 
 @pytest.fixture

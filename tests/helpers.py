@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
+import pytest
 
 import conveyor
 
@@ -26,6 +29,23 @@ def postgres_unreachable() -> str | None:
     except Exception as exc:
         return f"no PostgreSQL at {POSTGRES_URL} ({exc})"
     return None
+
+
+@contextlib.contextmanager
+def fresh_schema(prefix: str) -> Iterator[str]:
+    """The name of a schema of its own on the tests' PostgreSQL, dropped afterwards; the test
+    is skipped, saying why, where there is no server."""
+    reason = postgres_unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    import psycopg
+
+    schema = f"{prefix}_{secrets.token_hex(8)}"
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 QueueOpener = Callable[..., AbstractAsyncContextManager[conveyor.Queue]]

@@ -4,7 +4,6 @@ beside an application's tables. The core behaviour tests run on PostgreSQL too (
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,7 @@ from conveyor._storage.postgres import (
     translate,
 )
 
-from helpers import POSTGRES_URL, Gate, postgres_unreachable
+from helpers import POSTGRES_URL, Gate, fresh_schema
 
 URL = "postgresql://app:secret@db.example:5433/jobs"
 
@@ -95,15 +94,8 @@ def test_messages_name_the_server_without_the_password() -> None:
 # --- On a server. ----------------------------------------------------------------------------
 @pytest.fixture
 def schema_url() -> Iterator[str]:
-    reason = postgres_unreachable()
-    if reason is not None:
-        pytest.skip(reason)
-    import psycopg
-
-    schema = f"test_pg_{time.monotonic_ns()}"
-    yield f"{POSTGRES_URL}?schema={schema}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    with fresh_schema("test_pg") as schema:
+        yield f"{POSTGRES_URL}?schema={schema}"
 
 
 pytestmark_async = pytest.mark.anyio

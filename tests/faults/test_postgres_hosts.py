@@ -10,7 +10,6 @@ Needs root, ``ip``, ``socat`` and PostgreSQL; skips saying which is missing.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import shutil
 import signal
 import subprocess
@@ -24,7 +23,7 @@ import pytest
 import conveyor
 from conveyor import JobStatus
 
-from helpers import POSTGRES_URL, postgres_unreachable
+from helpers import POSTGRES_URL, fresh_schema
 from netns import Host, missing_tools, network_host, run, start_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.trio_only, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -38,21 +37,13 @@ def anyio_backend() -> str:
     return "trio"
 
 
-def _missing() -> str | None:
-    return missing_tools() or postgres_unreachable()
-
-
 @pytest.fixture
 def schema() -> Iterator[str]:
-    reason = _missing()
+    reason = missing_tools()
     if reason is not None:
         pytest.skip(reason)
-    import psycopg
-
-    name = f"hosts_{secrets.token_hex(6)}"
-    yield name
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    with fresh_schema("hosts") as name:
+        yield name
 
 
 @pytest.fixture
