@@ -335,7 +335,14 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(batch=st.lists(specs(), min_size=1, max_size=4))
     def enqueue_many(self, batch: list[Spec]) -> None:
-        batch = [self._tagged(spec) for spec in batch]
+        batch = self._tagged_batch(batch)
+        if self.model.key_conflicts(batch):
+            specs = [to_job_spec(s) for s in batch]
+            refusal = self._refusal(lambda queue: queue.enqueue_many(specs))
+            assert isinstance(refusal, conveyor.IdempotencyConflict), refusal
+            event("a key held by other work")
+            self.check()
+            return
         jobs = self.real.call(lambda queue: queue.enqueue_many([to_job_spec(s) for s in batch]))
         ids = self.model.enqueue(batch)
         assert [job.id for job in jobs] == ids
@@ -363,8 +370,13 @@ class QueueMachine(RuleBasedStateMachine):
         self.enqueue_steps(steps)
 
     def enqueue_steps(self, steps: list[Spec]) -> None:
-        steps = [self._tagged(spec) for spec in steps]
+        steps = self._tagged_batch(steps)
         flow = to_workflow(steps)
+        if self.model.key_conflicts(steps):
+            refusal = self._refusal(lambda queue: queue.enqueue_workflow(flow))
+            assert isinstance(refusal, conveyor.IdempotencyConflict), refusal
+            self.check()
+            return
         unknown = self.model.unknown_dependencies(steps)
         if unknown:
             refusal = self._refusal(lambda queue: queue.enqueue_workflow(flow))
@@ -864,6 +876,22 @@ class QueueMachine(RuleBasedStateMachine):
                 assert job.result == {"tag": job.payload["tag"], "attempt": len(final)}
 
     # --- helpers -----------------------------------------------------------------------------
+    def _tagged_batch(self, specs: list[Spec]) -> list[Spec]:
+        """``specs`` tagged: a spec whose key is held (by a stored job or an earlier spec)
+        takes the holder's tag, so that it asks for the same payload (a replay, or a conflict
+        if the handler differs); any other a new one."""
+        tags = {key: self.model.jobs[job_id].tag for key, job_id in self.model.keys.items()}
+        tagged = []
+        for spec in specs:
+            if spec.key is not None and spec.key in tags:
+                tagged.append(attrs.evolve(spec, tag=tags[spec.key]))
+                continue
+            spec = self._tagged(spec)
+            if spec.key is not None:
+                tags[spec.key] = spec.tag
+            tagged.append(spec)
+        return tagged
+
     def _tagged(self, spec: Spec) -> Spec:
         self.tags += 1
         self.scripts[self.tags] = spec.script

@@ -601,6 +601,22 @@ class Model:
             fresh.append((job_id, spec))
         return answers, fresh
 
+    def key_conflicts(self, specs: list[Spec]) -> bool:
+        """Whether a key of ``specs`` is held by other work (a stored job, or an earlier spec
+        of the batch, of another handler or payload): the enqueue raises
+        ``IdempotencyConflict`` and writes nothing."""
+        holders = {
+            key: (self.jobs[job_id].name, self.jobs[job_id].tag)
+            for key, job_id in self.keys.items()
+        }
+        for spec in specs:
+            if spec.key is None:
+                continue
+            work = (spec.name, spec.tag)
+            if holders.setdefault(spec.key, work) != work:
+                return True
+        return False
+
     def unknown_dependencies(self, specs: list[Spec]) -> list[int]:
         """Ids of jobs that do not exist that a job to store runs after: the enqueue of
         ``specs`` raises ``JobNotFound`` and writes nothing."""
