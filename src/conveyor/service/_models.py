@@ -88,11 +88,13 @@ def _moment(value: object) -> object:
     return moment.timestamp()
 
 
-def _seconds_schema(description: str, *, nullable: bool = True) -> WithJsonSchema:
-    kinds: list[dict[str, Any]] = [
-        {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": DURATION_PATTERN},
-    ]
+def _seconds_schema(
+    description: str, *, nullable: bool = True, maximum: float | None = None
+) -> WithJsonSchema:
+    number: dict[str, Any] = {"type": "number", "minimum": 0}
+    if maximum is not None:
+        number["maximum"] = maximum
+    kinds: list[dict[str, Any]] = [number, {"type": "string", "pattern": DURATION_PATTERN}]
     return WithJsonSchema(
         {"anyOf": [*kinds, {"type": "null"}] if nullable else kinds, "description": description}
     )
@@ -130,7 +132,8 @@ class JobIn(BaseModel):
         BeforeValidator(_duration),
         _seconds_schema(
             "How long from now until it may run: seconds, or text such as 90s, 1m30s, 2h, 7d "
-            "(at most a hundred years)."
+            "(at most a hundred years).",
+            maximum=MAX_DELAY,
         ),
     ] = Field(default=None, ge=0, le=MAX_DELAY, allow_inf_nan=False)
     run_at: Annotated[
