@@ -394,3 +394,36 @@ def test_serve_exits_with_one_line_naming_the_file_when_it_is_deleted(db_path: P
     assert last.startswith("error: cannot serve: ")
     assert f"{db_path} was deleted, moved or replaced" in last
     assert "Traceback" not in printed
+
+
+@slow
+def test_serve_logs_json_lines_with_an_access_record_per_request(db_path: Path) -> None:
+    import httpx
+
+    with running_server(db_path, "--log-format", "json") as server:
+        assert httpx.get(f"{server.url}/stats").status_code == 200
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.stderr is not None
+        rest = server.process.stderr.read()
+    records = [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
+    (access,) = [record for record in records if record["logger"] == "conveyor.access"]
+    assert (access["http_method"], access["http_path"], access["http_status"]) == (
+        "GET",
+        "/stats",
+        200,
+    )
+    assert access["level"] == "INFO"
+    assert access["message"].endswith("ms")
+
+
+def test_a_record_as_a_json_line_keeps_its_extra_fields() -> None:
+    import logging
+
+    from conveyor.service._cli import JsonLines
+
+    record = logging.makeLogRecord(
+        {"name": "conveyor", "levelname": "WARNING", "msg": "job %d failed", "args": (7,)}
+    )
+    record.conveyor_job = 7
+    line = json.loads(JsonLines().format(record))
+    assert (line["message"], line["level"], line["conveyor_job"]) == ("job 7 failed", "WARNING", 7)

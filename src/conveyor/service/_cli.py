@@ -7,6 +7,7 @@ could not be reached, 2 a wrong command line).
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -59,6 +60,30 @@ errors = Console(stderr=True)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
+_RECORD_FIELDS: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a record: time (ISO 8601, UTC), level, logger, message, the
+    exception's text if any, and the record's ``extra`` fields (written with the standard
+    library: the few lines a dependency would save are these)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and key not in line:
+                line[key] = value
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
 _log_handler: logging.Handler | None = None
 
 
@@ -81,6 +106,15 @@ def main() -> None:
 
 
 # --- serving ------------------------------------------------------------------------------------
+LOG_FORMAT_OPTION: Final = click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    help="Log records as text lines, or as JSON objects, one a line.",
+)
+
+
 def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
@@ -126,22 +160,28 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
                 type=click.Choice(LOG_LEVELS, case_sensitive=False),
                 help="The least severe of conveyor's log records printed on stderr.",
             ),
+            LOG_FORMAT_OPTION,
         ]
     ):
         function = option(function)
     return function
 
 
-def log_to_stderr(level: str) -> None:
+def log_to_stderr(level: str, log_format: str = "text", *, access_log: bool = False) -> None:
     """Print the ``conveyor`` logger's records of ``level`` and above on stderr (recoveries from
-    storage faults and memory pressure are INFO). The HTTP server's own records (it announces
-    its address, which the serve line already gives) only from WARNING, or with ``debug``."""
+    storage faults and memory pressure are INFO), as text or JSON lines; with ``access_log``,
+    a record a request (``conveyor.access``, INFO). The HTTP server's own records (it
+    announces its address, which the serve line already gives) only from WARNING, or with
+    ``debug``."""
     global _log_handler
     logger = logging.getLogger("conveyor")
     if _log_handler is not None:
         logger.removeHandler(_log_handler)
     _log_handler = logging.StreamHandler(sys.stderr)
-    _log_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    _log_handler.setFormatter(
+        JsonLines() if log_format == "json" else logging.Formatter(LOG_FORMAT)
+    )
+    logging.getLogger("conveyor.access").setLevel(logging.INFO if access_log else logging.WARNING)
     logger.addHandler(_log_handler)
     logger.setLevel(level.upper())
     http_level = logging.DEBUG if level.lower() == "debug" else logging.WARNING
@@ -153,6 +193,9 @@ def _run_server(
     registry: Registry,
     after_start: Callable[[Running], Any],
     log_level: str,
+    log_format: str,
+    *,
+    access_log: bool,
 ) -> None:
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -164,7 +207,7 @@ def _run_server(
         Hosts.of(options.host, options.allowed_hosts)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    log_to_stderr(log_level)
+    log_to_stderr(log_level, log_format, access_log=access_log)
     try:
         trio.run(run)
     except (ConveyorError, OSError) as exc:
@@ -186,8 +229,16 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 @main.command("serve")
 @click.option("--db", default="jobs.db", show_default=True, help=DB_HELP)
 @click.option("--handlers", required=True, help="The Registry to run, as module:attribute.")
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="Log each request (client, method, path, status, duration) at INFO.",
+)
 @_serve_options
-def serve_command(db: str, handlers: str, log_level: str, **kwargs: Any) -> None:
+def serve_command(
+    db: str, handlers: str, access_log: bool, log_level: str, log_format: str, **kwargs: Any
+) -> None:
     """Run the queue and its HTTP API (with dashboard and metrics) in one process."""
     try:
         registry = load_registry(handlers)
@@ -206,7 +257,7 @@ def serve_command(db: str, handlers: str, log_level: str, **kwargs: Any) -> None
             soft_wrap=True,
         )
 
-    _run_server(options, registry, announce, log_level)
+    _run_server(options, registry, announce, log_level, log_format, access_log=access_log)
 
 
 @main.command("worker")
@@ -236,6 +287,7 @@ def serve_command(db: str, handlers: str, log_level: str, **kwargs: Any) -> None
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     help="The least severe of conveyor's log records printed on stderr.",
 )
+@LOG_FORMAT_OPTION
 def worker_command(
     db: str,
     handlers: str,
@@ -243,6 +295,7 @@ def worker_command(
     shutdown_grace: float,
     heartbeat: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the handlers of a registry on a queue file, with no HTTP: one more worker process
     beside the others (and the producers) on the file. SIGTERM or Ctrl-C stops it gracefully:
@@ -251,7 +304,7 @@ def worker_command(
         registry = load_registry(handlers)
     except LoadError as exc:
         raise click.BadParameter(str(exc), param_hint="--handlers") from None
-    log_to_stderr(log_level)
+    log_to_stderr(log_level, log_format)
 
     async def run() -> None:
         stop_requested = trio.Event()
@@ -285,7 +338,9 @@ def worker_command(
 @click.option("--db", default=DEMO_DB, show_default=True, help="Recreated on every run.")
 @click.option("--keep-serving", is_flag=True, help="Keep serving once the workload is done.")
 @_serve_options
-def demo_command(db: str, keep_serving: bool, log_level: str, **kwargs: Any) -> None:
+def demo_command(
+    db: str, keep_serving: bool, log_level: str, log_format: str, **kwargs: Any
+) -> None:
     """Serve built-in demo handlers and run a mixed workload, shown live."""
     for suffix in ("", "-wal", "-shm", ".lock"):
         if os.path.exists(db + suffix):
@@ -306,7 +361,7 @@ def demo_command(db: str, keep_serving: bool, log_level: str, **kwargs: Any) -> 
             console.print("Run with --keep-serving to keep the dashboard up.")
             running.stop()
 
-    _run_server(options, demo_registry, drive, log_level)
+    _run_server(options, demo_registry, drive, log_level, log_format, access_log=False)
 
 
 # --- client commands ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
@@ -25,6 +26,7 @@ import attrs
 import hypercorn.config
 import hypercorn.trio
 import trio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import ConveyorError
 from .._queue import Queue
@@ -218,13 +220,59 @@ async def _run_http(
     once it has stopped."""
     try:
         await hypercorn.trio.serve(
-            service.asgi,  # type: ignore[arg-type]
+            AccessLog(service.asgi),  # type: ignore[arg-type]
             config,
             shutdown_trigger=stop.wait,
             task_status=task_status,
         )
     finally:
         done.set()
+
+
+access_logger = logging.getLogger("conveyor.access")
+
+
+class AccessLog:
+    """Logs every HTTP request at INFO on ``conveyor.access`` once answered: the client,
+    method, path, status and duration (also as ``extra`` fields)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client")
+            host = client[0] if client else "-"
+            took = (time.perf_counter() - started) * 1000
+            access_logger.info(
+                '%s "%s %s" %d %.1f ms',
+                host,
+                scope["method"],
+                scope["path"],
+                status,
+                took,
+                extra={
+                    "http_client": host,
+                    "http_method": scope["method"],
+                    "http_path": scope["path"],
+                    "http_status": status,
+                    "http_duration_ms": round(took, 3),
+                },
+            )
 
 
 def _bind(host: str, port: int) -> str:
