@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,17 @@ CONVEYOR = str(Path(sys.executable).parent / "conveyor")
 class Server:
     process: subprocess.Popen[str]
     url: str
+    stderr: list[str] = attrs.field(factory=list)
+    """What the server printed on stderr after its start line, read as it comes (an unread
+    pipe would fill up and stop the server, which logs every request)."""
+    reader: threading.Thread | None = None
+
+    def stderr_after_exit(self) -> str:
+        """Everything on stderr after the start line, once the server has exited."""
+        self.process.wait(timeout=30)
+        if self.reader is not None:
+            self.reader.join(timeout=10)
+        return "".join(self.stderr)
 
 
 def conveyor(
@@ -44,6 +56,7 @@ def running_server(
         stderr=subprocess.PIPE,
         text=True,
     )
+    reader: threading.Thread | None = None
     try:
         assert process.stderr is not None
         lines = []
@@ -54,10 +67,15 @@ def running_server(
                 break
         else:
             raise AssertionError(f"conveyor serve did not start: {''.join(lines)}")
-        yield Server(process, found.group(1))
+        printed: list[str] = []
+        reader = threading.Thread(target=printed.extend, args=(process.stderr,), daemon=True)
+        reader.start()
+        yield Server(process, found.group(1), printed, reader)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
+        if reader is not None:
+            reader.join(timeout=10)  # at the end of the pipe, now that the server is gone
         if process.stderr is not None:
             process.stderr.close()

@@ -343,9 +343,7 @@ def test_wait_for_several_jobs_needs_all() -> None:
 def _stop(server: Server) -> str:
     """Stop the server with SIGTERM; everything it wrote on stderr after its start line."""
     server.process.send_signal(signal.SIGTERM)
-    server.process.wait(timeout=30)
-    assert server.process.stderr is not None
-    return server.process.stderr.read()
+    return server.stderr_after_exit()
 
 
 @slow
@@ -387,8 +385,7 @@ def test_serve_exits_with_one_line_naming_the_file_when_it_is_deleted(db_path: P
         db_path.unlink()
         httpx.post(f"{server.url}/jobs", json={"name": "hello"})
         code = server.process.wait(timeout=30)
-        assert server.process.stderr is not None
-        printed = server.process.stderr.read()
+        printed = server.stderr_after_exit()
     last = printed.strip().splitlines()[-1]
     assert code == 1
     assert last.startswith("error: cannot serve: ")
@@ -402,10 +399,11 @@ def test_serve_logs_json_lines_with_an_access_record_per_request(db_path: Path) 
 
     with running_server(db_path, "--log-format", "json") as server:
         assert httpx.get(f"{server.url}/stats").status_code == 200
-        server.process.send_signal(signal.SIGTERM)
-        assert server.process.stderr is not None
-        rest = server.process.stderr.read()
-    records = [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
+        deadline = time.monotonic() + 30
+        while not any("conveyor.access" in line for line in server.stderr):
+            assert time.monotonic() < deadline, server.stderr
+            time.sleep(0.01)
+    records = [json.loads(line) for line in server.stderr if line.startswith("{")]
     (access,) = [record for record in records if record["logger"] == "conveyor.access"]
     assert (access["http_method"], access["http_path"], access["http_status"]) == (
         "GET",

@@ -336,7 +336,7 @@ Q_FAILED_DEP_OF: Final = f"""
     SELECT jobs.id, jobs.status FROM job_deps JOIN jobs ON jobs.id = job_deps.dep_id
     WHERE job_deps.job_id = ?
           AND jobs.status IN ('{JobStatus.FAILED}', '{JobStatus.CANCELLED}')
-    LIMIT 1
+    ORDER BY jobs.id LIMIT 1
 """
 Q_RECOUNT_BLOCKERS: Final = f"""
     UPDATE jobs SET blockers = (
@@ -1909,7 +1909,9 @@ class Writer:
     def _reblock_dependents(self, job_id: int, now: float) -> list[Change]:
         """Bring the jobs that job ``job_id``'s end cancelled back to ``waiting``; those that
         also run after another failed or cancelled job are cancelled again, by that one."""
-        rows = self._conn.execute(Q_REBLOCK, (job_id,)).fetchall()
+        # In id order: which other job cancels a dependent again must not depend on the
+        # order a database returns rows in.
+        rows = sorted(self._conn.execute(Q_REBLOCK, (job_id,)).fetchall())
         changes = [Change(Event.BLOCKED, dep, name, JobStatus.WAITING) for dep, name in rows]
         for dependent, _ in rows:
             self._conn.execute(Q_RECOUNT_BLOCKERS, (dependent,))
