@@ -403,10 +403,9 @@ async def test_a_handler_is_registered_before_the_manager_starts(
     assert not manager.running
 
 
-@pytest.mark.trio_only
-async def test_a_bounded_recurring_task_runs_that_many_times(
-    db_path: Path, options: dict[str, Any]
-) -> None:
+@pytest.fixture
+def ticking(db_path: Path, options: dict[str, Any]) -> tuple[TaskQueueManager, list[float]]:
+    """A manager whose ``tick`` handler notes when each run starts, and those times."""
     runs: list[float] = []
 
     async def tick(payload: object) -> None:
@@ -414,6 +413,14 @@ async def test_a_bounded_recurring_task_runs_that_many_times(
 
     manager = TaskQueueManager(db_path, **options)
     manager.register_handler("tick", tick)
+    return manager, runs
+
+
+@pytest.mark.trio_only
+async def test_a_bounded_recurring_task_runs_that_many_times(
+    ticking: tuple[TaskQueueManager, list[float]],
+) -> None:
+    manager, runs = ticking
     async with manager:
         start = anyio.current_time()
         recurring = await schedule_recurring_task("tick", {}, 10, max_runs=3, manager=manager)
@@ -425,15 +432,9 @@ async def test_a_bounded_recurring_task_runs_that_many_times(
 
 @pytest.mark.trio_only
 async def test_a_recurring_task_runs_now_and_every_interval_until_cancelled(
-    db_path: Path, options: dict[str, Any]
+    ticking: tuple[TaskQueueManager, list[float]],
 ) -> None:
-    runs: list[float] = []
-
-    async def tick(payload: object) -> None:
-        runs.append(anyio.current_time())
-
-    manager = TaskQueueManager(db_path, **options)
-    manager.register_handler("tick", tick)
+    manager, runs = ticking
     async with manager:
         start = anyio.current_time()
         recurring = await schedule_recurring_task("tick", {"a": 1}, 60, manager=manager)
