@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 import hypercorn.config
@@ -32,9 +32,13 @@ from .._errors import ConveyorError
 from .._queue import Queue
 from .._registry import Registry
 from .._runtime import open_queue
+from .._storage.sqlite import Synchronous
 from ._app import DEFAULT_MAX_BODY, Service
 from ._guard import DEFAULT_BODY_TIMEOUT, Hosts, check_bind
 
+Engine = Literal["asyncio", "trio"]
+"""The event loop and HTTP server: uvicorn on asyncio, or hypercorn on trio."""
+ENGINES: Final[tuple[Engine, ...]] = ("asyncio", "trio")
 DEFAULT_PORT: Final = 8327
 REQUEST_GRACE: Final = 5.0
 """Seconds requests in flight get to finish once shutdown begins."""
@@ -93,6 +97,11 @@ class ServeOptions:
     allowed_hosts: tuple[str, ...] = ()
     """Names besides ``host`` that clients may put in the ``Host`` header."""
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_pending: int | None = None
+    synchronous: Synchronous = "normal"
+    retention: float | None = None
+    """Seconds finished jobs are kept before they are purged (``None``: kept until purged)."""
+    engine: Engine = "trio"
 
 
 @attrs.frozen
@@ -178,6 +187,8 @@ async def _serve_queue(
                 handlers=registry,
                 workers=options.workers,
                 shutdown_grace=options.shutdown_grace,
+                max_pending=options.max_pending,
+                synchronous=options.synchronous,
             ) as queue:
                 service = Service(
                     queue,
