@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
+import anyio
 
 import conveyor
 
@@ -32,5 +32,5 @@ async def fail_once(payload: Any) -> str:
 @registry.handler
 async def sleepy(payload: Any) -> str:
     conveyor.current_job().set_progress(0.5, "sleeping")
-    await trio.sleep(payload.get("seconds", 60) if isinstance(payload, dict) else 60)
+    await anyio.sleep(payload.get("seconds", 60) if isinstance(payload, dict) else 60)
     return "rested"

@@ -12,9 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
+import pytest
 
 TESTS = Path(__file__).parent
 CONVEYOR = str(Path(sys.executable).parent / "conveyor")
+
+engine = "asyncio"
+"""The ``--engine`` of the servers :func:`running_server` starts; set by the ``engine``
+fixture, which runs a test once on each engine."""
+
+both_engines = pytest.mark.usefixtures("engine")
+"""Runs the test once on each engine."""
 
 
 @attrs.frozen
@@ -25,6 +33,8 @@ class Server:
     """What the server printed on stderr after its start line, read as it comes (an unread
     pipe would fill up and stop the server, which logs every request)."""
     reader: threading.Thread | None = None
+    announcement: str = ""
+    """The line saying where it serves."""
 
     def stderr_after_exit(self) -> str:
         """Everything on stderr after the start line, once the server has exited."""
@@ -49,8 +59,9 @@ def running_server(
 ) -> Iterator[Server]:
     """``conveyor serve`` on ``db`` (a file, or a PostgreSQL URL); stopped with SIGTERM on
     exit unless already stopped."""
+    command = [CONVEYOR, "serve", "--db", str(db), "--handlers", handlers, "--port", "0"]
     process = subprocess.Popen(
-        [CONVEYOR, "serve", "--db", str(db), "--handlers", handlers, "--port", "0", *args],
+        [*command, "--engine", engine, *args],
         cwd=TESTS,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -70,7 +81,7 @@ def running_server(
         printed: list[str] = []
         reader = threading.Thread(target=printed.extend, args=(process.stderr,), daemon=True)
         reader.start()
-        yield Server(process, found.group(1), printed, reader)
+        yield Server(process, found.group(1), printed, reader, line)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

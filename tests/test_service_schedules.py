@@ -17,7 +17,7 @@ import pytest
 
 import conveyor
 from conveyor.service import Service
-from service_server import CONVEYOR, TESTS, running_server
+from service_server import CONVEYOR, TESTS, both_engines, running_server
 
 from helpers import Gate, QueueOpener, service_registry
 
@@ -492,6 +492,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@both_engines
 @slow
 def test_schedule_add_list_and_rm_drive_a_running_service(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -512,6 +513,7 @@ def test_schedule_add_list_and_rm_drive_a_running_service(db_path: Path) -> None
         assert "no schedule has key 'nightly'" in again.stderr
 
 
+@both_engines
 @slow
 def test_schedule_add_refuses_a_bad_cron_with_exit_code_4(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -529,6 +531,7 @@ def test_schedule_add_takes_exactly_one_of_every_and_cron(cadence: list[str]) ->
     assert "exactly one of --every and --cron" in result.stderr
 
 
+@both_engines
 @slow
 def test_requeue_failed_and_cancel_pending_commands_print_counts(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -544,6 +547,7 @@ def test_requeue_failed_and_cancel_pending_commands_print_counts(db_path: Path) 
         assert json.loads(run("cancel-pending", "--json", *url).stdout) == {"cancelled": 1}
 
 
+@both_engines
 @slow
 def test_list_filters_waiting_jobs(db_path: Path) -> None:
     with running_server(db_path) as server:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service_server import running_server
+from service_server import both_engines, running_server
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 
@@ -23,6 +23,7 @@ CHECKS = (
 )
 
 
+@both_engines
 @pytest.mark.slow
 def test_the_api_answers_as_its_schema_says(db_path: Path, tmp_path: Path) -> None:
     with running_server(db_path) as server:

@@ -30,7 +30,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def server(db_path: Path) -> Iterator[Server]:
+def server(db_path: Path, engine: str) -> Iterator[Server]:
     with running_server(db_path) as server:
         yield server
 

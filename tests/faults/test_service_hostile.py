@@ -28,7 +28,7 @@ from conveyor._storage import sqlite as storage
 from conveyor.service import Service
 from conveyor.service._guard import OLD_COOKIES, SESSION_SECONDS, Hosts, session_value
 from conveyor.service._models import PREVIEW_CHARS, json_preview
-from service_server import Server, running_server
+from service_server import Server, both_engines, running_server
 
 from helpers import QueueOpener
 
@@ -578,6 +578,7 @@ def test_a_preview_that_was_not_cut_is_the_values_json(value: Any) -> None:
 
 
 # --- a real server ------------------------------------------------------------------------------
+@both_engines
 @pytest.mark.slow
 def test_a_real_server_answers_its_allowed_hosts_only(db_path: Path) -> None:
     with running_server(db_path, "--allowed-host", "queue.internal") as server:

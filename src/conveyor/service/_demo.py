@@ -11,8 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import anyio
 import attrs
-import trio
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -41,7 +41,7 @@ async def thumbnail(payload: dict[str, Any]) -> dict[str, Any]:
     steps = 4
     for step in range(steps):
         current_job().set_progress(step / steps, ("decode", "resize", "sharpen", "encode")[step])
-        await trio.sleep(payload.get("seconds", 0.4) / steps)
+        await anyio.sleep(payload.get("seconds", 0.4) / steps)
     return {"thumbnail": payload["image"].rsplit(".", 1)[0] + ".thumb.jpg", "size": [320, 240]}
 
 
@@ -50,7 +50,7 @@ async def thumbnail(payload: dict[str, Any]) -> dict[str, Any]:
 )
 async def send_email(payload: dict[str, Any]) -> dict[str, Any]:
     """Send a mail; the first ``flaky`` attempts meet a busy server and are retried."""
-    await trio.sleep(0.1)
+    await anyio.sleep(0.1)
     if current_job().attempt <= payload.get("flaky", 0):
         raise ConnectionError("421 smtp.example.com: service not available, try again later")
     return {"message_id": f"<{payload['to']}.{current_job().id}@example.com>"}
@@ -59,7 +59,7 @@ async def send_email(payload: dict[str, Any]) -> dict[str, Any]:
 @registry.handler("charge_card", max_attempts=3)
 async def charge_card(payload: dict[str, Any]) -> dict[str, Any]:
     """Charge a card; a declined card fails at once (retrying cannot help)."""
-    await trio.sleep(0.2)
+    await anyio.sleep(0.2)
     if payload["card"].endswith("0002"):
         raise Fail(f"card ending {payload['card'][-4:]} declined: insufficient funds")
     return {"charged": payload["amount"], "currency": "EUR"}
@@ -71,7 +71,7 @@ async def build_report(payload: dict[str, Any]) -> dict[str, Any]:
     steps = 10
     for step in range(steps):
         current_job().set_progress(step / steps, f"section {step + 1} of {steps}")
-        await trio.sleep(payload["seconds"] / steps)
+        await anyio.sleep(payload["seconds"] / steps)
     return {"report": f"{payload['title']}.pdf", "pages": 12}
 
 
@@ -87,7 +87,7 @@ def resize_video(payload: dict[str, Any]) -> dict[str, Any]:
 @registry.handler("nightly_cleanup")
 async def nightly_cleanup(payload: dict[str, Any]) -> int:
     """Scheduled far ahead in the demo, and cancelled before it runs."""
-    await trio.sleep(0.1)
+    await anyio.sleep(0.1)
     return 0
 
 
@@ -163,7 +163,7 @@ async def run_workload(queue: Queue, console: Console) -> bool:
                     and not stats.by_status[JobStatus.PENDING] + stats.by_status[JobStatus.RUNNING]
                 ):
                     break
-                await trio.sleep(REFRESH)
+                await anyio.sleep(REFRESH)
         final = await queue.stats()
     except QueueClosed:
         return False

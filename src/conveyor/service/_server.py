@@ -1,4 +1,7 @@
-"""Serving: the queue and hypercorn in one trio run, with graceful shutdown on signals.
+"""Serving: the queue and its HTTP server in one event loop, with graceful shutdown on signals.
+
+Two engines: uvicorn on asyncio (uvloop and httptools where installed), the faster, or
+hypercorn's trio worker. The queue and the app are the same on both (anyio).
 
 The first SIGINT or SIGTERM stops taking requests, ends long polls, lets requests in flight
 finish, then closes the queue gracefully (running jobs get the shutdown grace, then go back to
@@ -13,19 +16,25 @@ stops gracefully, and the error is raised (``conveyor serve`` prints it as one l
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import partial
 from typing import Final, Literal
 
+import anyio
+import anyio.abc
 import attrs
 import hypercorn.config
 import hypercorn.trio
-import trio
+import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import ConveyorError
@@ -101,7 +110,7 @@ class ServeOptions:
     synchronous: Synchronous = "normal"
     retention: float | None = None
     """Seconds finished jobs are kept before they are purged (``None``: kept until purged)."""
-    engine: Engine = "trio"
+    engine: Engine = "asyncio"
 
 
 @attrs.frozen
@@ -114,23 +123,46 @@ class Running:
     stop: Callable[[], None]
 
 
+def run(
+    options: ServeOptions,
+    registry: Registry,
+    after_start: Callable[[Running], Awaitable[object]],
+) -> None:
+    """Serve on the options' engine until stopped, calling ``after_start`` once listening.
+
+    Blocks the calling (main) thread. ``"asyncio"`` runs on uvloop where it is installed.
+    Raises what :func:`serve` raises.
+    """
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tasks:
+            running: Running = await tasks.start(partial(serve, options, registry))
+            await after_start(running)
+
+    if options.engine == "trio":
+        anyio.run(main, backend="trio")
+    else:
+        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": _has_uvloop()})
+
+
 async def serve(
     options: ServeOptions,
     registry: Registry,
     *,
-    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[Running] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the queue and the HTTP service until a signal (or ``Running.stop``) stops them.
 
-    Must run in the main thread (it handles SIGINT and SIGTERM). Reports a :class:`Running` once
-    it listens. Raises ``ValueError`` before doing anything if it would listen on a
+    Runs on the event loop of ``options.engine`` (the caller starts it: see :func:`run`).
+    Must run in the main thread (it handles SIGINT and SIGTERM). Reports a :class:`Running`
+    once it listens. Raises ``ValueError`` before doing anything if it would listen on a
     non-loopback address without a token, or an allowed host is not a host name.
     """
     check_bind(options.host, options.token)
     Hosts.of(options.host, options.allowed_hosts)
-    stop_requested = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as outer:
+    stop_requested = anyio.Event()
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as outer:
             outer.start_soon(on_signals, signals, stop_requested, outer.cancel_scope)
             await _serve_queue(options, registry, stop_requested, task_status)
             outer.cancel_scope.cancel()
@@ -138,8 +170,8 @@ async def serve(
 
 async def on_signals(
     signals: AsyncIterator[int],
-    stop_requested: trio.Event,
-    everything: trio.CancelScope,
+    stop_requested: anyio.Event,
+    everything: anyio.CancelScope,
 ) -> None:
     async for signum in signals:
         if not stop_requested.is_set():
@@ -162,25 +194,17 @@ async def on_signals(
 async def _serve_queue(
     options: ServeOptions,
     registry: Registry,
-    stop_requested: trio.Event,
-    task_status: trio.TaskStatus[Running],
+    stop_requested: anyio.Event,
+    task_status: anyio.abc.TaskStatus[Running],
 ) -> None:
-    config = hypercorn.config.Config()
-    config.bind = [_bind(options.host, options.port)]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("conveyor.service.http")
-    config.graceful_timeout = REQUEST_GRACE
-    config.include_server_header = False
-    # hypercorn closes a keep-alive connection after 1,000 requests by default, without telling
-    # the client in time: a busy producer then sees "server disconnected" mid-request.
-    config.keep_alive_max_requests = 2**31
     # The HTTP server runs beside the queue, not inside its block: if the queue stops for good
     # (its file deleted, say), the block is cancelled, and the server must outlive it to answer
     # the requests in flight with a 503 instead of dropping their connections.
-    http_stop = trio.Event()
-    http_done = trio.Event()
+    http_stop = anyio.Event()
+    http_done = anyio.Event()
     service: Service | None = None
-    async with trio.open_nursery() as http:
+    run_http = _run_uvicorn if options.engine == "asyncio" else _run_hypercorn
+    async with anyio.create_task_group() as http:
         try:
             async with open_queue(
                 options.db,
@@ -199,8 +223,8 @@ async def _serve_queue(
                     allowed_hosts=options.allowed_hosts,
                     body_timeout=options.body_timeout,
                 )
-                binds = await http.start(_run_http, service, config, http_stop, http_done)
-                task_status.started(Running(binds[0], queue, service, stop_requested.set))
+                url: str = await http.start(run_http, service, options, http_stop, http_done)
+                task_status.started(Running(url, queue, service, stop_requested.set))
                 await stop_requested.wait()
                 # Requests in flight finish while the queue still runs; long polls end now.
                 service.stop_waits()
@@ -219,25 +243,93 @@ async def _serve_queue(
             http_stop.set()
 
 
-async def _run_http(
+async def _run_hypercorn(
     service: Service,
-    config: hypercorn.config.Config,
-    stop: trio.Event,
-    done: trio.Event,
+    options: ServeOptions,
+    stop: anyio.Event,
+    done: anyio.Event,
     *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """hypercorn serving ``service`` until ``stop`` is set (then gracefully); sets ``done``
-    once it has stopped."""
+    """hypercorn's trio worker serving ``service`` until ``stop`` is set (then gracefully);
+    reports the URL it listens on, and sets ``done`` once it has stopped."""
+    config = hypercorn.config.Config()
+    config.bind = [_bind(options.host, options.port)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("conveyor.service.http")
+    config.graceful_timeout = REQUEST_GRACE
+    config.include_server_header = False
+    # hypercorn closes a keep-alive connection after 1,000 requests by default, without telling
+    # the client in time: a busy producer then sees "server disconnected" mid-request.
+    config.keep_alive_max_requests = 2**31
+
     try:
-        await hypercorn.trio.serve(
-            AccessLog(service.asgi),  # type: ignore[arg-type]
-            config,
-            shutdown_trigger=stop.wait,
-            task_status=task_status,
-        )
+        async with anyio.create_task_group() as tasks:
+            binds = await tasks.start(
+                partial(
+                    hypercorn.trio.serve,
+                    AccessLog(service.asgi),  # type: ignore[arg-type]
+                    config,
+                    shutdown_trigger=stop.wait,
+                )
+            )
+            task_status.started(binds[0])
     finally:
         done.set()
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server without its signal handlers: :func:`serve` handles the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _run_uvicorn(
+    service: Service,
+    options: ServeOptions,
+    stop: anyio.Event,
+    done: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """uvicorn (httptools where installed) serving ``service`` until ``stop`` is set (then
+    gracefully); reports the URL it listens on, and sets ``done`` once it has stopped."""
+    config = uvicorn.Config(
+        AccessLog(service.asgi),
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        # The guard checks the Host header and the access log names the peer: no proxy rewrites.
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(REQUEST_GRACE),
+    )
+    server = _Uvicorn(config)
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    try:
+        listener = socket.create_server(
+            (options.host, options.port), family=family, backlog=config.backlog
+        )
+        with listener:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(server.serve, [listener])
+                # Connections wait in the listener's backlog until uvicorn accepts them.
+                task_status.started(_url(listener))
+                await stop.wait()
+                server.should_exit = True
+    finally:
+        done.set()
+
+
+def _url(listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    return f"http://{_bind(host, port)}"
+
+
+def _has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
 
 
 access_logger = logging.getLogger("conveyor.access")
