@@ -20,6 +20,8 @@ import trio
 import trio.testing
 
 import conveyor
+import service_server
+from conveyor.service._server import ENGINES
 
 from helpers import POSTGRES_URL, QueueOpener, fresh_schema
 
@@ -34,10 +36,12 @@ BOTH_DATABASES = frozenset(
         "test_limits",
         "test_persistence",
         "test_reads",
+        "test_retention",
         "test_retry",
         "test_running",
         "test_schedules",
         "test_timing",
+        "test_tracing",
         "test_workflows",
     }
 )
@@ -82,6 +86,14 @@ def wall_clock(anyio_backend_name: str) -> Callable[[], float]:
     if anyio_backend_name == "trio":
         return lambda: EPOCH + trio.current_time()
     return time.time
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs the test once on each ``conveyor serve --engine`` (see ``running_server``)."""
+    service_server.engine = request.param
+    yield request.param
+    service_server.engine = "asyncio"
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ class Gate:
 
 def service_registry(gate: Gate) -> conveyor.Registry:
     """The handlers of the service tests: ``echo`` returns its payload, ``explode`` fails for
-    good, ``blocked`` runs until ``gate`` opens."""
+    good, ``blocked`` runs until ``gate`` opens, ``stubborn`` too, even when cancelled."""
     registry = conveyor.Registry()
 
     @registry.handler
@@ -88,5 +88,10 @@ def service_registry(gate: Gate) -> conveyor.Registry:
     @registry.handler
     async def blocked(payload: Any) -> None:
         await gate.pass_through()
+
+    @registry.handler
+    async def stubborn(payload: Any) -> None:
+        with anyio.CancelScope(shield=True):  # a cancel waits until the gate opens
+            await gate.pass_through()
 
     return registry

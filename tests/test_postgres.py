@@ -217,6 +217,7 @@ async def _enqueue_when_back(queue: conveyor.Queue, name: str = "work") -> conve
     raise AssertionError("the queue did not take writes again")
 
 
+@pytest.mark.usefixtures("engine")
 def test_the_service_serves_a_queue_on_postgresql(schema_url: str) -> None:
     import httpx
 

@@ -112,6 +112,25 @@ async def test_stats_count_by_status_and_name(open_test_queue: QueueOpener) -> N
     assert stats.oldest_pending_age is not None
 
 
+async def test_stats_print_as_readable_lines(open_test_queue: QueueOpener) -> None:
+    async with open_test_queue(mixed_registry()) as queue:
+        await wait_all(queue, await queue.enqueue_many([JobSpec("ok")] * 2 + [JobSpec("bad")]))
+        await queue.enqueue("ok", delay=3600)
+        stats = await queue.stats()
+    lines = str(stats).splitlines()
+    assert lines[0] == "jobs: 0 waiting, 1 pending, 0 running, 2 completed, 1 failed, 0 cancelled"
+    assert lines[1].startswith("oldest pending job: ")
+    assert lines[1].endswith(" s old")
+    assert lines[2].startswith("last minute: 0.05 jobs/s finished, mean duration ")
+    assert lines[2].endswith(" s, 67% completed")
+    assert lines[3:] == [
+        "by handler:",
+        "  bad: 0 waiting, 0 pending, 0 running, 0 completed, 1 failed, 0 cancelled",
+        "  ok: 0 waiting, 1 pending, 0 running, 2 completed, 0 failed, 0 cancelled",
+    ]
+    assert repr(stats).startswith("Stats(by_status=")
+
+
 async def test_stats_of_an_empty_queue(open_test_queue: QueueOpener) -> None:
     async with open_test_queue(mixed_registry()) as queue:
         stats = await queue.stats()

@@ -92,6 +92,26 @@ async def test_fail_ends_the_job_at_once_without_retry(open_test_queue: QueueOpe
     assert "the input is corrupt" in done.error
 
 
+async def test_a_fail_is_stored_under_its_public_name(open_test_queue: QueueOpener) -> None:
+    registry = conveyor.Registry()
+
+    @registry.handler("refuse", max_attempts=1)
+    async def refuse(payload: None) -> None:
+        raise conveyor.Fail("the input is corrupt")
+
+    async with open_test_queue(registry) as queue:
+        done = await queue.wait((await queue.enqueue("refuse")).id, timeout=10)
+    assert done.error is not None
+    assert done.error.splitlines()[-1] == "conveyor.Fail: the input is corrupt"
+
+
+def test_public_classes_are_named_after_the_package_not_their_private_module() -> None:
+    classes = [getattr(conveyor, name) for name in conveyor.__all__]
+    modules = {cls.__name__: cls.__module__ for cls in classes if isinstance(cls, type)}
+    assert set(modules.values()) == {"conveyor"}
+    assert repr(conveyor.QueueFull) == "<class 'conveyor.QueueFull'>"
+
+
 @pytest.mark.trio_only
 async def test_retry_reruns_after_its_own_delay(
     open_test_queue: QueueOpener, wall_clock: object

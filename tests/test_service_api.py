@@ -156,6 +156,15 @@ async def test_the_idempotency_key_header_yields_one_job(client: httpx.AsyncClie
     assert again.json()["idempotency_key"] == "k1"
 
 
+async def test_a_replay_answers_200_saying_it_is_one(client: httpx.AsyncClient) -> None:
+    first = await client.post("/jobs", json={"name": "echo"}, headers={"Idempotency-Key": "k2"})
+    again = await client.post("/jobs", json={"name": "echo"}, headers={"Idempotency-Key": "k2"})
+    assert first.status_code == 201
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
 async def test_a_batch_is_enqueued_in_order(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/jobs/batch", json={"jobs": [{"name": "echo", "payload": n} for n in range(3)]}
@@ -196,11 +205,46 @@ async def test_cancel_makes_a_pending_job_cancelled(client: httpx.AsyncClient) -
     assert response.json()["status"] == "cancelled"
 
 
+async def test_cancel_of_a_running_job_answers_it_cancelled(
+    client: httpx.AsyncClient, gate: Gate
+) -> None:
+    job = await enqueue(client, "blocked")
+    await gate.entered.wait()
+    response = await client.post(f"/jobs/{job['id']}/cancel")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+
+
+@pytest.mark.trio_only
+async def test_cancel_of_a_job_whose_handler_does_not_stop_is_a_202_saying_so(
+    client: httpx.AsyncClient, gate: Gate
+) -> None:
+    job = await enqueue(client, "stubborn")
+    await gate.entered.wait()
+    response = await client.post(f"/jobs/{job['id']}/cancel")
+    assert response.status_code == 202
+    assert response.json()["status"] == "running"
+    assert "cancellation is in progress" in response.json()["note"]
+    gate.open()
+    assert (await finished(client, job["id"]))["status"] == "cancelled"
+
+
 async def test_cancel_of_a_finished_job_is_a_409_problem(client: httpx.AsyncClient) -> None:
     job = await enqueue(client, "echo")
     await finished(client, job["id"])
     body = assert_problem(await client.post(f"/jobs/{job['id']}/cancel"), 409, "conflict")
     assert "completed" in body["detail"]
+
+
+async def test_a_failed_jobs_error_names_conveyor_fail_by_its_public_name(
+    client: httpx.AsyncClient,
+) -> None:
+    job = await enqueue(client, "explode")
+    assert (await finished(client, job["id"]))["error"].endswith(
+        "\nconveyor.Fail: boom: the handler gave up"
+    )
+    listed = (await client.get("/jobs", params={"status": "failed"})).json()["jobs"]
+    assert listed[0]["error_preview"] == "conveyor.Fail: boom: the handler gave up"
 
 
 async def test_cancel_of_an_unknown_job_is_a_404_problem(client: httpx.AsyncClient) -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+import conveyor as conveyor_module
+from conveyor.service import ServeOptions
 from conveyor.service._format import parse_duration
-from service_server import Server, conveyor, running_server
+from service_server import Server, both_engines, conveyor, running_server
 
 slow = pytest.mark.slow
 
@@ -43,6 +45,7 @@ def test_duration_flags_take_units() -> None:
     assert "'soon' is not a duration" in refused.output
 
 
+@both_engines
 @slow
 def test_client_commands_drive_a_running_service(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -62,6 +65,7 @@ def test_client_commands_drive_a_running_service(db_path: Path) -> None:
         assert json.loads(purged.stdout) == {"deleted": 1}
 
 
+@both_engines
 @slow
 def test_exit_codes_say_not_found_and_refused(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -78,6 +82,7 @@ def test_exit_codes_say_not_found_and_refused(db_path: Path) -> None:
         assert "completed" in refused.stderr
 
 
+@both_engines
 @slow
 def test_cancel_and_requeue_commands(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -91,6 +96,7 @@ def test_cancel_and_requeue_commands(db_path: Path) -> None:
         assert json.loads(requeued.stdout)["status"] in ("pending", "running", "completed")
 
 
+@both_engines
 @slow
 def test_wait_gives_up_after_its_timeout_with_exit_code_5(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -107,6 +113,7 @@ def test_an_unreachable_service_is_exit_code_1() -> None:
     assert "cannot reach the conveyor service" in result.stderr
 
 
+@both_engines
 @slow
 def test_a_token_server_refuses_clients_without_it(db_path: Path) -> None:
     with running_server(db_path, "--token", "s3cret") as server:
@@ -115,6 +122,7 @@ def test_a_token_server_refuses_clients_without_it(db_path: Path) -> None:
         assert ok.returncode == 0
 
 
+@both_engines
 @slow
 def test_sigterm_shuts_down_gracefully_returning_running_jobs_to_pending(db_path: Path) -> None:
     with running_server(db_path, "--shutdown-grace", "0.2") as server:
@@ -126,6 +134,7 @@ def test_sigterm_shuts_down_gracefully_returning_running_jobs_to_pending(db_path
     assert report["by_status"]["pending"] == 1
 
 
+@both_engines
 @slow
 def test_a_second_signal_stops_at_once_losing_no_job(db_path: Path) -> None:
     with running_server(db_path, "--shutdown-grace", "60") as server:
@@ -179,6 +188,7 @@ def test_serve_refuses_a_public_address_without_a_token(db_path: Path) -> None:
     assert "without a token" in " ".join(result.stderr.split())
 
 
+@both_engines
 @slow
 def test_inspect_reads_the_file_while_a_server_runs(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -222,6 +232,7 @@ def test_the_demo_runs_its_workload_to_the_end(tmp_path: Path) -> None:
     assert "dashboard: http://127.0.0.1:" in result.stdout
 
 
+@both_engines
 @pytest.mark.slow
 def test_one_keep_alive_connection_carries_more_than_a_thousand_requests(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -242,6 +253,7 @@ def test_one_keep_alive_connection_carries_more_than_a_thousand_requests(db_path
 
 
 # --- handlers: pause, resume, list --------------------------------------------------------------
+@both_engines
 @slow
 def test_pause_holds_a_handlers_jobs_and_resume_runs_them(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -259,6 +271,7 @@ def test_pause_holds_a_handlers_jobs_and_resume_runs_them(db_path: Path) -> None
     assert done["status"] == "completed"
 
 
+@both_engines
 @slow
 def test_pause_says_when_a_handler_was_already_paused(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -267,6 +280,7 @@ def test_pause_says_when_a_handler_was_already_paused(db_path: Path) -> None:
     assert (again.returncode, again.stdout.strip()) == (0, "handler hello was already paused")
 
 
+@both_engines
 @slow
 def test_pause_of_an_unknown_handler_is_exit_code_3(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -275,6 +289,7 @@ def test_pause_of_an_unknown_handler_is_exit_code_3(db_path: Path) -> None:
     assert "no handler named 'nope'" in " ".join(result.stderr.split())
 
 
+@both_engines
 @slow
 def test_handlers_lists_each_handler_with_its_pause(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -292,6 +307,7 @@ def _enqueue(url: str, name: str, **fields: object) -> int:
     return job_id
 
 
+@both_engines
 @slow
 def test_wait_all_follows_a_batch_until_every_job_is_finished(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -302,6 +318,7 @@ def test_wait_all_follows_a_batch_until_every_job_is_finished(db_path: Path) -> 
     assert "4 of 4 jobs finished: 3 completed, 1 failed" in " ".join(result.stdout.split())
 
 
+@both_engines
 @slow
 def test_wait_all_prints_the_batchs_counts_as_json(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -311,6 +328,7 @@ def test_wait_all_prints_the_batchs_counts_as_json(db_path: Path) -> None:
     assert (body["total"], body["completed"], body["finished"]) == (2, 2, 2)
 
 
+@both_engines
 @slow
 def test_wait_all_gives_up_after_its_timeout_with_exit_code_5(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -323,6 +341,7 @@ def test_wait_all_gives_up_after_its_timeout_with_exit_code_5(db_path: Path) -> 
     assert "1 of the 2 jobs did not finish within 0.5 s" in " ".join(result.stderr.split())
 
 
+@both_engines
 @slow
 def test_wait_all_of_an_unknown_job_is_exit_code_3(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -346,6 +365,7 @@ def _stop(server: Server) -> str:
     return server.stderr_after_exit()
 
 
+@both_engines
 @slow
 def test_serve_prints_the_info_records_of_the_conveyor_logger(db_path: Path) -> None:
     with running_server(db_path, handlers="service_log_handlers:registry") as server:
@@ -356,6 +376,7 @@ def test_serve_prints_the_info_records_of_the_conveyor_logger(db_path: Path) -> 
     assert "the event loop runs again" in logged
 
 
+@both_engines
 @slow
 def test_serve_with_log_level_warning_hides_info_records(db_path: Path) -> None:
     with running_server(
@@ -368,6 +389,7 @@ def test_serve_with_log_level_warning_hides_info_records(db_path: Path) -> None:
     assert "the event loop runs again" not in logged
 
 
+@both_engines
 @slow
 def test_a_request_when_the_file_is_deleted_is_a_503_problem(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -379,6 +401,7 @@ def test_a_request_when_the_file_is_deleted_is_a_503_problem(db_path: Path) -> N
     assert "was deleted, moved or replaced" in response.json()["detail"]
 
 
+@both_engines
 @slow
 def test_serve_exits_with_one_line_naming_the_file_when_it_is_deleted(db_path: Path) -> None:
     with running_server(db_path) as server:
@@ -393,6 +416,7 @@ def test_serve_exits_with_one_line_naming_the_file_when_it_is_deleted(db_path: P
     assert "Traceback" not in printed
 
 
+@both_engines
 @slow
 def test_serve_logs_json_lines_with_an_access_record_per_request(db_path: Path) -> None:
     import httpx
@@ -425,3 +449,178 @@ def test_a_record_as_a_json_line_keeps_its_extra_fields() -> None:
     record.conveyor_job = 7
     line = json.loads(JsonLines().format(record))
     assert (line["message"], line["level"], line["conveyor_job"]) == ("job 7 failed", "WARNING", 7)
+
+
+# --- enqueue's flags, serve's and worker's options, defaults, error lines -----------------------
+def _serve_options_of(monkeypatch: pytest.MonkeyPatch, *args: str) -> ServeOptions:
+    """The options ``conveyor serve ARGS`` would serve with (nothing is served)."""
+    from click.testing import CliRunner
+
+    from conveyor.service import _cli
+
+    seen: list[ServeOptions] = []
+    monkeypatch.setattr(_cli, "_run_server", lambda options, *_, **__: seen.append(options))
+    result = CliRunner().invoke(
+        _cli.main, ["serve", "--handlers", "service_handlers:registry", *args]
+    )
+    assert result.exit_code == 0, result.output
+    return seen[0]
+
+
+def _refused(*args: str) -> str:
+    """What the command line ARGS is refused with (exit code 2, nothing run)."""
+    from click.testing import CliRunner
+
+    from conveyor.service._cli import main
+
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 2, result.output
+    return " ".join(result.output.split())
+
+
+def _param_defaults(command: str) -> dict[str | None, object]:
+    from conveyor.service._cli import main
+
+    return {param.name: param.default for param in main.commands[command].params}
+
+
+@slow
+def test_enqueue_max_attempts_sets_the_jobs_attempts(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        args = ("--max-attempts", "7", "--delay", "1h", "--json", "--url", server.url)
+        job = json.loads(conveyor("enqueue", "hello", *args).stdout)
+    assert job["max_attempts"] == 7
+
+
+@slow
+def test_enqueue_timeout_sets_the_jobs_timeout(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        args = ("--timeout", "1m30s", "--delay", "1h", "--json", "--url", server.url)
+        job = json.loads(conveyor("enqueue", "hello", *args).stdout)
+    assert job["timeout"] == 90
+
+
+@slow
+def test_enqueue_run_at_takes_an_iso_time_with_its_offset(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        args = ("--run-at", "2030-01-01T09:00:00+01:00", "--json", "--url", server.url)
+        job = json.loads(conveyor("enqueue", "hello", *args).stdout)
+    assert job["run_at"] == 1893484800  # 2030-01-01T08:00:00Z
+    assert job["status"] == "pending"
+
+
+@slow
+def test_enqueue_run_at_takes_epoch_seconds(db_path: Path) -> None:
+    with running_server(db_path) as server:
+        args = ("--run-at", "1893484800", "--json", "--url", server.url)
+        job = json.loads(conveyor("enqueue", "hello", *args).stdout)
+    assert job["run_at"] == 1893484800
+
+
+def test_enqueue_refuses_delay_with_run_at() -> None:
+    refused = _refused("enqueue", "hello", "--delay", "1h", "--run-at", "1893484800")
+    assert "give --delay or --run-at, not both" in refused
+
+
+def test_enqueue_run_at_needs_an_offset() -> None:
+    refused = _refused("enqueue", "hello", "--run-at", "2030-01-01T09:00:00")
+    assert "needs its UTC offset" in refused
+
+
+def test_enqueue_run_at_refuses_milliseconds() -> None:
+    refused = _refused("enqueue", "hello", "--run-at", "1893484800000")
+    assert "looks like milliseconds" in refused
+
+
+def test_enqueue_max_attempts_is_at_least_1() -> None:
+    assert "--max-attempts" in _refused("enqueue", "hello", "--max-attempts", "0")
+
+
+def test_enqueue_timeout_is_more_than_0() -> None:
+    assert "more than 0 seconds" in _refused("enqueue", "hello", "--timeout", "0s")
+
+
+def test_serve_engine_chooses_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _serve_options_of(monkeypatch, "--engine", "trio").engine == "trio"
+    assert _serve_options_of(monkeypatch, "--engine", "asyncio").engine == "asyncio"
+    assert "'curio' is not one of" in _refused("serve", "--handlers", "x:y", "--engine", "curio")
+
+
+def test_serve_max_pending_is_passed_to_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _serve_options_of(monkeypatch).max_pending is None
+    assert _serve_options_of(monkeypatch, "--max-pending", "100").max_pending == 100
+    assert "--max-pending" in _refused("serve", "--handlers", "x:y", "--max-pending", "0")
+
+
+@slow
+def test_serve_max_pending_refuses_enqueues_beyond_it(db_path: Path) -> None:
+    with running_server(db_path, "--max-pending", "1") as server:
+        url = ("--url", server.url)
+        assert conveyor("enqueue", "hello", "--delay", "1h", *url).returncode == 0
+        full = conveyor("enqueue", "hello", "--delay", "1h", *url)
+    assert full.returncode == 4
+    assert "full" in full.stderr
+
+
+def test_serve_synchronous_full_is_passed_to_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _serve_options_of(monkeypatch).synchronous == "normal"
+    assert _serve_options_of(monkeypatch, "--synchronous", "full").synchronous == "full"
+
+
+def test_serve_retention_takes_a_duration(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _serve_options_of(monkeypatch).retention is None
+    assert _serve_options_of(monkeypatch, "--retention", "7d").retention == 7 * 86400
+    assert "not a duration" in _refused("serve", "--handlers", "x:y", "--retention", "a week")
+
+
+def test_worker_synchronous_full_is_passed_to_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from conveyor.service import _cli
+
+    opened: list[dict[str, object]] = []
+
+    def open_queue(path: str, **options: object) -> object:
+        opened.append(options)
+        raise conveyor_module.DatabaseError("not opened in this test")
+
+    monkeypatch.setattr(_cli, "open_queue", open_queue)
+    monkeypatch.setattr(_cli, "log_to_stderr", lambda *_, **__: None)
+    args = ["worker", "--handlers", "service_handlers:registry", "--synchronous", "full"]
+    CliRunner().invoke(_cli.main, args)
+    assert opened[0]["synchronous"] == "full"
+
+
+def test_the_commands_default_to_the_librarys_file_and_workers() -> None:
+    import inspect
+
+    library = inspect.signature(conveyor_module.open_queue).parameters
+    for command in ("serve", "worker", "inspect"):
+        assert _param_defaults(command)["db"] == library["path"].default == "conveyor.db"
+    for command in ("serve", "worker", "demo"):
+        assert _param_defaults(command)["workers"] == library["workers"].default
+
+
+def test_serve_worker_and_demo_take_log_level_and_log_format() -> None:
+    for command in ("serve", "worker", "demo"):
+        defaults = _param_defaults(command)
+        assert (defaults["log_level"], defaults["log_format"]) == ("info", "text")
+
+
+def test_an_error_is_one_line_however_narrow_the_terminal(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from service_server import CONVEYOR
+
+    path = str(tmp_path / ("a-rather-long-directory-name-" * 6) / "queue.db")
+    result = subprocess.run(
+        [CONVEYOR, "inspect", "--db", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "20"},
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"error: {path} does not exist (or is not a file)\n"

@@ -29,7 +29,7 @@ STATE = common.state_dir("conveyor_http")
 DB = STATE / "conveyor.db"
 PORT: Final = 18327  # not the service's default 8327, which a developer's server may hold
 URL: Final = f"http://127.0.0.1:{PORT}"
-WORKERS: Final = 8  # `conveyor serve`'s default
+WORKERS: Final = 8  # `conveyor serve`'s default when these results were measured
 READY_S: Final = 60.0
 PRODUCER_ENV: Final = "CONVEYOR_HTTP_PRODUCER"  # the worker process serves as a producer only
 
@@ -47,6 +47,10 @@ def serve_argv(handlers: str, workers: int, grace: float) -> list[str]:
         str(PORT),
         "--shutdown-grace",
         str(grace),
+        # The engine these results were measured on (the default is now asyncio, uvicorn).
+        "--engine",
+        "trio",
+        "--no-access-log",
     ]
 
 
@@ -70,7 +74,7 @@ class ConveyorHttpPeer(common.Peer):
     settings: ClassVar[dict[str, str]] = {
         "storage": "SQLite file, WAL, synchronous=NORMAL (conveyor's default)",
         "batch": "POST /jobs/batch (one transaction per 1,000)",
-        "worker": f"conveyor serve --workers {WORKERS} (the default; hypercorn on trio), async "
+        "worker": f"conveyor serve --workers {WORKERS} (hypercorn on trio), async "
         "handler; producers: httpx.AsyncClient, one connection per producer task (pool "
         "shared); before a worker runs, a producer-only service with its one worker parked",
         "recovery": "on start: jobs left running go back to pending (the attempt counts), "

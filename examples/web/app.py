@@ -43,8 +43,9 @@ async def sign_up(signup: Signup, request: Request) -> dict[str, int]:
 
 
 @app.get("/jobs/{job_id}")
-async def job_status(job_id: int, request: Request, wait: float = 0) -> dict[str, object]:
-    """The job's status; with ``wait``, up to that many seconds for it to finish first."""
+async def job_status(job_id: int, request: Request, wait: float = 0) -> conveyor.Job:
+    """The job (a route may return a Job: it is answered as ``Job.to_dict()``, with its schema
+    in the OpenAPI document); with ``wait``, up to that many seconds for it to finish first."""
     queue: conveyor.Queue = request.app.state.queue
     job = await queue.get(job_id)
     if job is None:
@@ -52,4 +53,4 @@ async def job_status(job_id: int, request: Request, wait: float = 0) -> dict[str
     if wait > 0 and not job.status.is_terminal:
         with suppress(conveyor.WaitTimeout):
             job = await queue.wait(job_id, timeout=wait)
-    return {"id": job.id, "status": job.status.value, "result": job.result}
+    return job

@@ -24,7 +24,7 @@ from ._errors import (
     WaitTimeout,
 )
 from ._events import Change
-from ._job import Event, Job, JobSpec, JobStatus
+from ._job import Event, Job, JobDict, JobSpec, JobStatus
 from ._queue import BatchProgress, Queue, Stats, WorkflowGraph
 from ._registry import Handler, Registry
 from ._retry import Backoff, Fail, Retry
@@ -46,6 +46,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidArgument",
     "Job",
+    "JobDict",
     "JobContext",
     "JobNotFound",
     "JobSpec",
@@ -69,3 +70,12 @@ __all__ = [
     "current_job",
     "open_queue",
 ]
+
+# Public classes are shown by the name they are imported by: a handler raising Fail fails its
+# job with "conveyor.Fail: ..." (in the stored error, the dashboard, tracebacks and reprs),
+# not "conveyor._retry.Fail". Pickling, which looks a class up by these names, finds it too.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) and _value.__module__.startswith("conveyor._"):
+        _value.__module__ = __name__
+del _name, _value

@@ -9,11 +9,18 @@ from __future__ import annotations
 import enum
 import json
 import math
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+# pydantic reads a TypedDict's schema from typing_extensions' only, before Python 3.12.
+from typing_extensions import TypedDict
+
 from ._errors import InvalidArgument, NotJSONSerializable
+
+if TYPE_CHECKING:
+    from pydantic import GetCoreSchemaHandler
+    from pydantic_core import core_schema
 
 JSON = Any
 """A value that :func:`json.dumps` accepts: dict, list, str, int, float, bool or None."""
@@ -336,6 +343,32 @@ class JobSpec:
             raise InvalidArgument("give delay or run_at, not both")
 
 
+class JobDict(TypedDict):
+    """A job as :meth:`Job.to_dict` gives it: JSON-ready. Times are wall-clock seconds since
+    the epoch."""
+
+    id: int
+    name: str
+    payload: Any
+    status: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: float
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    result: Any
+    error: str | None
+    progress: float | None
+    progress_message: str | None
+    timeout: float | None
+    idempotency_key: str | None
+    after: list[int]
+    schedule_key: str | None
+    concurrency_key: str | None
+
+
 @attrs.frozen
 class Job:
     """A job as stored: an immutable snapshot, taken when it was read.
@@ -367,8 +400,12 @@ class Job:
     after: tuple[int, ...] = ()
     schedule_key: str | None = None
     concurrency_key: str | None = None
+    trace_context: str | None = attrs.field(default=None, eq=False, repr=False)
+    """The W3C trace context (``traceparent``, ``tracestate``) of the span it was enqueued in,
+    as JSON, with the ``otel`` extra (``None``: none): the spans of its attempts continue that
+    trace. Not part of :meth:`to_dict`, nor of equality."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JobDict:
         """The job as a JSON-ready dict: every field, the status as its text, ``after`` as a
         list (what ``conveyor serve``'s API answers, and what a web route can return)."""
         return {
@@ -393,3 +430,19 @@ class Job:
             "schedule_key": self.schedule_key,
             "concurrency_key": self.concurrency_key,
         }
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        """Lets a FastAPI route (or a pydantic model) return a Job: it is written as
+        :meth:`to_dict`, with :class:`JobDict`'s schema. As input it takes Job values only: a
+        job is read from its queue, never built from a request."""
+        from pydantic_core import core_schema
+
+        return core_schema.is_instance_schema(
+            cls,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                cls.to_dict, return_schema=handler.generate_schema(JobDict)
+            ),
+        )

@@ -48,6 +48,7 @@ from ._job import (
 from ._schedule import CATCH_UPS, Cadence, CatchUp, Schedule
 from ._storage import sqlite as storage
 from ._storage.sqlite import NewJob
+from ._tracing import current_context as current_trace_context
 from ._workflow import Workflow
 
 if TYPE_CHECKING:
@@ -116,6 +117,34 @@ class Stats:
     memory_limited: bool = False
     """Memory in use is at or above ``memory_high_water``: at most one job runs at a time."""
 
+    def __str__(self) -> str:
+        """A few lines for people: counts by status and by handler, the oldest pending job,
+        the last minute (``repr`` gives the fields)."""
+        age = self.oldest_pending_age
+        minute = [f"{self.throughput:.2f} jobs/s finished"]
+        if self.avg_duration is not None:
+            minute.append(f"mean duration {self.avg_duration:.3f} s")
+        if self.success_rate is not None:
+            minute.append(f"{self.success_rate:.0%} completed")
+        lines = [
+            f"jobs: {_counts(self.by_status)}",
+            "oldest pending job: " + ("none" if age is None else f"{age:.1f} s old"),
+            "last minute: " + ", ".join(minute),
+        ]
+        if self.memory_limited:
+            lines.append("memory limited: at most one job runs at a time")
+        if self.by_name:
+            lines.append("by handler:")
+        lines.extend(
+            f"  {name}: {_counts(by_status)}" for name, by_status in sorted(self.by_name.items())
+        )
+        return "\n".join(lines)
+
+
+def _counts(by_status: dict[JobStatus, int]) -> str:
+    """``3 pending, 1 running, ...``: every status, in life-cycle order."""
+    return ", ".join(f"{by_status.get(status, 0)} {status}" for status in JobStatus)
+
 
 class Queue:
     """An open queue: enqueue jobs, steer them, and read their state.
@@ -181,6 +210,13 @@ class Queue:
         (job,) = await self._enqueue([spec])
         return job
 
+    async def _enqueue_or_replay(self, spec: JobSpec) -> tuple[Job, bool]:
+        """Enqueue ``spec`` as :meth:`enqueue` does; also whether the job was already stored,
+        found by its idempotency key (a replay: nothing was written). For the HTTP API."""
+        found: set[int] = set()
+        (job,) = await self._enqueue([spec], found=found)
+        return job, job.id in found
+
     async def enqueue_many(self, specs: Iterable[JobSpec]) -> list[Job]:
         """Store every job of ``specs`` in one transaction; return them in the same order.
 
@@ -204,19 +240,32 @@ class Queue:
         return await self._enqueue([step.spec for step in steps], [s.after_steps for s in steps])
 
     async def _enqueue(
-        self, specs: Sequence[JobSpec], steps: Sequence[tuple[int, ...]] = ()
+        self,
+        specs: Sequence[JobSpec],
+        steps: Sequence[tuple[int, ...]] = (),
+        found: set[int] | None = None,
     ) -> list[Job]:
         await self._runtime.learn_handlers({spec.name for spec in specs})
         now = self._runtime.clock()
+        # The caller's span, once for the whole call (here, in the caller's task): every job
+        # of it continues that trace. None, at the cost of a lookup, without OpenTelemetry.
+        trace_context = current_trace_context()
         jobs = [
-            self._new_job(spec, now, steps[index] if steps else ())
+            self._new_job(spec, now, steps[index] if steps else (), trace_context)
             for index, spec in enumerate(specs)
         ]
         reply: Reply[list[Job]] = Reply()
-        await self._runtime.send(Enqueue(jobs, reply))
+        command = Enqueue(jobs, reply) if found is None else Enqueue(jobs, reply, found)
+        await self._runtime.send(command)
         return await reply.get()
 
-    def _new_job(self, spec: JobSpec, now: float, after_steps: tuple[int, ...] = ()) -> NewJob:
+    def _new_job(
+        self,
+        spec: JobSpec,
+        now: float,
+        after_steps: tuple[int, ...] = (),
+        trace_context: str | None = None,
+    ) -> NewJob:
         max_attempts, timeout = self._runtime.defaults(spec.name)
         payload_json = encode_json(spec.payload, f"the payload of a {spec.name!r} job")
         if spec.delay is not None:
@@ -239,6 +288,7 @@ class Queue:
             after_steps=after_steps,
             delay=spec.delay,
             concurrency_key=spec.concurrency_key,
+            trace_context=trace_context,
         )
 
     async def cancel(self, job_id: int) -> bool:

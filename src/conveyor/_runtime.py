@@ -44,6 +44,7 @@ from ._job import Event, JobStatus, check_seconds
 from ._memory import MemoryGuard, check_high_water, memory_in_use
 from ._queue import Queue
 from ._registry import DEFAULT_MAX_ATTEMPTS, Registry
+from ._retention import keep_for
 from ._sqlthread import SqlThread
 from ._storage import sqlite as storage
 from ._storage.sqlite import HandlerDefaults, Synchronous, Writer
@@ -480,6 +481,7 @@ async def open_queue(
     sql_thread: bool = True,
     memory_high_water: float | None = 0.85,
     memory_reader: Callable[[], float] | None = None,
+    retention: float | None = None,
 ) -> AsyncIterator[Queue]:
     """Open the queue stored in the SQLite file ``path`` (created if missing) and run it.
 
@@ -514,6 +516,17 @@ async def open_queue(
     attempt. If the block is cancelled from outside, the queue stops at once, like a crash:
     running jobs are recovered the next time the file is opened.
 
+    ``retention``: seconds finished jobs (completed, failed, cancelled) are kept. While the
+    queue is open it purges, in the background, those that finished longer ago than that:
+    when it opens, then every tenth of ``retention`` (at most every minute, at least a
+    second apart), in batches of at most 1,000 jobs per write transaction so that the purge
+    never holds the writer for long. As with :meth:`Queue.purge`, the idempotency keys of
+    purged jobs are released (a later enqueue with such a key creates a new job), and
+    :meth:`Queue.get` of a purged job returns ``None``. Any process may pass it
+    (one is enough; several do no harm). ``None`` (default) keeps finished jobs until
+    :meth:`Queue.purge` deletes them. A value that is not a finite number of seconds > 0
+    raises :class:`InvalidArgument`.
+
     Raises :class:`DatabaseInUse` if the file is on a network file system or an older
     conveyor holds it, :class:`SchemaTooNew` or
     :class:`DatabaseError` if the file cannot be used.
@@ -521,6 +534,7 @@ async def open_queue(
     _check_open_arguments(
         handlers, workers, shutdown_grace, max_pending, synchronous, clock, heartbeat
     )
+    check_seconds("retention", retention, positive=True)
     known = _known_handlers(known_handlers)
     registry = handlers if handlers is not None else Registry()
     runs = registry if workers > 0 else Registry()
@@ -559,6 +573,7 @@ async def open_queue(
             readers=readers,
             shutdown_grace=shutdown_grace,
             memory=memory,
+            retention=retention,
         ) as queue:
             yield queue
 
@@ -651,6 +666,7 @@ async def _running_actors(
     readers: Readers,
     shutdown_grace: float,
     memory: MemoryGuard,
+    retention: float | None = None,
 ) -> AsyncIterator[Queue]:
     # Only the store's inbox is bounded (back-pressure on callers). The store never waits to
     # send, so the channels it sends on are unbounded; what they carry is bounded by the
@@ -699,6 +715,8 @@ async def _running_actors(
                 tg.start_soon(Timer(clock=clock, inbox=timer_rx, store=store_tx.clone()).run)
                 tg.start_soon(_beat, runtime, heartbeat)
                 tg.start_soon(_answer_rings, runtime, doorbell)
+                if retention is not None:
+                    tg.start_soon(keep_for, runtime, retention)
                 try:
                     yield queue
                 except anyio.get_cancelled_exc_class():

@@ -1,6 +1,6 @@
 """conveyor's blocking API, for programs without an event loop::
 
-with conveyor.blocking.open_queue("jobs.db", handlers=registry, workers=4) as queue:
+with conveyor.blocking.open_queue("conveyor.db", handlers=registry, workers=4) as queue:
     job = queue.enqueue("resize", {"path": "a.png"})
     done = queue.wait(job.id, timeout=30)
 """

@@ -450,7 +450,7 @@ def failing(message: str) -> Callable[..., Any]:
 @pytest.mark.parametrize(
     ("method", "path", "call", "body"),
     [
-        ("POST", "/jobs", "enqueue", {"name": "echo"}),
+        ("POST", "/jobs", "_enqueue_or_replay", {"name": "echo"}),
         ("POST", "/jobs/batch", "enqueue_many", {"jobs": [{"name": "echo"}]}),
         ("POST", "/jobs/1/cancel", "cancel", None),
         ("POST", "/jobs/1/requeue", "requeue", None),

@@ -62,6 +62,9 @@ class Reply(Generic[T]):
 class Enqueue:
     jobs: list[NewJob]
     reply: Reply[list[Job]]
+    found: set[int] = attrs.field(factory=set, eq=False)
+    """Filled by the store before it replies: the ids of the answered jobs that were already
+    stored, found by their idempotency key (a replay), rather than inserted."""
 
 
 ProgressReport = tuple[float, str | None, int, int]
@@ -116,9 +119,13 @@ class Requeue:
 
 @attrs.frozen
 class Purge:
+    """Delete finished jobs of ``statuses`` older than ``older_than`` seconds (at most
+    ``limit`` of them, the oldest first, if given); answers how many."""
+
     older_than: float
     statuses: frozenset[JobStatus]
     reply: Reply[int]
+    limit: int | None = None
 
 
 @attrs.frozen

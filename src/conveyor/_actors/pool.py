@@ -44,13 +44,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._context import JobContext, enter_context, leave_context, run_with_context
 from .._errors import NotJSONSerializable, UnknownHandler
 from .._fastpath import Scope, Signal, primitives
-from .._job import JSON, Event, Job, encode_json
+from .._job import JSON, Event, Job, encode_json, end_attempt
 from .._memory import MemoryGuard
 from .._process import ProcessPool
 from .._registry import Registry
 from .._retry import Backoff, Fail, Retry
 from .._sqlthread import call_soon_threadsafe
-from .._storage.sqlite import Outcome
+from .._storage.sqlite import Outcome, error_summary
+from .._tracing import AttemptSpan, start_attempt
 from .messages import (
     Close,
     Flush,
@@ -92,7 +93,7 @@ class Attempt:
     attribute store, which the GIL makes atomic.
     """
 
-    __slots__ = ("job", "progress", "progress_told", "reason", "scope", "started")
+    __slots__ = ("job", "progress", "progress_told", "reason", "scope", "span", "started")
 
     def __init__(self, job: Job, scope: Scope, started: float) -> None:
         self.job = job
@@ -101,6 +102,8 @@ class Attempt:
         self.reason: StopReason | None = None
         self.progress: tuple[float, str | None] | None = None
         self.progress_told = False
+        self.span: AttemptSpan | None = None
+        """The attempt's trace span (``None`` without OpenTelemetry or a tracer provider)."""
 
 
 class Pool:
@@ -357,6 +360,8 @@ class Pool:
         del self._running[job.id]
         if attempt.reason == "fenced":
             logger.info("job %d attempt %d stopped: its lease was lost", job.id, job.attempts)
+            if attempt.span is not None:
+                attempt.span.end(Event.RECOVERED.value)  # as the process taking it over did
             self._ask_flush()  # its slot is free
             return cancelled
         # An async handler that blocks the loop past its deadline returns before the timeout
@@ -385,6 +390,8 @@ class Pool:
             limits = self._registry[job.name].limits
             if limits.retry_priority_step:
                 outcome = attrs.evolve(outcome, retry_priority=limits.retry_priority(job.priority))
+        if attempt.span is not None:
+            _end_span(attempt.span, outcome)
         self._outcomes.append(outcome)
         self._ask_flush()
         return cancelled
@@ -405,6 +412,7 @@ class Pool:
         scope), is a failed attempt.
         """
         job = attempt.job
+        span = attempt.span = start_attempt(job.name, job.id, job.attempts, job.trace_context)
         try:
             handler = self._registry[job.name]
         except UnknownHandler as exc:
@@ -418,6 +426,8 @@ class Pool:
             self._results.pop(job.id, None) if job.after else None,
         )
         cancelling = _cancel_requests()
+        if span is not None:
+            span.activate()  # for the handler, and the thread a sync one runs in
         try:
             if handler.is_async:
                 token = enter_context(context)
@@ -438,7 +448,12 @@ class Pool:
                 raise
             _forget_cancel_requests(cancelling)
             raised = exc.exception if isinstance(exc, RaisedInThread) else exc
+            if span is not None:
+                span.record(raised)
             return _raised(job, raised, handler.backoff, self._now() - attempt.started)
+        finally:
+            if span is not None:
+                span.deactivate()
         duration = self._now() - attempt.started
         try:
             result_json = encode_json(result, f"the result of job {job.id} ({job.name!r})")
@@ -663,6 +678,19 @@ def _code_of(function: object) -> object:
         function = function.func
     function = getattr(function, "__func__", function)
     return getattr(function, "__code__", None)
+
+
+def _end_span(span: AttemptSpan, outcome: Outcome) -> None:
+    """End an attempt's span with its outcome as the store will settle it (a retry with no
+    attempts left fails the job)."""
+    job = outcome.job
+    event = end_attempt(
+        outcome.event,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        cancel_requested=False,
+    )
+    span.end(event.value, None if outcome.error is None else error_summary(outcome.error))
 
 
 def _raised(job: Job, exc: BaseException, backoff: Backoff, duration: float) -> Outcome:

@@ -336,6 +336,9 @@ def _apply(
                 )
             effects.failures.append((command.reply, exc))
             return
+        inserted_ids = {job.id for job in inserted}
+        command.found.clear()  # a batch replayed command by command applies it again
+        command.found.update(job.id for job in results if job.id not in inserted_ids)
         effects.replies.append((command.reply, results))
         effects.changes += changes
         if inserted:
@@ -401,9 +404,12 @@ def _apply(
     elif isinstance(command, DropSchedule):
         effects.replies.append((command.reply, writer.delete_schedule(command.key)))
     elif isinstance(command, Purge):
-        effects.replies.append(
-            (command.reply, writer.purge(now - command.older_than, command.statuses))
-        )
+        before = now - command.older_than
+        if command.limit is None:
+            purged = writer.purge(before, command.statuses)
+        else:
+            purged = writer.purge(before, command.statuses, limit=command.limit)
+        effects.replies.append((command.reply, purged))
     elif isinstance(command, Ping):
         writer.touch()
         effects.replies.append((command.reply, None))
@@ -466,7 +472,8 @@ def rows_written(commands: Sequence[StoreCommand], claims: Claims) -> int:
         elif isinstance(command, Report):
             rows += len(command.outcomes) + len(command.progress) + command.more
         elif isinstance(command, Purge):
-            rows += INLINE_ROWS + 1  # unknown, and possibly the whole table
+            # Unknown, and possibly the whole table, unless bounded.
+            rows += INLINE_ROWS + 1 if command.limit is None else command.limit
         else:
             rows += 1
     return rows

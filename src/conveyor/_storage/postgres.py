@@ -45,7 +45,7 @@ from .sqlite import Fault, Writer, _sql_list
 
 logger = logging.getLogger("conveyor")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The version of the tables this conveyor writes in a PostgreSQL schema."""
 
 CONNECTION_LOST: Final = (psycopg.OperationalError,)
@@ -104,7 +104,8 @@ _CREATE: Final = f"""
         cancelled_by     BIGINT,
         schedule_key     TEXT,
         concurrency_key  TEXT,
-        owner            BIGINT
+        owner            BIGINT,
+        trace_context    TEXT
     );
     CREATE UNIQUE INDEX jobs_key ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
     CREATE INDEX jobs_ready ON jobs (priority, run_at, id)
@@ -163,6 +164,12 @@ _CREATE: Final = f"""
     )
 """
 
+_UPGRADES: Final[dict[int, str]] = {
+    # Version 2: the trace context of the span a job was enqueued in (SQLite's version 6).
+    2: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS trace_context TEXT",
+}
+"""``version -> statements`` that bring tables of ``version - 1`` to ``version``."""
+
 # --- The statements that differ from SQLite's, by the SQLite statement they replace. ----------
 Q_BEGIN: Final = (
     "BEGIN ISOLATION LEVEL READ COMMITTED; "
@@ -181,6 +188,7 @@ Q_COUNTERS: Final = """
 """What the writer keeps of the tables (SQLite's reads of it, in one round trip), and whether
 this process's owner row is still there."""
 Q_META: Final = "SELECT version FROM conveyor_meta"
+Q_SET_VERSION: Final = "UPDATE conveyor_meta SET version = %s"
 Q_XACT_STATUS: Final = "SELECT pg_xact_status(%s::xid8)"
 """Whether a transaction committed: asked after its commit's answer was lost."""
 Q_TABLES_IN_SCHEMA: Final = (
@@ -383,6 +391,14 @@ def migrate(raw: psycopg.Connection[Any], target: Target) -> None:
                 raise SchemaTooNew(
                     f"{target.shown} has conveyor schema version {version}, newer than this "
                     f"conveyor understands ({SCHEMA_VERSION}); upgrade conveyor to open it"
+                )
+            if version < SCHEMA_VERSION:
+                with raw.transaction():
+                    for target_version in range(version + 1, SCHEMA_VERSION + 1):
+                        raw.execute(_UPGRADES[target_version])
+                    raw.execute(Q_SET_VERSION, (SCHEMA_VERSION,))
+                logger.info(
+                    "conveyor upgraded its tables in %s to version %d", target.shown, SCHEMA_VERSION
                 )
             return
         taken = sorted(tables.intersection(_TABLES))

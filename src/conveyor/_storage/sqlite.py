@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -49,7 +50,7 @@ logger = logging.getLogger("conveyor")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 APPLICATION_ID: Final = 0x434F4E56  # "CONV": marks the file as a conveyor database
 
 Synchronous = Literal["normal", "full"]
@@ -233,7 +234,12 @@ _OWNERS: Final = """
     ALTER TABLE handler_state ADD COLUMN timeout REAL
 """
 
-_CREATE: Final = f"{_JOBS_TABLE};{_LIMITS};{_OWNERS}"
+_TRACES: Final = """
+    -- The W3C trace context of the span it was enqueued in, as JSON (the otel extra).
+    ALTER TABLE jobs ADD COLUMN trace_context TEXT
+"""
+
+_CREATE: Final = f"{_JOBS_TABLE};{_LIMITS};{_OWNERS};{_TRACES}"
 """A new file gets the latest schema at once."""
 
 _UPGRADES: Final[dict[int, str]] = {
@@ -277,13 +283,17 @@ _UPGRADES: Final[dict[int, str]] = {
     4: _LIMITS,
     # Version 5: owners, their leases, and declared handlers: many processes on one file.
     5: _OWNERS,
+    # Version 6: the trace context of the span a job was enqueued in. (Only a column added: a
+    # process of version 5 may keep the file open, and writes its version back on a ping,
+    # which is why an added column that is already there is skipped.)
+    6: _TRACES,
 }
 """``version -> statements`` that bring a file of ``version - 1`` to ``version``."""
 
 _COLUMNS: Final = (
     "id, name, payload, status, priority, attempts, max_attempts, run_at, created_at, "
     "started_at, finished_at, result, error, progress, progress_message, timeout, idempotency_key, "
-    "after, schedule_key, concurrency_key"
+    "after, schedule_key, concurrency_key, trace_context"
 )
 
 _PENDING: Final = JobStatus.PENDING.value
@@ -292,8 +302,8 @@ _RUNNING: Final = JobStatus.RUNNING.value
 # --- The statements, by name. -------------------------------------------------------------------
 Q_INSERT: Final = (
     "INSERT INTO jobs (id, name, payload, status, scheduled, priority, max_attempts, timeout, "
-    "run_at, created_at, idempotency_key, after, blockers, delay, schedule_key, concurrency_key) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "run_at, created_at, idempotency_key, after, blockers, delay, schedule_key, concurrency_key, "
+    "trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 Q_INSERT_DEP: Final = "INSERT INTO job_deps (dep_id, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
 Q_HAS_DEPS: Final = "SELECT EXISTS (SELECT 1 FROM job_deps)"
@@ -520,6 +530,23 @@ Q_IDS_BY_STATUS_NAME: Final = (
     "SELECT id FROM jobs WHERE status IN ({statuses}) AND name = ? ORDER BY id"
 )
 Q_PURGE: Final = "DELETE FROM jobs WHERE status IN ({statuses}) AND finished_at <= ?"
+Q_PURGE_SOME: Final = """
+    DELETE FROM jobs WHERE id IN (
+        SELECT id FROM jobs WHERE status IN ({statuses}) AND finished_at <= ?
+        ORDER BY finished_at LIMIT ?
+    )
+    RETURNING id, after
+"""
+"""At most ``LIMIT`` of the oldest of those jobs (a bounded DELETE, on both databases): a
+purge in batches, each a short transaction on the jobs_finished index."""
+Q_PURGE_DEPS_OF: Final = "DELETE FROM job_deps WHERE dep_id = ?"
+Q_PURGE_DEP: Final = "DELETE FROM job_deps WHERE dep_id = ? AND job_id = ?"
+"""The dependency rows of the jobs a bounded purge deleted, each found by its key (where
+:data:`Q_PURGE_DEPS` scans the whole table): those where it was the dependency, and those of
+the ids in its ``after``."""
+Q_ANY_TO_PURGE: Final = (
+    "SELECT EXISTS (SELECT 1 FROM jobs WHERE status IN ({statuses}) AND finished_at <= ?)"
+)
 Q_TOUCH: Final = f"PRAGMA user_version = {SCHEMA_VERSION}"
 """Rewrites the header with what it holds: a real write (one WAL page), so that it proves the
 database takes writes, as a write that changes nothing would not (it commits on a full disk)."""
@@ -578,6 +605,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         after=() if row[17] is None else tuple(json.loads(row[17])),
         schedule_key=row[18],
         concurrency_key=row[19],
+        trace_context=row[20],
     )
 
 
@@ -601,6 +629,8 @@ class NewJob:
     """The delay asked for, counted from its release if it has to wait."""
     schedule_key: str | None = None
     concurrency_key: str | None = None
+    trace_context: str | None = None
+    """The trace context of the enqueueing span (:func:`conveyor._tracing.current_context`)."""
 
 
 @attrs.frozen
@@ -884,10 +914,22 @@ def read_identity(conn: sqlite3.Connection) -> tuple[int, int]:
     return application_id, version
 
 
+_ADD_COLUMN: Final = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(\w+)", re.IGNORECASE)
+
+
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run the statements of ``script``, skipping an ``ADD COLUMN`` of a column already there
+    (a process of the previous version may have written its version back meanwhile)."""
     for statement in script.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+        if not statement.strip():
+            continue
+        added = _ADD_COLUMN.search(statement)
+        if added is not None and any(
+            column[1] == added[2]
+            for column in conn.execute(f"PRAGMA table_info({added[1]})").fetchall()
+        ):
+            continue
+        conn.execute(statement)
 
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
@@ -1441,6 +1483,7 @@ class Writer:
                     new.delay,
                     new.schedule_key,
                     new.concurrency_key,
+                    new.trace_context,
                 )
             )
             deps += [(dep, job_id) for dep in after]
@@ -1460,6 +1503,7 @@ class Writer:
                     after=after,
                     schedule_key=new.schedule_key,
                     concurrency_key=new.concurrency_key,
+                    trace_context=new.trace_context,
                 )
             )
             changes.append(Change(event, job_id, new.name, status))
@@ -1933,14 +1977,35 @@ class Writer:
             rows = self._conn.execute(Q_IDS_BY_STATUS_NAME.format(statuses=listed), (name,))
         return [row[0] for row in rows]
 
-    def purge(self, finished_before: float, statuses: Iterable[JobStatus] = TERMINAL) -> int:
+    def purge(
+        self,
+        finished_before: float,
+        statuses: Iterable[JobStatus] = TERMINAL,
+        *,
+        limit: int | None = None,
+    ) -> int:
         """Delete jobs of ``statuses`` (terminal ones) that finished before
-        ``finished_before``; how many."""
+        ``finished_before`` (at most ``limit`` of them, the oldest first, if given), and
+        their dependency rows; how many."""
+        if limit is not None:
+            return self._purge_some(finished_before, statuses, limit)
         query = Q_PURGE.format(statuses=_sql_list(statuses))
         purged: int = self._conn.execute(query, (finished_before,)).rowcount
         if purged and self._has_deps:
             self._conn.execute(Q_PURGE_DEPS)
         return purged
+
+    def _purge_some(self, finished_before: float, statuses: Iterable[JobStatus], limit: int) -> int:
+        query = Q_PURGE_SOME.format(statuses=_sql_list(statuses))
+        rows = self._conn.execute(query, (finished_before, limit)).fetchall()
+        if rows and self._has_deps:
+            self._conn.executemany(Q_PURGE_DEPS_OF, [(job_id,) for job_id, _ in rows])
+            edges = [
+                (dep_id, job_id) for job_id, after in rows if after for dep_id in json.loads(after)
+            ]
+            if edges:
+                self._conn.executemany(Q_PURGE_DEP, edges)
+        return len(rows)
 
     # --- schedules ---------------------------------------------------------------------------
     def upsert_schedule(self, schedule: Schedule) -> Schedule:
@@ -2129,6 +2194,15 @@ def workflow_of(conn: sqlite3.Connection, job_id: int, limit: int) -> tuple[list
         return sorted(found.values(), key=lambda j: j.id), False
 
     return _in_snapshot(conn, walk)
+
+
+def any_to_purge(
+    conn: sqlite3.Connection, finished_before: float, statuses: Iterable[JobStatus] = TERMINAL
+) -> bool:
+    """Whether a job of ``statuses`` finished before ``finished_before``: a read that spares
+    the writer a purge with nothing to delete."""
+    query = Q_ANY_TO_PURGE.format(statuses=_sql_list(statuses))
+    return bool(conn.execute(query, (finished_before,)).fetchone()[0])
 
 
 def statuses_of(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, JobStatus]:

@@ -77,10 +77,13 @@ def error_message(error: str | None) -> str | None:
         return error  # not a traceback: a timeout, a lost worker process
     # The frames are indented; the exception's text is what follows them.
     text = "\n".join(itertools.dropwhile(lambda line: line[:1] in ("", " "), tail.splitlines()))
-    return text.removeprefix(_FAIL_PREFIX) or error
+    for prefix in _FAIL_PREFIXES:
+        text = text.removeprefix(prefix)
+    return text or error
 
 
-_FAIL_PREFIX: Final = f"{Fail.__module__}.{Fail.__qualname__}: "
+# conveyor.Fail, and the name errors stored by earlier versions gave it.
+_FAIL_PREFIXES: Final = (f"{Fail.__module__}.{Fail.__qualname__}: ", "conveyor._retry.Fail: ")
 
 
 def process_file(payload: dict[str, str]) -> JSON:

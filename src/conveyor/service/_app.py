@@ -49,6 +49,7 @@ from ._models import (
     MAX_WORKFLOW,
     Batch,
     BatchIn,
+    CancelInProgress,
     Cancelled,
     HandlerFilterIn,
     HandlerList,
@@ -390,6 +391,17 @@ def _build_app(service: Service) -> FastAPI:
             **_ERRORS,
             **_BODY,
             **_WRITE,
+            200: {
+                "model": JobOut,
+                "description": "A replay: the `Idempotency-Key` is held by a job of the same "
+                "handler and payload, which is answered; nothing was written.",
+                "headers": {
+                    REPLAYED_HEADER: {
+                        "description": "`true` on a replay.",
+                        "schema": {"type": "string", "enum": ["true"]},
+                    }
+                },
+            },
             409: {
                 "model": ProblemOut,
                 "description": "The idempotency key is held by a job of another handler or "
@@ -404,22 +416,12 @@ def _build_app(service: Service) -> FastAPI:
             str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
         ] = None,
     ) -> Response:
-        spec = _spec(job, idempotency_key)
-        created = await _enqueued(
-            queue.enqueue(
-                spec.name,
-                spec.payload,
-                priority=spec.priority,
-                delay=spec.delay,
-                run_at=spec.run_at,
-                max_attempts=spec.max_attempts,
-                timeout=spec.timeout,
-                idempotency_key=spec.idempotency_key,
-                after=spec.after,
-                concurrency_key=spec.concurrency_key,
-            )
-        )
-        return _job_response(created, 201)
+        stored, replayed = await _enqueued(queue._enqueue_or_replay(_spec(job, idempotency_key)))
+        if replayed:
+            response = _job_response(stored, 200)
+            response.headers[REPLAYED_HEADER] = "true"
+            return response
+        return _job_response(stored, 201)
 
     @app.post(
         "/jobs/batch",
@@ -513,8 +515,12 @@ def _build_app(service: Service) -> FastAPI:
             **_ERRORS,
             **_UNKNOWN_JOBS,
             431: {
-                "description": "The URL (its ids) exceeds the 16 KiB of request head the "
-                "server reads; answered by the server, with no body."
+                "description": "The URL (its ids) exceeds the 16 KiB of request head "
+                "hypercorn reads (`--engine trio`); answered by the server, with no body."
+            },
+            400: {
+                "description": "The URL exceeds the request head uvicorn reads (`--engine "
+                "asyncio`); answered by the server, with a line of text."
             },
         },
         summary="Where a batch of jobs stands (long poll for a change)",
@@ -598,14 +604,34 @@ def _build_app(service: Service) -> FastAPI:
     @app.post(
         "/jobs/{job_id:int}/cancel",
         response_model=JobOut,
-        responses={**_ERRORS, **_NOT_FOUND, **_CONFLICT, **_WRITE},
+        responses={
+            **_ERRORS,
+            **_NOT_FOUND,
+            **_CONFLICT,
+            **_WRITE,
+            202: {
+                "model": CancelInProgress,
+                "description": f"A running job whose handler had not stopped within "
+                f"{CANCEL_WAIT:g} s: it is still `running`, and becomes `cancelled` once its "
+                f"handler stops (`GET /jobs/{{job_id}}/wait` follows it).",
+            },
+        },
         summary="Cancel a pending or running job",
-        description="A running job's handler is cancelled; the job may read `running` until "
-        "its handler has stopped, then `cancelled`.",
+        description=f"Answers with the job once `cancelled`: a running job's handler is "
+        f"cancelled, and waited for up to {CANCEL_WAIT:g} s (then 202).",
     )
     async def cancel_job(job_id: JobId) -> Response:
         changed = await queue.cancel(job_id)
-        return await _job_after(queue, changed, job_id, "cancelled", "pending or running")
+        if not changed:
+            return await _job_after(queue, changed, job_id, "cancelled", "pending or running")
+        job = await service.wait(job_id, CANCEL_WAIT)
+        if job.status is JobStatus.RUNNING:
+            note = (
+                f"cancellation is in progress: the handler of job {job_id} has not stopped "
+                f"within {CANCEL_WAIT:g} s; GET /jobs/{job_id}/wait follows it"
+            )
+            return JSONResponse({**job_to_dict(job), "note": note}, status_code=202)
+        return _job_response(job)
 
     @app.post(
         "/jobs/{job_id:int}/requeue",
@@ -874,6 +900,10 @@ def _progress_ids(text: str) -> list[int]:
     return ids
 
 
+CANCEL_WAIT: Final = 5.0
+"""Seconds a cancel waits for a running job's handler to stop before answering 202."""
+REPLAYED_HEADER: Final = "Idempotent-Replayed"
+"""Set to ``true`` on the answer to an enqueue whose idempotency key found its job stored."""
 CLIENT_GONE: Final = 499
 """The status logged for a long poll whose client disconnected (nginx's "client closed")."""
 

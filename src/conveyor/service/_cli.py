@@ -15,19 +15,19 @@ import signal
 import sys
 import urllib.parse
 from collections.abc import Callable
-from functools import partial
 from typing import Any, Final, NoReturn
 
+import anyio
 import click
-import trio
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .._errors import ConveyorError
-from .._job import JobStatus
+from .._job import JobStatus, check_run_at
 from .._registry import Registry
 from .._runtime import open_queue
+from .._storage.sqlite import Synchronous
 from ._app import DEFAULT_MAX_BODY
 from ._client import DEFAULT_URL, Answer, Client, Exit, ServiceError
 from ._demo import DEMO_DB, run_workload
@@ -44,16 +44,17 @@ from ._format import (
 )
 from ._guard import DEFAULT_BODY_TIMEOUT, Hosts, check_bind
 from ._inspect import InspectError, inspect_file
-from ._models import MAX_PROGRESS_IDS, MAX_PROGRESS_IDS_CHARS
+from ._models import MAX_ATTEMPTS_LIMIT, MAX_PROGRESS_IDS, MAX_PROGRESS_IDS_CHARS, _moment
 from ._server import (
     DEFAULT_PORT,
+    ENGINES,
     LoadError,
     Running,
     ServeOptions,
     load_registry,
     on_signals,
-    serve,
 )
+from ._server import run as run_serving
 
 console = Console()
 errors = Console(stderr=True)
@@ -90,6 +91,67 @@ _log_handler: logging.Handler | None = None
 DB_HELP: Final = "The queue's SQLite file, or a postgresql:// URL (with ?schema=name)."
 
 
+class _Duration(click.ParamType):  # type: ignore[type-arg]
+    """Seconds, given as ``90``, ``90s``, ``1m30s``, ``1h`` or ``7d``."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
+
+
+class _Moment(click.ParamType):  # type: ignore[type-arg]
+    """Wall-clock epoch seconds, given as such or as an ISO 8601 time with its offset."""
+
+    name = "time"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            moment = float(value)
+        except ValueError:
+            try:
+                moment = float(_moment(value))  # type: ignore[arg-type]
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        try:
+            check_run_at(moment)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return moment
+
+
+MOMENT = _Moment()
+
+
+DEFAULT_DB: Final = "conveyor.db"
+"""The file the commands use without ``--db``: :func:`conveyor.open_queue`'s default."""
+DEFAULT_WORKERS: Final = 4
+"""Jobs run at once without ``--workers``: :func:`conveyor.open_queue`'s default."""
+SYNCHRONOUS_OPTION: Final = click.option(
+    "--synchronous",
+    default="normal",
+    show_default=True,
+    type=click.Choice(["normal", "full"]),
+    help="SQLite durability: normal loses nothing on a process crash; full also survives "
+    "power loss (an fsync per group commit).",
+)
+
+
+ENGINE_NAMES: Final = {"asyncio": "uvicorn on asyncio", "trio": "hypercorn on trio"}
+
+
 def without_password(db: str) -> str:
     """``db`` as it may be printed: a URL's password left out."""
     parts = urllib.parse.urlsplit(db)
@@ -118,7 +180,13 @@ LOG_FORMAT_OPTION: Final = click.option(
 def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.option("--workers", default=8, show_default=True, help="Jobs run at once."),
+            click.option(
+                "--workers",
+                default=DEFAULT_WORKERS,
+                show_default=True,
+                type=click.IntRange(min=1),
+                help="Jobs run at once.",
+            ),
             click.option("--host", default="127.0.0.1", show_default=True),
             click.option("--port", default=DEFAULT_PORT, show_default=True, type=int),
             click.option(
@@ -197,11 +265,6 @@ def _run_server(
     *,
     access_log: bool,
 ) -> None:
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            running: Running = await nursery.start(partial(serve, options, registry))
-            await after_start(running)
-
     try:
         check_bind(options.host, options.token)
         Hosts.of(options.host, options.allowed_hosts)
@@ -209,7 +272,7 @@ def _run_server(
         raise click.UsageError(str(exc)) from None
     log_to_stderr(log_level, log_format, access_log=access_log)
     try:
-        trio.run(run)
+        run_serving(options, registry, after_start)
     except (ConveyorError, OSError) as exc:
         _fail(Exit.ERROR, f"cannot serve: {exc}")
     except BaseExceptionGroup as group:
@@ -227,13 +290,33 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 @main.command("serve")
-@click.option("--db", default="jobs.db", show_default=True, help=DB_HELP)
+@click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 @click.option("--handlers", required=True, help="The Registry to run, as module:attribute.")
 @click.option(
     "--access-log/--no-access-log",
     default=True,
     show_default=True,
     help="Log each request (client, method, path, status, duration) at INFO.",
+)
+@click.option(
+    "--engine",
+    default=ServeOptions().engine,
+    show_default=True,
+    type=click.Choice(ENGINES),
+    help="uvicorn on asyncio, or hypercorn on trio.",
+)
+@click.option(
+    "--max-pending",
+    type=click.IntRange(min=1),
+    help="Most jobs pending at once: enqueues beyond it are refused (queue full). "
+    "Default: no bound.",
+)
+@SYNCHRONOUS_OPTION
+@click.option(
+    "--retention",
+    type=DURATION,
+    help="Purge finished jobs this long after they finished: 90s, 12h, 7d. "
+    "Default: keep them until purged.",
 )
 @_serve_options
 def serve_command(
@@ -252,8 +335,8 @@ def serve_command(
         errors.print(
             f"conveyor: serving [bold]{escape(without_password(db))}[/] with "
             f"{options.workers} workers on "
-            f"{running.url} (dashboard {running.url}/, API schema {running.url}/openapi.json). "
-            f"Ctrl-C stops.",
+            f"{running.url} (dashboard {running.url}/, API schema {running.url}/openapi.json; "
+            f"{ENGINE_NAMES[options.engine]}). Ctrl-C stops.",
             soft_wrap=True,
         )
 
@@ -261,11 +344,16 @@ def serve_command(
 
 
 @main.command("worker")
-@click.option("--db", default="jobs.db", show_default=True, help=DB_HELP)
+@click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 @click.option("--handlers", required=True, help="The Registry to run, as module:attribute.")
 @click.option(
-    "--workers", default=4, show_default=True, type=click.IntRange(min=1), help="Jobs at once."
+    "--workers",
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Jobs at once.",
 )
+@SYNCHRONOUS_OPTION
 @click.option(
     "--shutdown-grace",
     default=10.0,
@@ -292,6 +380,7 @@ def worker_command(
     db: str,
     handlers: str,
     workers: int,
+    synchronous: Synchronous,
     shutdown_grace: float,
     heartbeat: float,
     log_level: str,
@@ -307,15 +396,16 @@ def worker_command(
     log_to_stderr(log_level, log_format)
 
     async def run() -> None:
-        stop_requested = trio.Event()
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as everything:
+        stop_requested = anyio.Event()
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as everything:
                 # The first signal stops gracefully; a second at once (like serve).
                 everything.start_soon(on_signals, signals, stop_requested, everything.cancel_scope)
                 async with open_queue(
                     db,
                     handlers=registry,
                     workers=workers,
+                    synchronous=synchronous,
                     shutdown_grace=shutdown_grace,
                     heartbeat=heartbeat,
                 ):
@@ -329,7 +419,7 @@ def worker_command(
                 everything.cancel_scope.cancel()
 
     try:
-        trio.run(run)
+        anyio.run(run, backend="trio")
     except ConveyorError as exc:
         _fail(Exit.ERROR, f"cannot run the worker: {exc}")
 
@@ -408,25 +498,6 @@ def _show(answer: Answer, as_json: bool, render: Callable[[Any], Any]) -> None:
         _fail(answer.exit, answer.reason)
 
 
-class _Duration(click.ParamType):  # type: ignore[type-arg]
-    """Seconds, given as ``90``, ``90s``, ``1m30s``, ``1h`` or ``7d``."""
-
-    name = "duration"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = _Duration()
-
-
 def _job_id(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise click.BadParameter(f"a job id is a positive integer, not {value!r}")
@@ -441,6 +512,20 @@ JOB_ID = click.argument("job_id", type=_job_id, metavar="ID")
 @click.option("--payload", default="null", help="The job's payload, as JSON.")
 @click.option("--priority", type=int, default=5, show_default=True, help="1 (first) to 10.")
 @click.option("--delay", type=DURATION, help="How long before it may run: 90, 90s, 1m30s, 2h.")
+@click.option(
+    "--run-at",
+    type=MOMENT,
+    help="When it may run: 2030-01-01T09:00:00Z (ISO 8601 with its offset) or epoch seconds. "
+    "Not with --delay.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, MAX_ATTEMPTS_LIMIT),
+    help="Attempts before it fails (default: the handler's).",
+)
+@click.option(
+    "--timeout", type=DURATION, help="How long an attempt may run (default: the handler's)."
+)
 @click.option("--key", help="Idempotency key.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait until it is finished.")
 @_client_options
@@ -449,6 +534,9 @@ def enqueue(
     payload: str,
     priority: int,
     delay: float | None,
+    run_at: float | None,
+    max_attempts: int | None,
+    timeout: float | None,
     key: str | None,
     wait_: bool,
     url: str,
@@ -456,13 +544,17 @@ def enqueue(
     as_json: bool,
 ) -> None:
     """Enqueue a job for handler NAME."""
+    if delay is not None and run_at is not None:
+        raise click.UsageError("give --delay or --run-at, not both")
+    if timeout is not None and timeout <= 0:
+        raise click.BadParameter("a timeout must be more than 0 seconds", param_hint="--timeout")
     try:
         value = json.loads(payload)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
     body: dict[str, Any] = {"name": name, "payload": value, "priority": priority}
-    if delay is not None:
-        body["delay"] = delay
+    optional = {"delay": delay, "run_at": run_at, "max_attempts": max_attempts, "timeout": timeout}
+    body.update((field, given) for field, given in optional.items() if given is not None)
 
     def request(client: Client) -> Answer:
         headers = {"Idempotency-Key": key} if key else None
@@ -808,7 +900,7 @@ def schedule_rm(key: str, url: str, token: str | None, as_json: bool) -> None:
 
 # --- the file, without a server -----------------------------------------------------------------
 @main.command()
-@click.option("--db", default="jobs.db", show_default=True, help="The queue's SQLite file.")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="The queue's SQLite file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(db: str, as_json: bool) -> None:
     """Read a queue's file directly (safe while a server runs): counts and failed jobs."""

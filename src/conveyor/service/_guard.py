@@ -343,7 +343,7 @@ class Guard:
     ) -> tuple[Problem | None, list[tuple[bytes, bytes]], str | None]:
         """Why the request is refused before it reaches the app (and the answer's headers), and
         how it was authenticated."""
-        path: str = scope["path"]
+        path = route_path(scope)
         if path in OPEN_PATHS:
             return None, [], None
         headers = _headers(scope)
@@ -453,6 +453,16 @@ class Guard:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path below where the app is mounted (``/queue/jobs`` → ``/jobs`` under a
+    mount at ``/queue``): servers give the whole path, with the mount in ``root_path``."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 def _with_security_headers(send: Send) -> Send:

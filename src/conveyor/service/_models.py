@@ -305,6 +305,12 @@ class JobOut(BaseModel):
     )
 
 
+class CancelInProgress(JobOut):
+    """A running job whose cancel is not done yet: its handler has not stopped."""
+
+    note: str = Field(description="Says that cancellation is in progress, and how to follow it.")
+
+
 class JobSummary(BaseModel):
     """A job in a list: every field of the job but its payload, result and error, which come
     as bounded previews. ``GET /jobs/{id}`` gives the whole job."""
@@ -531,7 +537,7 @@ class ProblemOut(BaseModel):
 
 def job_to_dict(job: Job) -> dict[str, Any]:
     """A job as the API's JSON object (the fields of :class:`JobOut`)."""
-    return job.to_dict()
+    return dict(job.to_dict())
 
 
 def job_summary_dict(job: Job) -> dict[str, Any]:

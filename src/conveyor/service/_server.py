@@ -96,10 +96,10 @@ def load_registry(spec: str) -> Registry:
 class ServeOptions:
     """What ``conveyor serve`` runs: the queue's file and workers, and where to listen."""
 
-    db: str = "jobs.db"
+    db: str = "conveyor.db"
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    workers: int = 8
+    workers: int = 4
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     shutdown_grace: float = 10.0
@@ -213,6 +213,7 @@ async def _serve_queue(
                 shutdown_grace=options.shutdown_grace,
                 max_pending=options.max_pending,
                 synchronous=options.synchronous,
+                retention=options.retention,
             ) as queue:
                 service = Service(
                     queue,

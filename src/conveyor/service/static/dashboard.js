@@ -19,11 +19,17 @@ const SESSION_KEY = "conveyor.session";
 
 class Unauthorized extends Error {}
 
+// The API's path "/jobs" as a URL relative to this page, which is the app's root: the page works
+// wherever the app is mounted ("/", or "/queue/" inside another app).
+function here(path) {
+  return path.slice(1);
+}
+
 async function api(path, options) {
   const headers = { [CSRF_HEADER]: "dashboard", ...(options && options.headers) };
   const session = sessionStorage.getItem(SESSION_KEY);
   if (session) headers.Authorization = `Bearer ${session}`;
-  const response = await fetch(path, { credentials: "omit", ...options, headers });
+  const response = await fetch(here(path), { credentials: "omit", ...options, headers });
   const body = await response.json().catch(() => null);
   if (response.status === 401) {
     sessionStorage.removeItem(SESSION_KEY);
@@ -45,7 +51,7 @@ function showLogin(text) {
 
 // Trades the token for a session; false if the server has no token (nothing to log in to).
 async function logIn(token) {
-  const response = await fetch("/session", {
+  const response = await fetch(here("/session"), {
     method: "POST",
     credentials: "omit",
     headers: { Authorization: `Bearer ${token}`, [CSRF_HEADER]: "dashboard" },
