@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import sniffio
 
 import conveyor
 
@@ -34,3 +35,9 @@ async def sleepy(payload: Any) -> str:
     conveyor.current_job().set_progress(0.5, "sleeping")
     await anyio.sleep(payload.get("seconds", 60) if isinstance(payload, dict) else 60)
     return "rested"
+
+
+@registry.handler
+async def event_loop(payload: Any) -> str:
+    """The event loop the job runs on: the engine's."""
+    return sniffio.current_async_library()

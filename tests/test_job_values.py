@@ -24,6 +24,7 @@ def test_a_job_as_a_dict_holds_every_field_ready_for_json() -> None:
         after=(3, 4),
     )
     as_dict = job.to_dict()
-    assert list(as_dict) == [field.name for field in attrs.fields(conveyor.Job)]
+    stored = [field.name for field in attrs.fields(conveyor.Job)]
+    assert list(as_dict) == [name for name in stored if name != "trace_context"]
     assert json.loads(json.dumps(as_dict)) == as_dict
     assert (as_dict["status"], as_dict["after"]) == ("completed", [3, 4])

@@ -32,6 +32,10 @@ def registry(gate: Gate | None = None) -> conveyor.Registry:
     async def bad(payload: Any) -> None:
         raise conveyor.Fail("nope")
 
+    @registry.handler("results")
+    async def results(payload: Any) -> dict[int, Any]:
+        return conveyor.current_job().dependency_results
+
     @registry.handler("hold")
     async def hold(payload: Any) -> None:
         assert gate is not None
@@ -130,24 +134,25 @@ async def test_a_purge_of_more_than_one_batch_removes_all_in_one_transaction_per
 
 
 @pytest.mark.trio_only
-async def test_a_purged_dependency_leaves_its_waiting_dependents_intact(
+async def test_a_finished_dependency_is_kept_until_its_dependents_have_finished(
     open_test_queue: QueueOpener,
 ) -> None:
     gate = Gate()
     async with open_test_queue(registry(gate), retention=60) as queue:
         first = await queue.wait((await queue.enqueue("ok")).id)
         held = await queue.enqueue("hold")
-        after_both = await queue.enqueue("ok", after=[first.id, held.id])
+        after_both = await queue.enqueue("results", after=[first.id, held.id])
         await anyio.sleep(120)
-        assert await queue.get(first.id) is None
+        assert await queue.get(first.id) is not None  # after_both still waits to read it
+        gate.open()
+        finished = await queue.wait(after_both.id)
+        assert finished.result == {str(first.id): "fine", str(held.id): None}
+        await anyio.sleep(120)
+        assert [await queue.get(job.id) for job in (first, held, after_both)] == [None] * 3
         dependency_rows = await queue._runtime.read(
             lambda conn: conn.execute("SELECT dep_id, job_id FROM job_deps").fetchall()
         )
-        assert [tuple(row) for row in dependency_rows] == [(held.id, after_both.id)]
-        gate.open()
-        finished = await queue.wait(after_both.id)
-    assert finished.status is JobStatus.COMPLETED
-    assert finished.after == (first.id, held.id)
+    assert dependency_rows == []
 
 
 @pytest.mark.trio_only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import typing
 
 import pytest
 
@@ -105,11 +106,16 @@ async def test_a_fail_is_stored_under_its_public_name(open_test_queue: QueueOpen
     assert done.error.splitlines()[-1] == "conveyor.Fail: the input is corrupt"
 
 
-def test_public_classes_are_named_after_the_package_not_their_private_module() -> None:
+def test_public_exceptions_are_named_after_the_package_not_their_private_module() -> None:
     classes = [getattr(conveyor, name) for name in conveyor.__all__]
-    modules = {cls.__name__: cls.__module__ for cls in classes if isinstance(cls, type)}
-    assert set(modules.values()) == {"conveyor"}
+    exceptions = [cls for cls in classes if isinstance(cls, type) and issubclass(cls, Exception)]
+    assert {cls.__module__ for cls in exceptions} == {"conveyor"}
     assert repr(conveyor.QueueFull) == "<class 'conveyor.QueueFull'>"
+
+
+def test_public_value_classes_resolve_their_annotations() -> None:
+    for cls in (conveyor.Job, conveyor.JobSpec, conveyor.Schedule, conveyor.Change):
+        assert typing.get_type_hints(cls), cls
 
 
 @pytest.mark.trio_only

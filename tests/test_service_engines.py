@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import time
 import urllib.parse
 from pathlib import Path
 
 import httpx
+import pytest
+import trio
 
-from service_server import Server, both_engines, running_server
+import conveyor
+from conveyor.service import ServeOptions, serve
+from conveyor.service._server import ENGINES
+from service_server import CONVEYOR, TESTS, Server, both_engines, running_server
 
 
 def access_records(server: Server, path: str) -> list[dict[str, object]]:
@@ -66,18 +72,65 @@ def test_a_progress_long_poll_ends_when_its_client_disconnects(db_path: Path) ->
         state = httpx.get(f"{server.url}/jobs/progress", params={"ids": job_id}).json()["state"]
         query = urllib.parse.urlencode({"ids": job_id, "since": state, "timeout": 60})
         abandon_get(server.url, f"/jobs/progress?{query}")
-        record = first_access_record(server, "/jobs/progress", within=30)
-        while record.get("http_status") == 200:  # the first, answered at once
-            records = access_records(server, "/jobs/progress")
-            if len(records) > 1:
-                record = records[1]
-                break
+        deadline = time.monotonic() + 30
+        while len(access_records(server, "/jobs/progress")) < 2:  # the first answered at once
+            assert time.monotonic() < deadline, "".join(server.stderr)
             time.sleep(0.05)
-    assert record["http_status"] == 499
+    assert access_records(server, "/jobs/progress")[1]["http_status"] == 499
 
 
 @both_engines
-def test_serve_announces_the_engine_it_runs(db_path: Path, engine: str) -> None:
+def test_jobs_run_on_the_engines_event_loop(db_path: Path, engine: str) -> None:
     with running_server(db_path) as server:
-        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        job = httpx.post(f"{server.url}/jobs", json={"name": "event_loop"}).json()
+        done = httpx.get(f"{server.url}/jobs/{job['id']}/wait", params={"timeout": 30}).json()
+    assert done["result"] == engine
     assert re.search(rf"\b{engine}\b", server.announcement)
+
+
+@both_engines
+def test_the_servers_own_records_follow_the_log_format(db_path: Path) -> None:
+    with running_server(db_path, "--log-format", "json") as server:
+        parts = urllib.parse.urlsplit(server.url)
+        assert parts.hostname is not None
+        assert parts.port is not None
+        with socket.create_connection((parts.hostname, parts.port)) as connection:
+            connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            connection.recv(4096)
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    lines = server.stderr_after_exit().splitlines()
+    records = [line for line in lines if line.startswith("{")]
+    assert records
+    others = [line for line in lines if not line.startswith("{")]
+    assert all("shutting down" in line for line in others), others
+
+
+def test_serve_refuses_to_run_on_another_engines_event_loop(db_path: Path) -> None:
+    options = ServeOptions(db=str(db_path), engine="asyncio")
+    with pytest.raises(ValueError, match=r"serve\(\) runs on trio, but ServeOptions.engine"):
+        trio.run(serve, options, conveyor.Registry())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_worker_runs_its_jobs_on_the_engine_it_is_given(db_path: Path, engine: str) -> None:
+    handlers = ["--handlers", "service_handlers:registry"]
+    worker = subprocess.Popen(
+        [CONVEYOR, "worker", "--db", str(db_path), *handlers, "--engine", engine],
+        cwd=TESTS,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stderr is not None
+        started = worker.stderr.readline()
+        assert f"workers on {engine}" in started, started
+
+        async def enqueue_and_wait() -> object:
+            async with conveyor.open_queue(db_path) as queue:
+                job = await queue.enqueue("event_loop")
+                return (await queue.wait(job.id, timeout=30)).result
+
+        assert trio.run(enqueue_and_wait) == engine
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=30)

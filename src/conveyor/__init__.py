@@ -71,11 +71,16 @@ __all__ = [
     "open_queue",
 ]
 
-# Public classes are shown by the name they are imported by: a handler raising Fail fails its
-# job with "conveyor.Fail: ..." (in the stored error, the dashboard, tracebacks and reprs),
-# not "conveyor._retry.Fail". Pickling, which looks a class up by these names, finds it too.
+# Public exceptions are shown by the name they are imported by: a handler raising Fail fails
+# its job with "conveyor.Fail: ..." (in the stored error, the dashboard, tracebacks and logs),
+# not "conveyor._retry.Fail". Only exceptions: other classes keep their modules, where their
+# annotations' names resolve (typing.get_type_hints, attrs.resolve_types, cattrs, autodoc).
 for _name in __all__:
     _value = globals()[_name]
-    if isinstance(_value, type) and _value.__module__.startswith("conveyor._"):
+    if (
+        isinstance(_value, type)
+        and issubclass(_value, BaseException)
+        and _value.__module__.startswith("conveyor._")
+    ):
         _value.__module__ = __name__
 del _name, _value

@@ -530,23 +530,32 @@ Q_IDS_BY_STATUS_NAME: Final = (
     "SELECT id FROM jobs WHERE status IN ({statuses}) AND name = ? ORDER BY id"
 )
 Q_PURGE: Final = "DELETE FROM jobs WHERE status IN ({statuses}) AND finished_at <= ?"
-Q_PURGE_SOME: Final = """
+_NO_WAITING_DEPENDENT: Final = """NOT EXISTS (
+    SELECT 1 FROM job_deps JOIN jobs AS dependent ON dependent.id = job_deps.job_id
+    WHERE job_deps.dep_id = purged.id AND dependent.status NOT IN ({statuses})
+)"""
+Q_PURGE_SOME: Final = f"""
     DELETE FROM jobs WHERE id IN (
-        SELECT id FROM jobs WHERE status IN ({statuses}) AND finished_at <= ?
+        SELECT id FROM jobs AS purged WHERE status IN ({{statuses}}) AND finished_at <= ?
+        AND {_NO_WAITING_DEPENDENT}
         ORDER BY finished_at LIMIT ?
     )
     RETURNING id, after
 """
 """At most ``LIMIT`` of the oldest of those jobs (a bounded DELETE, on both databases): a
-purge in batches, each a short transaction on the jobs_finished index."""
+purge in batches, each a short transaction on the jobs_finished index. A job that an
+unfinished job runs after is kept: that job reads its result when it runs."""
 Q_PURGE_DEPS_OF: Final = "DELETE FROM job_deps WHERE dep_id = ?"
 Q_PURGE_DEP: Final = "DELETE FROM job_deps WHERE dep_id = ? AND job_id = ?"
 """The dependency rows of the jobs a bounded purge deleted, each found by its key (where
 :data:`Q_PURGE_DEPS` scans the whole table): those where it was the dependency, and those of
 the ids in its ``after``."""
-Q_ANY_TO_PURGE: Final = (
-    "SELECT EXISTS (SELECT 1 FROM jobs WHERE status IN ({statuses}) AND finished_at <= ?)"
-)
+Q_ANY_TO_PURGE: Final = f"""
+    SELECT EXISTS (
+        SELECT 1 FROM jobs AS purged WHERE status IN ({{statuses}}) AND finished_at <= ?
+        AND {_NO_WAITING_DEPENDENT}
+    )
+"""
 Q_TOUCH: Final = f"PRAGMA user_version = {SCHEMA_VERSION}"
 """Rewrites the header with what it holds: a real write (one WAL page), so that it proves the
 database takes writes, as a write that changes nothing would not (it commits on a full disk)."""

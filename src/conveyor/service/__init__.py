@@ -6,7 +6,7 @@ Needs the ``service`` extra (``pip install 'conveyor[service]'``).
 from ._app import Service
 from ._cli import main
 from ._demo import registry as demo_registry
-from ._server import LoadError, Running, ServeOptions, load_registry, serve
+from ._server import LoadError, Running, ServeOptions, load_registry, run, serve
 
 __all__ = [
     "LoadError",
@@ -16,5 +16,6 @@ __all__ = [
     "demo_registry",
     "load_registry",
     "main",
+    "run",
     "serve",
 ]

@@ -48,9 +48,11 @@ from ._models import MAX_ATTEMPTS_LIMIT, MAX_PROGRESS_IDS, MAX_PROGRESS_IDS_CHAR
 from ._server import (
     DEFAULT_PORT,
     ENGINES,
+    Engine,
     LoadError,
     Running,
     ServeOptions,
+    engine_options,
     load_registry,
     on_signals,
 )
@@ -238,9 +240,9 @@ def _serve_options(function: Callable[..., Any]) -> Callable[..., Any]:
 def log_to_stderr(level: str, log_format: str = "text", *, access_log: bool = False) -> None:
     """Print the ``conveyor`` logger's records of ``level`` and above on stderr (recoveries from
     storage faults and memory pressure are INFO), as text or JSON lines; with ``access_log``,
-    a record a request (``conveyor.access``, INFO). The HTTP server's own records (it
-    announces its address, which the serve line already gives) only from WARNING, or with
-    ``debug``."""
+    a record a request (``conveyor.access``, INFO). The HTTP server's own records (hypercorn's
+    and uvicorn's: they announce the address, which the serve line already gives) only from
+    WARNING, or with ``debug``."""
     global _log_handler
     logger = logging.getLogger("conveyor")
     if _log_handler is not None:
@@ -254,6 +256,11 @@ def log_to_stderr(level: str, log_format: str = "text", *, access_log: bool = Fa
     logger.setLevel(level.upper())
     http_level = logging.DEBUG if level.lower() == "debug" else logging.WARNING
     logging.getLogger("conveyor.service.http").setLevel(http_level)
+    # uvicorn (--engine asyncio) logs under its own name: the same handler, the same levels.
+    uvicorn_logger = logging.getLogger("uvicorn.error")
+    uvicorn_logger.handlers = [_log_handler]
+    uvicorn_logger.propagate = False
+    uvicorn_logger.setLevel(http_level)
 
 
 def _run_server(
@@ -355,6 +362,13 @@ def serve_command(
 )
 @SYNCHRONOUS_OPTION
 @click.option(
+    "--engine",
+    default="trio",
+    show_default=True,
+    type=click.Choice(ENGINES),
+    help="The event loop the handlers run on (trio drains fastest; no HTTP here).",
+)
+@click.option(
     "--shutdown-grace",
     default=10.0,
     show_default=True,
@@ -381,6 +395,7 @@ def worker_command(
     handlers: str,
     workers: int,
     synchronous: Synchronous,
+    engine: Engine,
     shutdown_grace: float,
     heartbeat: float,
     log_level: str,
@@ -412,14 +427,14 @@ def worker_command(
                     errors.print(
                         f"conveyor: worker on [bold]{escape(without_password(db))}[/] running "
                         f"{', '.join(sorted(registry)) or 'no handlers'} with {workers} "
-                        f"workers (process {os.getpid()}). SIGTERM or Ctrl-C stops.",
+                        f"workers on {engine} (process {os.getpid()}). SIGTERM or Ctrl-C stops.",
                         soft_wrap=True,
                     )
                     await stop_requested.wait()
                 everything.cancel_scope.cancel()
 
     try:
-        anyio.run(run, backend="trio")
+        anyio.run(run, backend=engine, backend_options=engine_options(engine))
     except ConveyorError as exc:
         _fail(Exit.ERROR, f"cannot run the worker: {exc}")
 

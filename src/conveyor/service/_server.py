@@ -34,6 +34,7 @@ import anyio.abc
 import attrs
 import hypercorn.config
 import hypercorn.trio
+import sniffio
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -139,10 +140,12 @@ def run(
             running: Running = await tasks.start(partial(serve, options, registry))
             await after_start(running)
 
-    if options.engine == "trio":
-        anyio.run(main, backend="trio")
-    else:
-        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": _has_uvloop()})
+    anyio.run(main, backend=options.engine, backend_options=engine_options(options.engine))
+
+
+def engine_options(engine: Engine) -> dict[str, object]:
+    """anyio's backend options for ``engine``: asyncio on uvloop where it is installed."""
+    return {"use_uvloop": _has_uvloop()} if engine == "asyncio" else {}
 
 
 async def serve(
@@ -153,11 +156,18 @@ async def serve(
 ) -> None:
     """Run the queue and the HTTP service until a signal (or ``Running.stop``) stops them.
 
-    Runs on the event loop of ``options.engine`` (the caller starts it: see :func:`run`).
+    Runs on the event loop of ``options.engine`` (the caller starts it: see :func:`run`);
+    ``ValueError`` on another.
     Must run in the main thread (it handles SIGINT and SIGTERM). Reports a :class:`Running`
     once it listens. Raises ``ValueError`` before doing anything if it would listen on a
     non-loopback address without a token, or an allowed host is not a host name.
     """
+    running_on = sniffio.current_async_library()
+    if running_on != options.engine:
+        raise ValueError(
+            f"serve() runs on {running_on}, but ServeOptions.engine is {options.engine!r}: "
+            f"start it on that engine's event loop (conveyor.service.run does)"
+        )
     check_bind(options.host, options.token)
     Hosts.of(options.host, options.allowed_hosts)
     stop_requested = anyio.Event()
@@ -280,11 +290,27 @@ async def _run_hypercorn(
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn's server without its signal handlers: :func:`serve` handles the signals."""
+    """uvicorn's server without its signal handlers (:func:`serve` handles the signals), saying
+    when it has started."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = anyio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.listening.set()
+
+    async def serve_until_stopped(self, sockets: list[socket.socket]) -> None:
+        """Serve on ``sockets``; ``RuntimeError`` if it stopped before it started serving."""
+        await self.serve(sockets)
+        if not self.listening.is_set():
+            raise RuntimeError("uvicorn stopped before it served (its log records say why)")
 
 
 async def _run_uvicorn(
@@ -296,7 +322,8 @@ async def _run_uvicorn(
     task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """uvicorn (httptools where installed) serving ``service`` until ``stop`` is set (then
-    gracefully); reports the URL it listens on, and sets ``done`` once it has stopped."""
+    gracefully); reports the URL it listens on once it serves, and sets ``done`` once it has
+    stopped."""
     config = uvicorn.Config(
         AccessLog(service.asgi),
         lifespan="off",
@@ -308,20 +335,42 @@ async def _run_uvicorn(
         timeout_graceful_shutdown=int(REQUEST_GRACE),
     )
     server = _Uvicorn(config)
-    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
     try:
-        listener = socket.create_server(
-            (options.host, options.port), family=family, backlog=config.backlog
-        )
-        with listener:
+        with contextlib.ExitStack() as closing:
+            listeners = [
+                closing.enter_context(listener)
+                for listener in _listeners(options.host, options.port, config.backlog)
+            ]
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(server.serve, [listener])
-                # Connections wait in the listener's backlog until uvicorn accepts them.
-                task_status.started(_url(listener))
+                tasks.start_soon(server.serve_until_stopped, listeners)
+                await server.listening.wait()
+                task_status.started(_url(listeners[0]))
                 await stop.wait()
                 server.should_exit = True
     finally:
         done.set()
+
+
+def _listeners(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` names (``localhost``: 127.0.0.1 and ::1,
+    where the machine has both), all on one port (a free one for port 0), as hypercorn binds.
+
+    An address the machine cannot bind is skipped when another was bound; ``OSError`` if none
+    could be.
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    error: OSError | None = None
+    for family, ip in dict.fromkeys((info[0], str(info[4][0])) for info in infos):
+        bound_port = listeners[0].getsockname()[1] if listeners else port
+        try:
+            listeners.append(socket.create_server((ip, bound_port), family=family, backlog=backlog))
+        except OSError as exc:
+            error = error or exc
+    if not listeners:
+        assert error is not None
+        raise error
+    return listeners
 
 
 def _url(listener: socket.socket) -> str:
