@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# conveyor serve's two engines under wrk (Debian's), in one run: single POST /jobs with 32
+# keep-alive connections and POST /jobs/batch of 1,000 jobs with 8, 10 s each, twice; with a
+# commit given, that commit's server (hypercorn on trio before issue #16) is measured too.
+#
+#     bench/http_engines.sh            # this checkout, --engine trio and asyncio
+#     bench/http_engines.sh d56f351    # ... and the server of commit d56f351
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'cd /; [ -d "$work/before" ] && git -C "$root" worktree remove --force "$work/before"; rm -rf "$work"' EXIT
+cat > "$work/load_handlers.py" <<'PY'
+import conveyor
+registry = conveyor.Registry()
+
+@registry.handler
+async def noop(payload):
+    return None
+PY
+python3 - "$work" <<'PY'
+import json, sys
+work = sys.argv[1]
+def script(path, body):
+    return (f'wrk.method = "POST"\nwrk.path = "{path}"\nwrk.body = [[{json.dumps(body)}]]\n'
+            'wrk.headers["Content-Type"] = "application/json"\n')
+open(f"{work}/post.lua", "w").write(script("/jobs", {"name": "noop", "payload": {"n": 1}}))
+jobs = [{"name": "noop", "payload": {"n": i}} for i in range(1000)]
+open(f"{work}/batch.lua", "w").write(script("/jobs/batch", {"jobs": jobs}))
+PY
+if [ $# -ge 1 ]; then git -C "$root" worktree add -q "$work/before" "$1"; fi
+
+run() {  # label pythonpath script connections jobs-per-request serve-args...
+    local label=$1 path=$2 script=$3 connections=$4 per=$5; shift 5
+    local port=$((20000 + RANDOM % 20000))
+    rm -f "$work"/load.db*
+    (cd "$work" && PYTHONPATH=$path "$root/.venv/bin/conveyor" serve --db load.db \
+        --handlers load_handlers:registry --port "$port" --no-access-log "$@" \
+        > "$work/serve.log" 2>&1) &
+    local server=$!
+    sleep 4
+    local rate
+    rate=$(wrk -t1 -c"$connections" -d10s -s "$work/$script" "http://127.0.0.1:$port/" \
+        | awk '/Requests\/sec/ {print $2}')
+    printf '%-34s %10.0f jobs/s\n' "$label" "$(echo "$rate * $per" | bc)"
+    kill "$server"; wait "$server" || true
+}
+for round in 1 2; do
+    if [ $# -ge 1 ]; then run "$1 POST /jobs" "$work/before/src" post.lua 32 1; fi
+    run "trio POST /jobs" "" post.lua 32 1 --engine trio
+    run "asyncio POST /jobs" "" post.lua 32 1 --engine asyncio
+    if [ $# -ge 1 ]; then run "$1 POST /jobs/batch" "$work/before/src" batch.lua 8 1000; fi
+    run "trio POST /jobs/batch" "" batch.lua 8 1000 --engine trio
+    run "asyncio POST /jobs/batch" "" batch.lua 8 1000 --engine asyncio
+done
