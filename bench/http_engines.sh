@@ -5,6 +5,7 @@
 #
 #     bench/http_engines.sh            # this checkout, --engine trio and asyncio
 #     bench/http_engines.sh d56f351    # ... and the server of commit d56f351
+#     ACCESS_LOG=1 bench/http_engines.sh   # with serve's access log (on by default; off here)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -28,13 +29,14 @@ jobs = [{"name": "noop", "payload": {"n": i}} for i in range(1000)]
 open(f"{work}/batch.lua", "w").write(script("/jobs/batch", {"jobs": jobs}))
 PY
 if [ $# -ge 1 ]; then git -C "$root" worktree add -q "$work/before" "$1"; fi
+log_flag=$([ -n "${ACCESS_LOG:-}" ] && echo --access-log || echo --no-access-log)
 
 run() {  # label pythonpath script connections jobs-per-request serve-args...
     local label=$1 path=$2 script=$3 connections=$4 per=$5; shift 5
     local port=$((20000 + RANDOM % 20000))
     rm -f "$work"/load.db*
     (cd "$work" && PYTHONPATH=$path "$root/.venv/bin/conveyor" serve --db load.db \
-        --handlers load_handlers:registry --port "$port" --no-access-log "$@" \
+        --handlers load_handlers:registry --port "$port" "$log_flag" "$@" \
         > "$work/serve.log" 2>&1) &
     local server=$!
     sleep 4

@@ -296,7 +296,7 @@ def test_handlers_lists_each_handler_with_its_pause(db_path: Path) -> None:
         conveyor("pause", "sleepy", "--url", server.url)
         listed = json.loads(conveyor("handlers", "--json", "--url", server.url).stdout)
     paused = {handler["name"]: handler["paused"] for handler in listed["handlers"]}
-    assert paused == {"fail_once": False, "hello": False, "sleepy": True}
+    assert paused == {"event_loop": False, "fail_once": False, "hello": False, "sleepy": True}
 
 
 # --- wait --all ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import ConveyorError, JobNotFound
 from .._job import MAX_KEY_LENGTH, Job, JobSpec, JobStatus
@@ -39,6 +39,7 @@ from ._guard import (
     Guard,
     Hosts,
     Sessions,
+    route_path,
 )
 from ._metrics import CONTENT_TYPE, Metrics, ThroughputSeries
 from ._models import (
@@ -195,7 +196,32 @@ class Service:
         if self.stopped is not None and scope["type"] == "http":
             await _problem_response(_stopped_problem(self.stopped))(scope, receive, send)
             return
+        if scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) == "/jobs":
+            await self._enqueue(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    async def _enqueue(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /jobs`` without FastAPI's routing, dependency solving and middleware, which
+        cost as much as the enqueue itself: the same model, checks and answers. A request that
+        this path does not take as it is (not JSON, invalid) goes to the FastAPI route before
+        anything is written, which answers it as for every other route."""
+        message = await receive()  # the whole body: the guard read it, and replays it
+        spec = _enqueue_spec(scope, message)
+        if spec is None:
+            await self.app(scope, _replay_message(message, receive), send)
+            return
+        try:
+            stored, replayed = await self.queue._enqueue_or_replay(spec)
+        except JobNotFound as exc:
+            response: Response = _problem_response(Problem(422, "unknown-job", str(exc)))
+        except ConveyorError as exc:
+            response = _problem_response(problem_for(exc))
+        else:
+            response = _job_response(stored, 200 if replayed else 201)
+            if replayed:
+                response.headers[REPLAYED_HEADER] = "true"
+        await response(scope, receive, send)
 
     def fail(self, error: BaseException) -> None:
         """The queue stopped for good with ``error``: answer every request with a 503 problem
@@ -891,6 +917,38 @@ def _progress_ids(text: str) -> list[int]:
             errors=[{"loc": "query.ids", "msg": detail, "type": "value_error"}],
         )
     return ids
+
+
+def _enqueue_spec(scope: Scope, message: Message) -> JobSpec | None:
+    """The job that a ``POST /jobs`` request (its scope and body ``message``) enqueues, or
+    ``None`` if the body is not a valid job (the FastAPI route then says why)."""
+    key: str | None = None
+    json_body = False
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
+        elif name == b"idempotency-key":
+            key = value.decode("latin-1")
+    if not json_body or message.get("more_body") or (key is not None and not 0 < len(key) <= 255):
+        return None
+    try:
+        return _spec(JobIn.model_validate(json.loads(message.get("body", b""))), key)
+    except (ValueError, ConveyorError, Problem):
+        return None
+
+
+def _replay_message(message: Message, receive: Receive) -> Receive:
+    """A ``receive`` that hands out ``message`` again, then defers to ``receive``."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return message
+
+    return replay
 
 
 CANCEL_WAIT: Final = 5.0

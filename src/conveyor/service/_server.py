@@ -279,7 +279,7 @@ async def _run_hypercorn(
             binds = await tasks.start(
                 partial(
                     hypercorn.trio.serve,
-                    AccessLog(service.asgi),  # type: ignore[arg-type]
+                    with_access_log(service.asgi),  # type: ignore[arg-type]
                     config,
                     shutdown_trigger=stop.wait,
                 )
@@ -325,7 +325,7 @@ async def _run_uvicorn(
     gracefully); reports the URL it listens on once it serves, and sets ``done`` once it has
     stopped."""
     config = uvicorn.Config(
-        AccessLog(service.asgi),
+        with_access_log(service.asgi),
         lifespan="off",
         log_config=None,
         access_log=False,
@@ -383,6 +383,12 @@ def _has_uvloop() -> bool:
 
 
 access_logger = logging.getLogger("conveyor.access")
+
+
+def with_access_log(app: ASGIApp) -> ASGIApp:
+    """``app`` logging its requests (:class:`AccessLog`) if ``conveyor.access`` logs INFO when
+    the server starts; ``app`` itself otherwise (``--no-access-log``), which costs nothing."""
+    return AccessLog(app) if access_logger.isEnabledFor(logging.INFO) else app
 
 
 class AccessLog:
