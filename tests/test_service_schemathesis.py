@@ -2,11 +2,12 @@
 
 Runs schemathesis's own command line (its pytest plugin's lazy fixtures do not work with this
 pytest) against ``conveyor serve`` on a free loopback port, bounded by an example count and an
-8 s time budget.
+8 s time budget. Its hooks (``schemathesis_hooks.py``) keep long polls short.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from service_server import both_engines, running_server
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
+TESTS = str(Path(__file__).parent)
 
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
@@ -48,6 +50,7 @@ def test_the_api_answers_as_its_schema_says(db_path: Path, tmp_path: Path) -> No
                 "--no-color",
             ],
             cwd=tmp_path,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "schemathesis_hooks", "PYTHONPATH": TESTS},
             capture_output=True,
             text=True,
             timeout=100,
