@@ -39,6 +39,7 @@ from ._guard import (
     Guard,
     Hosts,
     Sessions,
+    replay_body,
     route_path,
 )
 from ._metrics import CONTENT_TYPE, Metrics, ThroughputSeries
@@ -209,7 +210,7 @@ class Service:
         message = await receive()  # the whole body: the guard read it, and replays it
         spec = _enqueue_spec(scope, message)
         if spec is None:
-            await self.app(scope, _replay_message(message, receive), send)
+            await self.app(scope, replay_body(message.get("body", b""), receive), send)
             return
         try:
             stored, replayed = await self.queue._enqueue_or_replay(spec)
@@ -935,20 +936,6 @@ def _enqueue_spec(scope: Scope, message: Message) -> JobSpec | None:
         return _spec(JobIn.model_validate(json.loads(message.get("body", b""))), key)
     except (ValueError, ConveyorError, Problem):
         return None
-
-
-def _replay_message(message: Message, receive: Receive) -> Receive:
-    """A ``receive`` that hands out ``message`` again, then defers to ``receive``."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return message
-
-    return replay
 
 
 CANCEL_WAIT: Final = 5.0

@@ -323,7 +323,7 @@ class Guard:
             if isinstance(read, Problem):
                 await _answer(send, read, [(b"connection", b"close")])
                 return
-            receive = _replay(read, receive)
+            receive = replay_body(read, receive)
         await self._app(scope, receive, send)
 
     def _authenticate(self, headers: dict[bytes, bytes]) -> str | None:
@@ -474,7 +474,7 @@ def _with_security_headers(send: Send) -> Send:
     return sender
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that hands the app the body already read, then defers to the server's."""
     sent = False
 
