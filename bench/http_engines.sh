@@ -35,7 +35,7 @@ run() {  # label pythonpath script connections jobs-per-request serve-args...
     local label=$1 path=$2 script=$3 connections=$4 per=$5; shift 5
     local port=$((20000 + RANDOM % 20000))
     rm -f "$work"/load.db*
-    (cd "$work" && PYTHONPATH=$path "$root/.venv/bin/conveyor" serve --db load.db \
+    (cd "$work" && exec env PYTHONPATH="$path" "$root/.venv/bin/conveyor" serve --db load.db \
         --handlers load_handlers:registry --port "$port" "$log_flag" "$@" \
         > "$work/serve.log" 2>&1) &
     local server=$!
