@@ -6,11 +6,16 @@ import contextlib
 import functools
 import os
 import secrets
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 import conveyor
@@ -95,3 +100,25 @@ def service_registry(gate: Gate) -> conveyor.Registry:
             await gate.pass_through()
 
     return registry
+
+
+def free_port() -> int:
+    """A loopback port no one listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_until_answering(url: str, server: subprocess.Popen[bytes], logs: Path) -> None:
+    """Return once ``url`` answers (within 60 s); fail with the server's ``logs`` if it exits
+    or never does."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert server.poll() is None, logs.read_text()
+        try:
+            httpx.get(url, timeout=5)
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, logs.read_text()
+            time.sleep(0.1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ import pytest
 
 import conveyor
 from conveyor import JobStatus
+
+from helpers import free_port, wait_until_answering
 
 pytestmark = [pytest.mark.anyio, pytest.mark.trio_only, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -224,13 +225,6 @@ async def test_a_stopped_workers_late_outcome_is_refused_after_a_takeover(
     assert f"outcome (completed) of job {job.id} attempt 1" in log  # refused as stale
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_the_web_example_enqueues_from_two_uvicorn_workers_into_a_worker_process(
     tmp_path: Path,
 ) -> None:
@@ -257,15 +251,7 @@ def test_the_web_example_enqueues_from_two_uvicorn_workers_into_a_worker_process
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, logs.read_text()
-            try:
-                httpx.get(f"{url}/jobs/1", timeout=5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, logs.read_text()
-                time.sleep(0.1)
+        wait_until_answering(f"{url}/jobs/1", server, logs)
         answers = []
         for n in range(20):
             with httpx.Client(timeout=30) as client:  # a new connection each: both processes

@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +17,11 @@ import pytest
 
 from test_service_dashboard import ARGS, CHROMIUM
 
+from helpers import free_port, wait_until_answering
+
 WEB = Path(__file__).parent.parent / "examples" / "web"
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -45,15 +38,7 @@ def app_url(tmp_path: Path) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, logs.read_text()
-            try:
-                httpx.get(f"{url}/queue/healthz", timeout=5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, logs.read_text()
-                time.sleep(0.1)
+        wait_until_answering(f"{url}/queue/healthz", server, logs)
         yield url
     finally:
         server.terminate()
