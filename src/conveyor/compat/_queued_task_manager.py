@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol
 import anyio
 import anyio.abc
 
-from .._errors import InvalidArgument
+from .._errors import ConveyorError, InvalidArgument
 from .._events import Change
 from .._job import JSON, Job, JobStatus
 from .._queue import MAX_LIST_LIMIT, Queue
@@ -289,10 +289,13 @@ class QueuedTaskManager:
 
     # --- inside: runs --------------------------------------------------------------------------
     async def _store_run(self, run_id: str, stored: anyio.Event) -> None:
+        queue = self._started()[0]
         try:
-            job = await self._started()[0].enqueue(
+            job = await queue.enqueue(
                 self._name, {"run_id": run_id}, idempotency_key=f"run:{run_id}"
             )
+            self._jobs[run_id] = job.id
+            self._runs[job.id] = run_id
         except Exception as exc:
             # Not raised into the manager's task group, which would end the user's block.
             logger.warning("in-process task %s was not stored, so it will not run: %s", run_id, exc)
@@ -302,10 +305,12 @@ class QueuedTaskManager:
             self._finished(run_id)
             raise
         else:
-            self._jobs[run_id] = job.id
-            self._runs[job.id] = run_id
-            if job.status.is_terminal:
-                self._finished(run_id)
+            # The job may have run and finished before this task resumed, its finish then not
+            # known as this run's: mapped now, a finish is seen either here or by _on_changes.
+            with contextlib.suppress(ConveyorError):  # a failed read leaves it to _on_changes
+                now = await queue.get(job.id)
+                if now is None or now.status.is_terminal:
+                    self._finished(run_id)
         finally:
             stored.set()
 
