@@ -15,7 +15,7 @@ from conveyor import Event, Job, JobStatus, QueueFull
 from conveyor._actors.messages import Cancel, Enqueue, Purge, Reply, Report
 from conveyor._actors.store import INLINE_ROWS, Claims, Effects, apply_batch, rows_written
 from conveyor._job import TERMINAL
-from conveyor._storage.sqlite import NewJob, Outcome, Writer, WriterBusy
+from conveyor._storage.sqlite import NewJob, Outcome, Writer, WriterBusy, get_job
 
 NOW = 1_800_000_000.0
 
@@ -234,3 +234,20 @@ def test_rows_written_counts_what_a_batch_touches() -> None:
     ]
     assert rows_written(commands, Claims(wanted=4)) == 2 + 3 + 1 + 4
     assert rows_written([Purge(0.0, TERMINAL, reply)], Claims()) > INLINE_ROWS
+
+
+def test_an_insert_of_many_jobs_stores_each_as_given(writer: Writer) -> None:
+    # More rows than one statement binds, some with the optional fields and most without.
+    jobs = [
+        attrs.evolve(
+            new_job(priority=1 + n % 10, run_at=NOW + n % 3, key=f"k{n}" if n % 7 == 0 else None),
+            payload_json=f'{{"n":{n}}}',
+            payload={"n": n},
+            timeout=2.5 if n % 5 == 0 else None,
+            concurrency_key="c" if n % 11 == 0 else None,
+        )
+        for n in range(150)
+    ]
+    stored = enqueue(writer, *jobs)
+    assert [job.payload for job in stored] == [{"n": n} for n in range(150)]
+    assert [get_job(writer._conn, job.id) for job in stored] == stored

@@ -47,7 +47,7 @@ from ._job import (
 )
 from ._schedule import CATCH_UPS, Cadence, CatchUp, Schedule
 from ._storage import sqlite as storage
-from ._storage.sqlite import NewJob
+from ._storage.sqlite import HandlerDefaults, NewJob
 from ._tracing import current_context as current_trace_context
 from ._workflow import Workflow
 
@@ -245,13 +245,17 @@ class Queue:
         steps: Sequence[tuple[int, ...]] = (),
         found: set[int] | None = None,
     ) -> list[Job]:
-        await self._runtime.learn_handlers({spec.name for spec in specs})
+        names = {spec.name for spec in specs}
+        await self._runtime.learn_handlers(names)
+        defaults = {name: self._runtime.defaults(name) for name in names}
         now = self._runtime.clock()
         # The caller's span, once for the whole call (here, in the caller's task): every job
         # of it continues that trace. None, at the cost of a lookup, without OpenTelemetry.
         trace_context = current_trace_context()
         jobs = [
-            self._new_job(spec, now, steps[index] if steps else (), trace_context)
+            self._new_job(
+                spec, now, defaults[spec.name], steps[index] if steps else (), trace_context
+            )
             for index, spec in enumerate(specs)
         ]
         reply: Reply[list[Job]] = Reply()
@@ -259,14 +263,17 @@ class Queue:
         await self._runtime.send(command)
         return await reply.get()
 
+    @staticmethod
     def _new_job(
-        self,
         spec: JobSpec,
         now: float,
+        defaults: HandlerDefaults,
         after_steps: tuple[int, ...] = (),
         trace_context: str | None = None,
     ) -> NewJob:
-        max_attempts, timeout = self._runtime.defaults(spec.name)
+        """``spec`` as a job to insert; ``defaults``: its handler's ``(max_attempts,
+        timeout)``."""
+        max_attempts, timeout = defaults
         payload_json = encode_json(spec.payload, f"the payload of a {spec.name!r} job")
         if spec.delay is not None:
             run_at = now + spec.delay
@@ -396,7 +403,7 @@ class Queue:
         spec = JobSpec(name, payload, priority=priority, max_attempts=max_attempts, timeout=timeout)
         check_max_attempts(max_attempts)
         await self._runtime.learn_handlers([name])
-        job = self._new_job(spec, self._runtime.clock())
+        job = self._new_job(spec, self._runtime.clock(), self._runtime.defaults(name))
         schedule = Schedule(
             key=key,
             name=name,

@@ -18,9 +18,11 @@ import contextlib
 import errno
 import fcntl
 import functools
+import itertools
 import json
 import logging
 import math
+import operator
 import os
 import re
 import socket
@@ -300,11 +302,56 @@ _PENDING: Final = JobStatus.PENDING.value
 _RUNNING: Final = JobStatus.RUNNING.value
 
 # --- The statements, by name. -------------------------------------------------------------------
-Q_INSERT: Final = (
-    "INSERT INTO jobs (id, name, payload, status, scheduled, priority, max_attempts, timeout, "
-    "run_at, created_at, idempotency_key, after, blockers, delay, schedule_key, concurrency_key, "
-    "trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_COLUMNS: Final = (
+    "id",
+    "name",
+    "payload",
+    "status",
+    "scheduled",
+    "priority",
+    "max_attempts",
+    "timeout",
+    "run_at",
+    "created_at",
+    "idempotency_key",
+    "after",
+    "blockers",
+    "delay",
+    "schedule_key",
+    "concurrency_key",
+    "trace_context",
 )
+"""The columns an inserted job's row gives, in the order of :func:`q_insert`'s values."""
+NULLABLE_INSERT_COLUMNS: Final = tuple(
+    index
+    for index, column in enumerate(INSERT_COLUMNS)
+    if column
+    in {
+        "timeout",
+        "idempotency_key",
+        "after",
+        "delay",
+        "schedule_key",
+        "concurrency_key",
+        "trace_context",
+    }
+)
+"""The positions in :data:`INSERT_COLUMNS` of the columns that may be ``NULL``."""
+
+
+MAX_BOUND: Final = 999
+"""Values bound to one statement at most: SQLite's limit before 3.32 (32,766 since)."""
+
+
+@functools.lru_cache(maxsize=64)
+def q_insert(columns: tuple[str, ...], rows: int = 1) -> str:
+    """Inserts ``rows`` jobs, giving ``columns`` (the others take their defaults). One
+    statement for many rows costs SQLite and the sqlite3 module about 40 % of what as many
+    one-row statements do."""
+    values = f"({', '.join('?' * len(columns))})"
+    return f"INSERT INTO jobs ({', '.join(columns)}) VALUES {', '.join([values] * rows)}"
+
+
 Q_INSERT_DEP: Final = "INSERT INTO job_deps (dep_id, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
 Q_HAS_DEPS: Final = "SELECT EXISTS (SELECT 1 FROM job_deps)"
 Q_DEP_STATES: Final = "SELECT id, status, name FROM jobs WHERE id IN ({ids})"
@@ -585,6 +632,10 @@ CANCELLED_ERROR: Final = "cancelled while running"
 
 _STATUSES: Final = {status.value: status for status in JobStatus}
 
+_ENQUEUED: Final = (Event.ENQUEUED, decide(None, Event.ENQUEUED))
+_BLOCKED: Final = (Event.BLOCKED, decide(None, Event.BLOCKED))
+"""How an inserted job starts its life: ready (or scheduled), or waiting for others."""
+
 
 def _json(text: str) -> JSON:
     return None if text == "null" else json.loads(text)
@@ -618,9 +669,13 @@ def row_to_job(row: Sequence[Any]) -> Job:
     )
 
 
-@attrs.frozen
+@attrs.define
 class NewJob:
-    """A validated job ready to insert: payload already JSON text, times resolved."""
+    """A validated job ready to insert: payload already JSON text, times resolved.
+
+    Not frozen, though nothing changes it once built: one is built per enqueued job, and a
+    frozen class's ``__init__`` costs twice as much (1.3 against 0.6 µs for these fields).
+    """
 
     name: str
     payload_json: str
@@ -1460,27 +1515,32 @@ class Writer:
         created = []
         changes = []
         pending = 0
+        due: float | None = None
         for job_id, new in enumerate(jobs, first_id):
-            # Two steps answered by one job (a shared idempotency key) are one dependency.
-            after = tuple(
-                dict.fromkeys((*new.after, *(first_id + step for step in new.after_steps)))
-            )
-            blockers = sum(
-                1 for dep in after if dep >= first_id or states[dep][0] is not JobStatus.COMPLETED
-            )
-            event = Event.BLOCKED if blockers else Event.ENQUEUED
-            status = decide(None, event)
+            if new.after or new.after_steps:
+                # Two steps answered by one job (a shared idempotency key) are one dependency.
+                after = tuple(
+                    dict.fromkeys((*new.after, *(first_id + step for step in new.after_steps)))
+                )
+                blockers = sum(
+                    1
+                    for dep in after
+                    if dep >= first_id or states[dep][0] is not JobStatus.COMPLETED
+                )
+            else:
+                after, blockers = (), 0
+            event, status = _BLOCKED if blockers else _ENQUEUED
             scheduled = status is JobStatus.PENDING and new.run_at > now
-            if scheduled:
-                self._schedule(new.run_at)
+            if scheduled and (due is None or new.run_at < due):
+                due = new.run_at
             pending += status is JobStatus.PENDING
             rows.append(
                 (
                     job_id,
                     new.name,
                     new.payload_json,
-                    status,
-                    scheduled,
+                    status.value,
+                    int(scheduled),
                     new.priority,
                     new.max_attempts,
                     new.timeout,
@@ -1516,7 +1576,9 @@ class Writer:
                 )
             )
             changes.append(Change(event, job_id, new.name, status))
-        self._conn.executemany(Q_INSERT, rows)
+        if due is not None:
+            self._schedule(due)
+        self._insert_rows(rows)
         self._ids_used(first_id + len(jobs) - 1)
         self._add_pending(pending)
         if deps:
@@ -1534,6 +1596,19 @@ class Writer:
                     _read_job(self._conn, job.id) if job.id in cancelled else job for job in created
                 ]
         return created, changes
+
+    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` (of :data:`INSERT_COLUMNS`), as many a statement as may be bound."""
+        columns, rows = _without_null_columns(rows)
+        per = MAX_BOUND // len(columns)
+        whole = len(rows) - len(rows) % per
+        if whole:
+            statement = q_insert(columns, per)
+            for start in range(0, whole, per):
+                values = list(itertools.chain.from_iterable(rows[start : start + per]))
+                self._conn.execute(statement, values)
+        if whole < len(rows):
+            self._conn.executemany(q_insert(columns), rows[whole:])
 
     def _states_of(self, ids: Iterable[int]) -> dict[int, tuple[JobStatus, str]]:
         """The status and name of each job of ``ids``; :class:`JobNotFound` if one is unknown."""
@@ -2071,6 +2146,22 @@ class Writer:
     def touch(self) -> None:
         """A write that changes nothing, to prove the database takes writes."""
         self._conn.execute(Q_TOUCH)
+
+
+def _without_null_columns(
+    rows: list[tuple[Any, ...]],
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    """The columns and values of ``rows`` (of :data:`INSERT_COLUMNS`) without the columns that
+    are ``NULL`` in every row: their default is ``NULL`` anyway, and binding a ``None`` costs
+    the sqlite3 module an adapter lookup (about 3,000 instructions), more than the rest of a
+    row's binding. Every value bound is of an exact built-in type for the same reason (a
+    ``str`` enum or a ``bool`` is looked up too)."""
+    absent = {i for i in NULLABLE_INSERT_COLUMNS if all(row[i] is None for row in rows)}
+    if not absent:
+        return INSERT_COLUMNS, rows
+    kept = [index for index in range(len(INSERT_COLUMNS)) if index not in absent]
+    project = operator.itemgetter(*kept)
+    return tuple(INSERT_COLUMNS[index] for index in kept), [project(row) for row in rows]
 
 
 def _completed(outcome: Outcome, now: float) -> Change:
