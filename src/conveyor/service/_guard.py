@@ -27,20 +27,24 @@ What it enforces, in order, and why:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
-from typing import Final
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final, TypeVar
 
 import anyio
 import attrs
+import sniffio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._problems import PROBLEM_MEDIA_TYPE, Problem
+
+T = TypeVar("T")
 
 OPEN_PATHS: Final = frozenset({"/healthz"})
 """Answered to anyone, whatever the ``Host``: they reveal nothing (health checkers)."""
@@ -427,11 +431,12 @@ class Guard:
         for key, value in scope["headers"]:
             if key == b"content-length" and value.isdigit() and int(value) > self._max_body:
                 return too_large
-        with anyio.move_on_after(self._body_timeout):
-            try:
-                return await self._receive_body(receive)
-            except _BodyTooLarge:
-                return too_large
+        try:
+            body = await _within(self._body_timeout, self._receive_body(receive))
+        except _BodyTooLarge:
+            return too_large
+        if body is not None:
+            return body
         return Problem(
             408,
             "body-timeout",
@@ -453,6 +458,25 @@ class Guard:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+async def _within(seconds: float, awaitable: Awaitable[T]) -> T | None:
+    """What ``awaitable`` returns, or ``None`` if it takes longer than ``seconds``.
+
+    On asyncio, asyncio's own timeout: anyio's cancel scope there costs about 5 % of a small
+    request's time (it looks up the task and keeps a weak map of scopes).
+    """
+    if sniffio.current_async_library() == "asyncio":
+        try:
+            async with asyncio.timeout(seconds) as timeout:
+                return await awaitable
+        except TimeoutError:
+            if timeout.expired():
+                return None
+            raise
+    with anyio.move_on_after(seconds):
+        return await awaitable
+    return None
 
 
 def route_path(scope: Scope) -> str:
