@@ -152,6 +152,7 @@ class Pool:
         self._loop_thread = threading.get_ident()
         self._call_soon: Callable[[Callable[[], object]], object] = call_soon_threadsafe()
         self._now = _loop_clock()
+        self._on_asyncio = sniffio.current_async_library() == "asyncio"
         self._watchdog = Watchdog(self._call_soon, self._describe_stall)
 
     async def run(self) -> None:
@@ -425,7 +426,7 @@ class Pool:
             functools.partial(self._note, attempt),
             self._results.pop(job.id, None) if job.after else None,
         )
-        cancelling = _cancel_requests()
+        cancelling = _cancel_requests() if self._on_asyncio else None
         if span is not None:
             span.activate()  # for the handler, and the thread a sync one runs in
         try:
@@ -622,9 +623,7 @@ def _loop_clock() -> Callable[[], float]:
 
 
 def _cancel_requests() -> int | None:
-    """How many cancellations of the current asyncio task are pending (``None`` on trio)."""
-    if sniffio.current_async_library() != "asyncio":
-        return None
+    """How many cancellations of the current asyncio task are pending (on asyncio only)."""
     task = asyncio.current_task()
     return None if task is None else task.cancelling()
 

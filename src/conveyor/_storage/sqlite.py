@@ -697,9 +697,10 @@ class NewJob:
     """The trace context of the enqueueing span (:func:`conveyor._tracing.current_context`)."""
 
 
-@attrs.frozen
+@attrs.define
 class Outcome:
-    """How an attempt ended, as its runner saw it: what the pool reports to the store.
+    """How an attempt ended, as its runner saw it: what the pool reports to the store (not
+    frozen, as :class:`NewJob`: one is built per attempt, and nothing changes it).
 
     ``job`` is the job as claimed (its ``attempts`` is the attempt's number, the fencing
     token); ``event`` is the runner's proposal, which :func:`end_attempt` settles against the
