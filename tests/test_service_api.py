@@ -506,38 +506,3 @@ async def test_post_jobs_answers_as_the_fastapi_route_does(
         assert all(abs(a - b) < 5 for a, b in zip(*moments, strict=True)), moments
     assert fast_headers.get("content-type") == route_headers.get("content-type")
     assert fast_headers.get("idempotent-replayed") == route_headers.get("idempotent-replayed")
-
-
-async def test_a_body_that_does_not_arrive_in_time_is_a_408_problem(
-    open_test_queue: QueueOpener, wall_clock: Callable[[], float]
-) -> None:
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/jobs",
-        "raw_path": b"/jobs",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 80),
-    }
-    async with open_test_queue(make_registry(Gate())) as queue:
-        service = Service(queue, clock=wall_clock, body_timeout=0.05)
-        with anyio.fail_after(5):
-            await service.asgi(scope, receive, send)
-        service.close()
-    assert sent[0]["status"] == 408
-    assert json.loads(sent[1]["body"])["type"].endswith("body-timeout")

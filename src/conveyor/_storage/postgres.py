@@ -41,7 +41,7 @@ from .._errors import DatabaseError, InvalidArgument, SchemaTooNew
 from .._events import Change
 from .._job import JobStatus
 from . import sqlite
-from .sqlite import Fault, Writer, _sql_list
+from .sqlite import Fault, Writer, _sql_list, q_insert, without_null_columns
 
 logger = logging.getLogger("conveyor")
 
@@ -444,6 +444,13 @@ class PgWriter(Writer):
 
     faults = (psycopg.OperationalError, psycopg.InternalError, MemoryError)
     errors = (psycopg.Error,)
+
+    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` in one call: the connection sends a few as one statement and more
+        through psycopg's pipeline (SQLite's statements of 999 values would each be a round
+        trip)."""
+        columns, rows = without_null_columns(rows)
+        self._conn.executemany(q_insert(columns), rows)
 
     def __init__(self, target: Target) -> None:
         self.path = target.shown

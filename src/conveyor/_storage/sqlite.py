@@ -1600,7 +1600,7 @@ class Writer:
 
     def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
         """Insert ``rows`` (of :data:`INSERT_COLUMNS`), as many a statement as may be bound."""
-        columns, rows = _without_null_columns(rows)
+        columns, rows = without_null_columns(rows)
         per = MAX_BOUND // len(columns)
         whole = len(rows) - len(rows) % per
         if whole:
@@ -2149,7 +2149,7 @@ class Writer:
         self._conn.execute(Q_TOUCH)
 
 
-def _without_null_columns(
+def without_null_columns(
     rows: list[tuple[Any, ...]],
 ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
     """The columns and values of ``rows`` (of :data:`INSERT_COLUMNS`) without the columns that

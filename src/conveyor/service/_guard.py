@@ -464,7 +464,9 @@ async def _within(seconds: float, awaitable: Awaitable[T]) -> T | None:
     """What ``awaitable`` returns, or ``None`` if it takes longer than ``seconds``.
 
     On asyncio, asyncio's own timeout: anyio's cancel scope there costs about 5 % of a small
-    request's time (it looks up the task and keeps a weak map of scopes).
+    request's time (it looks up the task and keeps a weak map of scopes). Unlike anyio's, it
+    does not wait for a shielded scope inside ``awaitable`` to end; the servers' ``receive``
+    holds none.
     """
     if sniffio.current_async_library() == "asyncio":
         try:
