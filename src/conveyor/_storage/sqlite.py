@@ -323,10 +323,8 @@ INSERT_COLUMNS: Final = (
 )
 """The columns an inserted job's row gives, in the order of :func:`q_insert`'s values."""
 NULLABLE_INSERT_COLUMNS: Final = tuple(
-    index
-    for index, column in enumerate(INSERT_COLUMNS)
-    if column
-    in {
+    INSERT_COLUMNS.index(column)
+    for column in (
         "timeout",
         "idempotency_key",
         "after",
@@ -334,7 +332,7 @@ NULLABLE_INSERT_COLUMNS: Final = tuple(
         "schedule_key",
         "concurrency_key",
         "trace_context",
-    }
+    )
 )
 """The positions in :data:`INSERT_COLUMNS` of the columns that may be ``NULL``."""
 
