@@ -87,6 +87,15 @@ async def test_payload_that_is_not_json_is_refused(open_test_queue: QueueOpener)
         assert await queue.list() == []
 
 
+async def test_a_payload_that_contains_itself_is_refused(open_test_queue: QueueOpener) -> None:
+    payload: list[object] = []
+    payload.append(payload)
+    async with open_test_queue(make_registry()) as queue:
+        with pytest.raises(conveyor.NotJSONSerializable, match="contains itself"):
+            await queue.enqueue("noop", payload)
+        assert await queue.list() == []
+
+
 async def test_a_key_with_a_nul_character_is_refused(open_test_queue: QueueOpener) -> None:
     async with open_test_queue(make_registry()) as queue:
         with pytest.raises(conveyor.InvalidArgument, match="must not hold a NUL"):
@@ -242,3 +251,15 @@ async def test_concurrent_enqueues_share_transactions(
         assert len(await queue.list(limit=1000)) == 200
     assert max(batches) > 1
     assert len(batches) < 200
+
+
+async def test_an_enqueue_in_a_cancelled_scope_writes_nothing(
+    open_test_queue: QueueOpener,
+) -> None:
+    async with open_test_queue(make_registry()) as queue:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await queue.enqueue("noop", "never")
+        # Committed after anything sent before it: the store applies commands in order.
+        after = await queue.enqueue("noop", "after")
+        assert [job.payload for job in await queue.list()] == [after.payload]

@@ -249,7 +249,14 @@ class Runtime:
         if self.closing:
             raise QueueClosed("the queue is closing or closed and takes no more commands")
         try:
-            await self._commands.send(command)
+            # A caller already cancelled sends nothing. Otherwise no scheduling round before
+            # the send (``send`` begins with one): the caller's wait for the store's answer
+            # comes next, and that is its checkpoint.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            try:
+                self._commands.send_nowait(command)
+            except anyio.WouldBlock:
+                await self._commands.send(command)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise QueueClosed("the queue is closed and takes no more commands") from None
 

@@ -530,6 +530,8 @@ def _enqueue(
     changes. A job's ``after_steps`` (indices into ``jobs``) become the ids of those jobs,
     whether inserted now or found by their key.
     """
+    if all(new.idempotency_key is None for new in jobs):
+        return _insert_fresh(writer, jobs, now, max_pending)
     results: list[Job | int] = []  # a Job already stored, or an index into ``fresh``
     fresh: list[NewJob] = []
     fresh_by_key: dict[str, int] = {}
@@ -552,18 +554,33 @@ def _enqueue(
             fresh_by_key[key] = len(fresh)
         results.append(len(fresh))
         fresh.append(new)
-    # Counted only under a bound: after another process wrote, the count reads the table.
-    if fresh and max_pending != math.inf and writer.pending_count + len(fresh) > max_pending:
-        raise QueueFull(
-            f"the queue is full: it holds {writer.pending_count} pending jobs and max_pending is "
-            f"{max_pending:g}, so {len(fresh)} more were refused and nothing was written"
-        )
+    _check_room(writer, len(fresh), max_pending)
     first_id = writer.next_id()
     if any(new.after_steps for new in fresh):
         fresh = [_resolve_steps(new, results) for new in fresh]
     inserted, changes = writer.insert(fresh, now, first_id)
     answers = [inserted[item] if isinstance(item, int) else item for item in results]
     return answers, inserted, changes
+
+
+def _insert_fresh(
+    writer: Writer, jobs: Sequence[NewJob], now: float, max_pending: float
+) -> tuple[list[Job], list[Job], list[Change]]:
+    """:func:`_enqueue` of jobs without idempotency keys: each is inserted and answers
+    itself (steps point into ``jobs`` already)."""
+    _check_room(writer, len(jobs), max_pending)
+    inserted, changes = writer.insert(jobs, now)
+    return inserted, inserted, changes
+
+
+def _check_room(writer: Writer, fresh: int, max_pending: float) -> None:
+    """:class:`QueueFull` if ``fresh`` more pending jobs would pass ``max_pending``."""
+    # Counted only under a bound: after another process wrote, the count reads the table.
+    if fresh and max_pending != math.inf and writer.pending_count + fresh > max_pending:
+        raise QueueFull(
+            f"the queue is full: it holds {writer.pending_count} pending jobs and max_pending is "
+            f"{max_pending:g}, so {fresh} more were refused and nothing was written"
+        )
 
 
 def _resolve_steps(new: NewJob, results: Sequence[Job | int]) -> NewJob:
