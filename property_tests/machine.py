@@ -592,6 +592,10 @@ class QueueMachine(RuleBasedStateMachine):
         between.enqueue([spec], fill=False)
         if between.fill_slots(cancel_on_claim=expected_id):
             candidates.append(("cancel while running", between, True))
+            # ... and reached the pool before the handler began: it never begins.
+            unstarted = between.copy()
+            unstarted.never_began(expected_id)
+            candidates.append(("cancel between the claim and the start", unstarted, True))
         # The claim and the outcome came first.
         last = self.model.copy()
         last.enqueue([spec])

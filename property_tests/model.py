@@ -357,6 +357,9 @@ class Model:
         self.keys: dict[str, int] = {}
         self.next_id = 1
         self.starts: list[Start] = []
+        self.unstarted: list[Start] = []
+        """Claims whose handler never began (a cancel reached the pool first): not among the
+        handler starts, but starts for rate limits, which count claims."""
         self.single_worker_generations: set[int] = {0} if workers == 1 else set()
         self.dependents: dict[int, list[int]] = {}
         self.schedules: dict[str, Schedule] = {}
@@ -539,7 +542,7 @@ class Model:
     def _windows_opening(self) -> list[float]:
         """When the starts that rate limits count now stop counting."""
         ends = []
-        for start in self.starts:
+        for start in self.starts + self.unstarted:
             rate = self.limits_of(self.jobs[start.job_id].name).rate
             if rate is not None:
                 ends.append(start.time + rate[1])
@@ -565,7 +568,7 @@ class Model:
             count, seconds = limits.rate
             recent = [
                 start
-                for start in self.starts
+                for start in self.starts + self.unstarted
                 if start.time > self.now - seconds and self.jobs[start.job_id].name == job.name
             ]
             if len(recent) >= count:
@@ -979,6 +982,17 @@ class Model:
         behaviour = job.script[job.attempts - 1]
         if behaviour.progress is not None:
             job.progress = behaviour.progress
+
+    def never_began(self, job_id: int) -> None:
+        """The handler of running job ``job_id``'s attempt never began: a cancel reached the
+        pool between its claim and its start (its progress is not reported either)."""
+        job = self.jobs[job_id]
+        start = next(
+            s for s in reversed(self.starts) if (s.job_id, s.attempt) == (job_id, job.attempts)
+        )
+        self.starts.remove(start)
+        self.unstarted.append(start)
+        job.progress = None
 
     def _run(self, job: Job) -> None:
         """The claimed ``job``'s attempt runs: it ends at once, or when it will."""
