@@ -15,6 +15,7 @@ from conveyor import Event, Job, JobStatus, QueueFull
 from conveyor._actors.messages import Cancel, Enqueue, Purge, Reply, Report
 from conveyor._actors.store import INLINE_ROWS, Claims, Effects, apply_batch, rows_written
 from conveyor._job import TERMINAL
+from conveyor._storage import sqlite as sqlite_storage
 from conveyor._storage.sqlite import NewJob, Outcome, Writer, WriterBusy, get_job
 
 NOW = 1_800_000_000.0
@@ -251,3 +252,9 @@ def test_an_insert_of_many_jobs_stores_each_as_given(writer: Writer) -> None:
     stored = enqueue(writer, *jobs)
     assert [job.payload for job in stored] == [{"n": n} for n in range(150)]
     assert [get_job(writer._conn, job.id) for job in stored] == stored
+
+
+def test_the_columns_read_are_in_the_order_of_jobs_fields() -> None:
+    # row_to_job passes a row's values positionally.
+    columns = tuple(column.strip() for column in sqlite_storage._COLUMNS.split(","))
+    assert columns == tuple(field.name for field in attrs.fields(Job))

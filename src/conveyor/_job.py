@@ -191,8 +191,9 @@ def _make_encode() -> Callable[[JSON], str]:
 _encode: Final = _make_encode()
 
 
-def encode_json(value: JSON, what: str) -> str:
-    """``value`` as compact JSON text; :class:`NotJSONSerializable` naming ``what`` if it is not."""
+def encode_json(value: JSON, what: str, *what_args: object) -> str:
+    """``value`` as compact JSON text; :class:`NotJSONSerializable` naming ``what`` if it is
+    not (``what`` formatted with ``what_args`` by :meth:`str.format`, only then)."""
     if value is None:
         return "null"
     try:
@@ -204,16 +205,14 @@ def encode_json(value: JSON, what: str) -> str:
         if not text.isascii():
             text.encode()
     except UnicodeEncodeError:
-        raise NotJSONSerializable(
-            f"{what} is not JSON-serializable: it holds a lone surrogate, which is not Unicode text"
-        ) from None
+        problem = "it holds a lone surrogate, which is not Unicode text"
     except RecursionError:
-        raise NotJSONSerializable(
-            f"{what} is not JSON-serializable: it is nested too deeply (or contains itself)"
-        ) from None
+        problem = "it is nested too deeply (or contains itself)"
     except (TypeError, ValueError) as exc:
-        raise NotJSONSerializable(f"{what} is not JSON-serializable: {exc}") from None
-    return text
+        problem = str(exc)
+    else:
+        return text
+    raise NotJSONSerializable(f"{what.format(*what_args)} is not JSON-serializable: {problem}")
 
 
 def check_text(what: str, value: str) -> None:

@@ -372,7 +372,7 @@ class ProcessPool:
         thread.
         """
         module, qualname = reference(function)
-        payload = encode_json(context.payload, f"the payload of job {context.id}")
+        payload = encode_json(context.payload, "the payload of job {}", context.id)
         after = {str(job_id): result for job_id, result in context.dependency_results.items()}
         header = _ENCODER.encode(
             {
@@ -592,7 +592,7 @@ def _run(
         # As in a thread: whatever the handler raises (SystemExit too) fails the attempt.
         return _ending("error", _describe(exc))
     try:
-        text = encode_json(result, f"the result of job {context.id} ({context.name!r})")
+        text = encode_json(result, "the result of job {} ({!r})", context.id, context.name)
     except NotJSONSerializable as exc:
         return _ending("unserializable", str(exc))
     return b"R" + text.encode() + b"\n"

@@ -274,28 +274,30 @@ class Queue:
         """``spec`` as a job to insert; ``defaults``: its handler's ``(max_attempts,
         timeout)``."""
         max_attempts, timeout = defaults
-        payload_json = encode_json(spec.payload, f"the payload of a {spec.name!r} job")
+        payload_json = encode_json(spec.payload, "the payload of a {!r} job", spec.name)
         if spec.delay is not None:
             run_at = now + spec.delay
         elif spec.run_at:
             run_at = spec.run_at
         else:
             run_at = now
+        # Positional, in NewJob's field order (one is built per job; keywords cost more).
         return NewJob(
-            name=spec.name,
-            payload_json=payload_json,
+            spec.name,
+            payload_json,
             # The caller's own value: decoding the text just encoded would only copy it.
-            payload=spec.payload,
-            priority=spec.priority,
-            max_attempts=spec.max_attempts or max_attempts,
-            timeout=spec.timeout if spec.timeout is not None else timeout,
-            run_at=run_at,
-            idempotency_key=spec.idempotency_key,
-            after=spec.after,
-            after_steps=after_steps,
-            delay=spec.delay,
-            concurrency_key=spec.concurrency_key,
-            trace_context=trace_context,
+            spec.payload,
+            spec.priority,
+            spec.max_attempts or max_attempts,
+            spec.timeout if spec.timeout is not None else timeout,
+            run_at,
+            spec.idempotency_key,
+            spec.after,
+            after_steps,
+            spec.delay,
+            None,  # schedule_key
+            spec.concurrency_key,
+            trace_context,
         )
 
     async def cancel(self, job_id: int) -> bool:

@@ -457,7 +457,7 @@ class Pool:
                 span.deactivate()
         duration = self._now() - attempt.started
         try:
-            result_json = encode_json(result, f"the result of job {job.id} ({job.name!r})")
+            result_json = encode_json(result, "the result of job {} ({!r})", job.id, job.name)
         except NotJSONSerializable as exc:
             # Not retried: the handler did its work, and running it again would repeat its
             # side effects only to return the same value.

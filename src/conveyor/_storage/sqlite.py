@@ -630,9 +630,17 @@ CANCELLED_ERROR: Final = "cancelled while running"
 
 _STATUSES: Final = {status.value: status for status in JobStatus}
 
-_ENQUEUED: Final = (Event.ENQUEUED, decide(None, Event.ENQUEUED))
-_BLOCKED: Final = (Event.BLOCKED, decide(None, Event.BLOCKED))
-"""How an inserted job starts its life: ready (or scheduled), or waiting for others."""
+
+def _start_of_life(event: Event) -> tuple[Event, JobStatus, str, bool]:
+    status = decide(None, event)
+    return event, status, status.value, status is JobStatus.PENDING
+
+
+_ENQUEUED: Final = _start_of_life(Event.ENQUEUED)
+_BLOCKED: Final = _start_of_life(Event.BLOCKED)
+"""How an inserted job starts its life: ready (or scheduled), or waiting for others; with
+the status's text, and whether it is pending (looked up once: an enum's ``value`` is not
+cheap, and an insert asks for each job)."""
 
 
 def _json(text: str) -> JSON:
@@ -640,30 +648,31 @@ def _json(text: str) -> JSON:
 
 
 def row_to_job(row: Sequence[Any]) -> Job:
-    """A :class:`Job` from a row selected as ``_COLUMNS``."""
+    """A :class:`Job` from a row selected as ``_COLUMNS`` (which are in its field order:
+    positional, a call costs ~0.4 µs less than with 21 keywords)."""
     result = row[11]
     return Job(
-        id=row[0],
-        name=row[1],
-        payload=_json(row[2]),
-        status=_STATUSES[row[3]],
-        priority=row[4],
-        attempts=row[5],
-        max_attempts=row[6],
-        run_at=row[7],
-        created_at=row[8],
-        started_at=row[9],
-        finished_at=row[10],
-        result=None if result is None else _json(result),
-        error=row[12],
-        progress=row[13],
-        progress_message=row[14],
-        timeout=row[15],
-        idempotency_key=row[16],
-        after=() if row[17] is None else tuple(json.loads(row[17])),
-        schedule_key=row[18],
-        concurrency_key=row[19],
-        trace_context=row[20],
+        row[0],
+        row[1],
+        _json(row[2]),
+        _STATUSES[row[3]],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        None if result is None else _json(result),
+        row[12],
+        row[13],
+        row[14],
+        row[15],
+        row[16],
+        () if row[17] is None else tuple(json.loads(row[17])),
+        row[18],
+        row[19],
+        row[20],
     )
 
 
@@ -1528,17 +1537,17 @@ class Writer:
                 )
             else:
                 after, blockers = (), 0
-            event, status = _BLOCKED if blockers else _ENQUEUED
-            scheduled = status is JobStatus.PENDING and new.run_at > now
+            event, status, status_text, ready = _BLOCKED if blockers else _ENQUEUED
+            scheduled = ready and new.run_at > now
             if scheduled and (due is None or new.run_at < due):
                 due = new.run_at
-            pending += status is JobStatus.PENDING
+            pending += ready
             rows.append(
                 (
                     job_id,
                     new.name,
                     new.payload_json,
-                    status.value,
+                    status_text,
                     int(scheduled),
                     new.priority,
                     new.max_attempts,
@@ -1554,24 +1563,32 @@ class Writer:
                     new.trace_context,
                 )
             )
-            deps += [(dep, job_id) for dep in after]
+            if after:
+                deps += [(dep, job_id) for dep in after]
+            # Positional, in Job's field order: 15 keywords cost ~0.4 µs a job more to match.
             created.append(
                 Job(
-                    id=job_id,
-                    name=new.name,
-                    payload=new.payload,
-                    status=status,
-                    priority=new.priority,
-                    attempts=0,
-                    max_attempts=new.max_attempts,
-                    run_at=new.run_at,
-                    created_at=now,
-                    timeout=new.timeout,
-                    idempotency_key=new.idempotency_key,
-                    after=after,
-                    schedule_key=new.schedule_key,
-                    concurrency_key=new.concurrency_key,
-                    trace_context=new.trace_context,
+                    job_id,
+                    new.name,
+                    new.payload,
+                    status,
+                    new.priority,
+                    0,  # attempts
+                    new.max_attempts,
+                    new.run_at,
+                    now,  # created_at
+                    None,  # started_at
+                    None,  # finished_at
+                    None,  # result
+                    None,  # error
+                    None,  # progress
+                    None,  # progress_message
+                    new.timeout,
+                    new.idempotency_key,
+                    after,
+                    new.schedule_key,
+                    new.concurrency_key,
+                    new.trace_context,
                 )
             )
             changes.append(Change(event, job_id, new.name, status))
