@@ -258,3 +258,22 @@ def test_the_columns_read_are_in_the_order_of_jobs_fields() -> None:
     # row_to_job passes a row's values positionally.
     columns = tuple(column.strip() for column in sqlite_storage._COLUMNS.split(","))
     assert columns == tuple(field.name for field in attrs.fields(Job))
+
+
+def test_ids_follow_inserts_of_another_connection(writer: Writer, tmp_path: Path) -> None:
+    other = Writer(str(tmp_path / "jobs.db"))
+    try:
+        (first,) = enqueue(writer, new_job())
+        (second,) = enqueue(other, new_job())
+        (third,) = enqueue(writer, new_job())
+    finally:
+        other.close()
+    assert [first.id, second.id, third.id] == [1, 2, 3]
+
+
+def test_an_undone_insert_gives_its_ids_again(writer: Writer) -> None:
+    enqueue(writer, new_job())
+    writer.begin()
+    writer.insert([new_job()], NOW)
+    writer.rollback()
+    assert [job.id for job in enqueue(writer, new_job())] == [2]

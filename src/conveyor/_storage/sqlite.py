@@ -1161,6 +1161,9 @@ class Writer:
         Kept in step with every write, so claims look for due jobs only when some may
         be due. It may be early (a scheduled job was cancelled), never late.
         """
+        self._known_next_id: int | None = None
+        """The id the next insert gets, known once this connection inserted and as long as
+        no other connection wrote (else read from the file: another process may insert)."""
         self._counters_stale = False
         self.notes: list[LogNote] = []
         """The log records of the open transaction, for the store to emit after the commit."""
@@ -1397,7 +1400,7 @@ class Writer:
         transaction to be rolled back.
         """
         undone = Undone()
-        counters = (self._pending, self.next_due)
+        counters = (self._pending, self.next_due, self._known_next_id)
         noted = len(self.notes)
         self._conn.execute("SAVEPOINT command")
         try:
@@ -1407,7 +1410,7 @@ class Writer:
         except Exception as exc:
             self._conn.execute("ROLLBACK TO command")
             self._conn.execute("RELEASE command")
-            self._pending, self.next_due = counters
+            self._pending, self.next_due, self._known_next_id = counters
             del self.notes[noted:]
             undone.error = exc
         else:
@@ -1442,6 +1445,7 @@ class Writer:
 
     def _reload_counters(self) -> None:
         self._pending = None
+        self._known_next_id = None
         self.next_due = self._conn.execute(Q_NEXT_DUE).fetchone()[0]
         self.next_tick = self._conn.execute(Q_NEXT_TICK).fetchone()[0]
         self._has_deps = bool(self._conn.execute(Q_HAS_DEPS).fetchone()[0])
@@ -1495,13 +1499,16 @@ class Writer:
         return None if row is None else row_to_job(row)
 
     def _ids_used(self, last_id: int) -> None:
-        """Ids up to ``last_id`` were given: SQLite's ``AUTOINCREMENT`` keeps the mark itself."""
+        """Ids up to ``last_id`` were given (SQLite's ``AUTOINCREMENT`` keeps the mark in the
+        file too)."""
+        self._known_next_id = last_id + 1
 
     def next_id(self) -> int:
-        """The id the next inserted job gets (read inside the transaction: nobody else can
-        insert until it commits)."""
-        next_id: int = self._conn.execute(Q_NEXT_ID).fetchone()[0]
-        return next_id
+        """The id the next inserted job gets (inside the transaction: nobody else can insert
+        until it commits)."""
+        if self._known_next_id is None:
+            self._known_next_id = self._conn.execute(Q_NEXT_ID).fetchone()[0]
+        return self._known_next_id
 
     def insert(
         self, jobs: Sequence[NewJob], now: float, first_id: int | None = None
