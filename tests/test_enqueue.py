@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+import trio
 
 import conveyor
 from conveyor import JobSpec, JobStatus
@@ -33,6 +34,30 @@ async def test_enqueue_returns_the_stored_pending_job(open_test_queue: QueueOpen
         assert job.priority == 2
         assert job.attempts == 0
         assert job.run_at == pytest.approx(job.created_at, abs=1)
+
+
+async def test_an_enqueued_job_keeps_every_option_given(open_test_queue: QueueOpener) -> None:
+    async with open_test_queue(make_registry()) as queue:
+        first = await queue.enqueue("noop", delay=60)
+        job = await queue.enqueue(
+            "noop",
+            [1, "two"],
+            priority=3,
+            delay=90,
+            max_attempts=7,
+            timeout=4.5,
+            idempotency_key="k1",
+            after=[first.id],
+            concurrency_key="tenant-1",
+        )
+        assert (job.payload, job.priority, job.max_attempts, job.timeout) == ([1, "two"], 3, 7, 4.5)
+        assert (job.idempotency_key, job.after, job.concurrency_key) == (
+            "k1",
+            (first.id,),
+            "tenant-1",
+        )
+        assert job.run_at == pytest.approx(job.created_at + 90, abs=1)
+        assert await queue.get(job.id) == job
 
 
 async def test_handler_options_are_the_job_defaults(open_test_queue: QueueOpener) -> None:
@@ -87,11 +112,22 @@ async def test_payload_that_is_not_json_is_refused(open_test_queue: QueueOpener)
         assert await queue.list() == []
 
 
+@pytest.mark.trio_only
+async def test_an_enqueue_past_its_deadline_writes_nothing(open_test_queue: QueueOpener) -> None:
+    async with open_test_queue(make_registry()) as queue:
+        with anyio.move_on_after(1):
+            # The caller's own work outlasts its deadline, with no checkpoint to notice it.
+            trio.lowlevel.current_clock().jump(2)  # type: ignore[attr-defined]
+            await queue.enqueue("noop", "late")
+        after = await queue.enqueue("noop", "after")
+        assert [job.payload for job in await queue.list()] == [after.payload]
+
+
 async def test_a_payload_that_contains_itself_is_refused(open_test_queue: QueueOpener) -> None:
     payload: list[object] = []
     payload.append(payload)
     async with open_test_queue(make_registry()) as queue:
-        with pytest.raises(conveyor.NotJSONSerializable, match="contains itself"):
+        with pytest.raises(conveyor.NotJSONSerializable, match="Circular reference"):
             await queue.enqueue("noop", payload)
         assert await queue.list() == []
 

@@ -246,12 +246,18 @@ def test_an_insert_of_many_jobs_stores_each_as_given(writer: Writer) -> None:
             payload={"n": n},
             timeout=2.5 if n % 5 == 0 else None,
             concurrency_key="c" if n % 11 == 0 else None,
+            schedule_key="s" if n % 13 == 0 else None,
+            trace_context="t" if n % 17 == 0 else None,
         )
         for n in range(150)
     ]
     stored = enqueue(writer, *jobs)
     assert [job.payload for job in stored] == [{"n": n} for n in range(150)]
-    assert [get_job(writer._conn, job.id) for job in stored] == stored
+    read = [get_job(writer._conn, job.id) for job in stored]
+    assert read == stored
+    # Not part of a Job's equality:
+    assert [job.trace_context for job in read] == [job.trace_context for job in stored]
+    assert [job.trace_context for job in stored] == [new.trace_context for new in jobs]
 
 
 def test_the_columns_read_are_in_the_order_of_jobs_fields() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Callable
+import threading
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -158,37 +158,32 @@ _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensur
 """One encoder for every call: ``json.dumps`` with options builds a new one each time."""
 
 
-def _make_encode() -> Callable[[JSON], str]:
-    """``_ENCODER.encode`` without its per-call cost where the C accelerator is there.
+_encoders: Final = threading.local()
+
+
+def _encode(value: JSON) -> str:
+    """``_ENCODER.encode(value)`` without its per-call cost, where the C accelerator is there.
 
     ``JSONEncoder.encode`` builds the accelerator's encoder anew for every value (about half
-    of the 1.1 µs a small payload takes); the one here is built once. It keeps no record of
-    the containers it is in (that record would be shared by every thread encoding at once),
-    so a value that contains itself recurses until :class:`RecursionError`, as one nested too
-    deeply does.
+    of the 1.1 µs a small payload takes); this keeps one per thread, since its record of the
+    containers it is inside (which finds a value that contains itself) is its own. A failed
+    encode may leave that record dirty: the encoder is dropped then, and built anew.
     """
-    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
-    if make is None:
-        return _ENCODER.encode
-    chunks = make(
-        None,
-        _ENCODER.default,
-        json.encoder.encode_basestring,
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        False,
-    )
-
-    def encode(value: JSON) -> str:
+    try:
+        chunks = _encoders.chunks
+    except AttributeError:
+        make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+        if make is None:
+            return _ENCODER.encode(value)
+        chunks = _encoders.chunks = make(
+            {}, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",",
+            False, False, False,
+        )  # fmt: skip
+    try:
         return "".join(chunks(value, 0))
-
-    return encode
-
-
-_encode: Final = _make_encode()
+    except BaseException:
+        del _encoders.chunks
+        raise
 
 
 def encode_json(value: JSON, what: str, *what_args: object) -> str:
@@ -207,7 +202,7 @@ def encode_json(value: JSON, what: str, *what_args: object) -> str:
     except UnicodeEncodeError:
         problem = "it holds a lone surrogate, which is not Unicode text"
     except RecursionError:
-        problem = "it is nested too deeply (or contains itself)"
+        problem = "it is nested too deeply"
     except (TypeError, ValueError) as exc:
         problem = str(exc)
     else:

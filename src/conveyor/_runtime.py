@@ -249,10 +249,14 @@ class Runtime:
         if self.closing:
             raise QueueClosed("the queue is closing or closed and takes no more commands")
         try:
-            # A caller already cancelled sends nothing. Otherwise no scheduling round before
-            # the send (``send`` begins with one): the caller's wait for the store's answer
-            # comes next, and that is its checkpoint.
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            # A caller already cancelled, or past its deadline, sends nothing (a deadline
+            # that passed during its own work is noticed only at a checkpoint). Otherwise no
+            # scheduling round before the send (``send`` begins with one): the caller's wait
+            # for the store's answer comes next, and that is its checkpoint.
+            if anyio.current_effective_deadline() <= anyio.current_time():
+                await anyio.lowlevel.checkpoint()
+            else:
+                await anyio.lowlevel.checkpoint_if_cancelled()
             try:
                 self._commands.send_nowait(command)
             except anyio.WouldBlock:
