@@ -72,9 +72,13 @@ import pytest
 from machine import PostgresQueueMachine, QueueMachine
 from postgres_schemas import postgres_unreachable
 
+TIMEOUT: Final = 900 if hypothesis.settings.get_current_profile_name() == "ci" else 7200
+"""Seconds each machine may take: under ``ci`` generation stays well within a minute and
+shrinking a failure may take a few more; ``thorough`` runs 20 times the examples (the machine
+on PostgreSQL alone took more than 900 s of them)."""
+
 TestQueueMatchesTheModel = QueueMachine.TestCase
-# Generation stays well within a minute; shrinking a failure may take Hypothesis a few more.
-TestQueueMatchesTheModel.pytestmark = [pytest.mark.timeout(900)]  # type: ignore[attr-defined]
+TestQueueMatchesTheModel.pytestmark = [pytest.mark.timeout(TIMEOUT)]  # type: ignore[attr-defined]
 
 
 POSTGRES_EXAMPLES: Final = {"ci": 120}
@@ -95,7 +99,7 @@ class TestQueueMatchesTheModelOnPostgres(PostgresQueueMachine.TestCase):
             hypothesis.settings.default.max_examples,
         ),
     )
-    pytestmark: ClassVar = [pytest.mark.timeout(900)]
+    pytestmark: ClassVar = [pytest.mark.timeout(TIMEOUT)]
 
     def setUp(self) -> None:
         reason = postgres_unreachable()
