@@ -61,7 +61,8 @@ def test_a_job_cancelled_as_it_is_dequeued_never_reports_completed(
         assert done.status is JobStatus.CANCELLED
         assert done.result is None
         assert (await queue.get(job.id)) == done
-        assert len(started) == done.attempts <= 1
+        # Claimed, its attempt counted, it may be cancelled before its handler starts.
+        assert len(started) <= done.attempts <= 1
 
     run_queue(tmp_path / "jobs.db", registry, body)
 
