@@ -173,6 +173,21 @@ async def test_a_batch_is_enqueued_in_order(client: httpx.AsyncClient) -> None:
     assert [job["payload"] for job in response.json()["jobs"]] == [0, 1, 2]
 
 
+async def test_an_int_beyond_64_bits_in_a_payload_is_answered_exactly(
+    client: httpx.AsyncClient,
+) -> None:
+    payload = {"big": 2**70 + 1, "small": -(2**63) - 1}
+    job = await enqueue(client, "echo", payload=payload)
+    assert json.loads((await client.get(f"/jobs/{job['id']}")).content)["payload"] == payload
+
+
+async def test_answers_carry_text_beyond_ascii_as_utf8(client: httpx.AsyncClient) -> None:
+    job = await enqueue(client, "echo", payload={"text": "été \u2028 \U0001f600"})
+    response = await client.get(f"/jobs/{job['id']}")
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["payload"] == {"text": "été \u2028 \U0001f600"}
+
+
 async def test_a_batch_with_one_bad_job_writes_none(client: httpx.AsyncClient) -> None:
     response = await client.post("/jobs/batch", json={"jobs": [{"name": "echo"}, {"name": "nope"}]})
     assert_problem(response, 422, "unknown-handler")

@@ -223,7 +223,8 @@ def check_text(what: str, value: str) -> None:
         raise InvalidArgument(f"{what} must not hold a NUL character: {value!r}")
 
 
-def _check_priority(_: object, __: object, value: int) -> None:
+def check_priority(value: int) -> None:
+    """Refuse a priority that is not an int within 1..10."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"priority must be an int, not {value!r}")
     if not MIN_PRIORITY <= value <= MAX_PRIORITY:
@@ -285,23 +286,8 @@ def check_max_attempts(value: int | None) -> None:
         raise InvalidArgument(f"max_attempts must be an int within 1..2**63-1, not {value!r}")
 
 
-def _check_spec_delay(_: object, __: object, value: float | None) -> None:
-    check_seconds("delay", value, maximum=MAX_DELAY)
-
-
-def _check_spec_run_at(_: object, __: object, value: float | None) -> None:
-    check_run_at(value)
-
-
-def _check_spec_timeout(_: object, __: object, value: float | None) -> None:
-    check_seconds("timeout", value, positive=True)
-
-
-def _check_spec_max_attempts(_: object, __: object, value: int | None) -> None:
-    check_max_attempts(value)
-
-
-def _check_name(_: object, __: object, value: str) -> None:
+def check_name(value: str) -> None:
+    """Refuse a handler name that is not a non-empty text."""
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"a job's handler name must be a non-empty str, not {value!r}")
     check_text("a job's handler name", value)
@@ -319,13 +305,11 @@ def check_key(what: str, value: str | None) -> None:
     check_text(what, value)
 
 
-def _check_key(_: object, __: object, value: str | None) -> None:
-    check_key("idempotency_key", value)
-
-
 def job_ids(value: object) -> tuple[int, ...]:
     """``value`` as a tuple of job ids, each once, in order; :class:`InvalidArgument` if it
     is not an iterable of ints within 1..2**63-1."""
+    if not value and value.__class__ in (tuple, list):
+        return ()
     if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
         raise InvalidArgument(f"after must be a list of job ids, not {value!r}")
     ids: dict[int, None] = {}
@@ -334,10 +318,6 @@ def job_ids(value: object) -> tuple[int, ...]:
             raise InvalidArgument(f"after holds job ids (ints >= 1), not {item!r}")
         ids[item] = None
     return tuple(ids)
-
-
-def _check_concurrency_key(_: object, __: object, value: str | None) -> None:
-    check_key("concurrency_key", value)
 
 
 @attrs.frozen
@@ -349,24 +329,38 @@ class JobSpec:
     neither, the job is ready at once.
     """
 
-    name: str = attrs.field(validator=_check_name)
+    name: str
     payload: JSON = None
-    priority: int = attrs.field(default=DEFAULT_PRIORITY, kw_only=True, validator=_check_priority)
-    delay: float | None = attrs.field(default=None, kw_only=True, validator=_check_spec_delay)
-    run_at: float | None = attrs.field(default=None, kw_only=True, validator=_check_spec_run_at)
-    max_attempts: int | None = attrs.field(
-        default=None, kw_only=True, validator=_check_spec_max_attempts
-    )
-    timeout: float | None = attrs.field(default=None, kw_only=True, validator=_check_spec_timeout)
-    idempotency_key: str | None = attrs.field(default=None, kw_only=True, validator=_check_key)
+    priority: int = attrs.field(default=DEFAULT_PRIORITY, kw_only=True)
+    delay: float | None = attrs.field(default=None, kw_only=True)
+    run_at: float | None = attrs.field(default=None, kw_only=True)
+    max_attempts: int | None = attrs.field(default=None, kw_only=True)
+    timeout: float | None = attrs.field(default=None, kw_only=True)
+    idempotency_key: str | None = attrs.field(default=None, kw_only=True)
     after: tuple[int, ...] = attrs.field(default=(), kw_only=True, converter=job_ids)
     """Ids of stored jobs this one runs after: it waits until all of them completed."""
-    concurrency_key: str | None = attrs.field(
-        default=None, kw_only=True, validator=_check_concurrency_key
-    )
+    concurrency_key: str | None = attrs.field(default=None, kw_only=True)
     """Jobs of one handler and key run at most ``key_concurrency`` at once (the handler's)."""
 
     def __attrs_post_init__(self) -> None:
+        # One check of every field, field by field, rather than a validator each: attrs calls
+        # a validator even for a default, and ten calls cost more than the rest of the spec.
+        check_name(self.name)
+        priority = self.priority
+        if priority.__class__ is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            check_priority(priority)
+        if self.delay is not None:
+            check_seconds("delay", self.delay, maximum=MAX_DELAY)
+        if self.run_at is not None:
+            check_run_at(self.run_at)
+        if self.max_attempts is not None:
+            check_max_attempts(self.max_attempts)
+        if self.timeout is not None:
+            check_seconds("timeout", self.timeout, positive=True)
+        if self.idempotency_key is not None:
+            check_key("idempotency_key", self.idempotency_key)
+        if self.concurrency_key is not None:
+            check_key("concurrency_key", self.concurrency_key)
         if self.delay is not None and self.run_at is not None:
             raise InvalidArgument("give delay or run_at, not both")
 

@@ -19,7 +19,7 @@ import anyio
 from fastapi import Body, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
@@ -82,6 +82,7 @@ from ._models import (
     stats_to_dict,
 )
 from ._problems import PROBLEM_MEDIA_TYPE, Problem, problem_for
+from ._responses import JSONResponse
 
 DEFAULT_MAX_BODY: Final = 1024 * 1024
 MAX_WAIT: Final = 60.0

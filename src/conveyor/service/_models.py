@@ -10,7 +10,7 @@ import datetime
 import json
 import zoneinfo
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -537,7 +537,7 @@ class ProblemOut(BaseModel):
 
 def job_to_dict(job: Job) -> dict[str, Any]:
     """A job as the API's JSON object (the fields of :class:`JobOut`)."""
-    return dict(job.to_dict())
+    return cast(dict[str, Any], job.to_dict())
 
 
 def job_summary_dict(job: Job) -> dict[str, Any]:
