@@ -28,6 +28,7 @@ from .._job import (
     MAX_PRIORITY,
     MAX_RUN_AT,
     MIN_PRIORITY,
+    STATUS_TEXT,
     Job,
     JobStatus,
     check_run_at,
@@ -548,7 +549,7 @@ def job_summary_dict(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "name": job.name,
-        "status": job.status.value,
+        "status": STATUS_TEXT[job.status],
         "priority": job.priority,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
