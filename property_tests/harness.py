@@ -13,6 +13,11 @@ that take no virtual time. There the queue's ``LISTEN`` connection is left out
 by hand, as on SQLite), yet their arrival, and its connecting in a thread, would wake the event
 loop at moments the steps do not set, so that the same example could interleave differently
 when Hypothesis runs it again. News by ``NOTIFY`` is tested in ``tests/test_postgres.py``.
+
+For the same reason the worker pool's watchdog thread is left out (:func:`quiet_watchdog`): it
+asks the event loop to answer every 0.2 s of real time, and an answer that lands during a step
+adds a task to the scheduler's batch, which reorders the steps' tasks (a step on PostgreSQL,
+with its round trips, often takes that long). The watchdog is tested in ``tests/``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import trio.testing
 
 import conveyor
 from conveyor._actors.messages import Look, Report
+from conveyor._actors.pool import Watchdog
 from conveyor._storage.postgres import PgDoorbell, PgWriter, is_postgres, parse_target
 from conveyor._storage.sqlite import Outcome, Writer
 
@@ -140,6 +146,21 @@ def deaf_doorbells() -> Iterator[None]:
         PgDoorbell.listen = listen  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def quiet_watchdog() -> Iterator[None]:
+    """While in the block, worker pools start no watchdog thread (see the module docstring)."""
+    start = Watchdog.start
+
+    def quiet(self: Watchdog) -> None:
+        pass
+
+    Watchdog.start = quiet  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Watchdog.start = start  # type: ignore[method-assign]
+
+
 class RealQueue:
     """One SQLite file (or PostgreSQL schema, named by its URL), and the queue process that is
     open on it (or crashed)."""
@@ -175,6 +196,7 @@ class RealQueue:
     def start(self, workers: int, limits: dict[str, HandlerLimits] | None = None) -> None:
         """Start the event loop and open the queue, its handlers registered with ``limits``."""
         self.registry = self._registry(limits or {})
+        self._patches.enter_context(quiet_watchdog())
         if self.on_postgres:
             self._patches.enter_context(deaf_doorbells())
         self._thread.start()

@@ -4,6 +4,8 @@ beside an application's tables. The core behaviour tests run on PostgreSQL too (
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -349,3 +351,20 @@ def test_a_commit_whose_answer_is_lost_and_that_did_not_go_through_fails(
     monkeypatch.undo()
     writer.close()
     assert _count_jobs(schema_url) == 0
+
+
+def test_a_writer_that_connects_again_holds_back_takeovers_and_says_so(
+    schema_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = _writer(schema_url)
+    writer.commit()
+    writer._pg.raw.close()  # as a server that dropped the connection leaves it
+    with caplog.at_level(logging.INFO, logger="conveyor"):
+        writer.begin()
+    assert "takes over no other owner" in caplog.text
+    assert "it connected to the server again" in caplog.text
+    (record,) = [r for r in caplog.records if "takes over no other owner" in r.getMessage()]
+    assert record.conveyor_event == "takeovers_held_back"  # type: ignore[attr-defined]
+    assert writer.rescue(time.time() + 3600) == []  # every owner looks late; none is taken
+    writer.rollback()
+    writer.close()

@@ -493,7 +493,7 @@ class PgWriter(Writer):
         if self._pg.raw.closed or self._pg.raw.broken:
             self._connect()
             self._counters_stale = True
-            self._calm_for_a_lease()
+            self._calm_for_a_lease("it connected to the server again")
         started = time.monotonic()
         try:
             cursor = self._pg.raw.execute(Q_BEGIN)
@@ -502,8 +502,8 @@ class PgWriter(Writer):
         except psycopg.Error:
             self.rollback()  # a lock wait that timed out leaves the transaction failed
             raise
-        if time.monotonic() - started > self.lease / 4:
-            self._calm_for_a_lease()
+        if (waited := time.monotonic() - started) > self.lease / 4:
+            self._calm_for_a_lease(f"a write waited {waited:.1f} s for the database")
         assert row is not None
         others_wrote = row[0] != self._writes + 1
         self._writes, self._next_id, self._xid = row
@@ -592,10 +592,19 @@ class PgWriter(Writer):
             f"the commit on {self.path} may or may not have gone through ({error})"
         ) from error
 
-    def _calm_for_a_lease(self) -> None:
+    def _calm_for_a_lease(self, why: str) -> None:
         """Take over no other owner for a lease from now: every heartbeat was held up with
         this process's writes (a lock wait, a server gone), so all look late."""
-        self._calm_until = time.monotonic() + min(self.lease, 3600.0)
+        calm = min(self.lease, 3600.0)
+        self._calm_until = time.monotonic() + calm
+        logger.info(
+            "conveyor takes over no other owner of %s for %.0f s: %s, so the others' "
+            "heartbeats may look late",
+            self.path,
+            calm,
+            why,
+            extra={"conveyor_event": "takeovers_held_back", "conveyor_seconds": calm},
+        )
 
     def rescue(self, now: float) -> list[Change]:
         if time.monotonic() < self._calm_until:
