@@ -110,9 +110,10 @@ async def test_a_cut_off_hosts_jobs_run_elsewhere_and_its_late_outcomes_are_refu
         assert cut_off.worker is not None
         job = await queue.enqueue("record", {"dir": str(tmp_path), "seconds": 3})
         await wait_for(lambda: ran(tmp_path))
+        # Cut off while its attempt of 3 s runs; the others start after, however slowly.
+        cut_off.cut()
         for other in others:
             start_worker(other, schema, tmp_path, heartbeat=HEARTBEAT)
-        cut_off.cut()
         done = await queue.wait(job.id, timeout=60)
         await anyio.sleep(4 * HEARTBEAT)  # longer than its lease, and its attempt has ended
         cut_off.restore()
