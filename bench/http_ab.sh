@@ -10,24 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 rev=$1 kind=$2 rounds=${3:-3}
 work=$(mktemp -d)
 trap 'cd /; git -C "$root" worktree remove --force "$work/before" 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/load_handlers.py" <<'PY'
-import conveyor
-registry = conveyor.Registry()
-
-@registry.handler
-async def noop(payload):
-    return None
-PY
-python3 - "$work" <<'PY'
-import json, sys
-work = sys.argv[1]
-def script(path, body):
-    return (f'wrk.method = "POST"\nwrk.path = "{path}"\nwrk.body = [[{json.dumps(body)}]]\n'
-            'wrk.headers["Content-Type"] = "application/json"\n')
-open(f"{work}/single.lua", "w").write(script("/jobs", {"name": "noop", "payload": {"n": 1}}))
-jobs = [{"name": "noop", "payload": {"n": i}} for i in range(1000)]
-open(f"{work}/batch.lua", "w").write(script("/jobs/batch", {"jobs": jobs}))
-PY
+bash "$root/bench/http_fixtures.sh" "$work"
 case $kind in
     batch) connections=8 per=1000 ;;
     single) connections=32 per=1 ;;

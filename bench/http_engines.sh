@@ -10,24 +10,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'cd /; [ -d "$work/before" ] && git -C "$root" worktree remove --force "$work/before"; rm -rf "$work"' EXIT
-cat > "$work/load_handlers.py" <<'PY'
-import conveyor
-registry = conveyor.Registry()
-
-@registry.handler
-async def noop(payload):
-    return None
-PY
-python3 - "$work" <<'PY'
-import json, sys
-work = sys.argv[1]
-def script(path, body):
-    return (f'wrk.method = "POST"\nwrk.path = "{path}"\nwrk.body = [[{json.dumps(body)}]]\n'
-            'wrk.headers["Content-Type"] = "application/json"\n')
-open(f"{work}/post.lua", "w").write(script("/jobs", {"name": "noop", "payload": {"n": 1}}))
-jobs = [{"name": "noop", "payload": {"n": i}} for i in range(1000)]
-open(f"{work}/batch.lua", "w").write(script("/jobs/batch", {"jobs": jobs}))
-PY
+bash "$root/bench/http_fixtures.sh" "$work"
 if [ $# -ge 1 ]; then git -C "$root" worktree add -q "$work/before" "$1"; fi
 log_flag=$([ -n "${ACCESS_LOG:-}" ] && echo --access-log || echo --no-access-log)
 
@@ -47,9 +30,9 @@ run() {  # label pythonpath script connections jobs-per-request serve-args...
     kill "$server"; wait "$server" || true
 }
 for round in 1 2; do
-    if [ $# -ge 1 ]; then run "$1 POST /jobs" "$work/before/src" post.lua 32 1; fi
-    run "trio POST /jobs" "" post.lua 32 1 --engine trio
-    run "asyncio POST /jobs" "" post.lua 32 1 --engine asyncio
+    if [ $# -ge 1 ]; then run "$1 POST /jobs" "$work/before/src" single.lua 32 1; fi
+    run "trio POST /jobs" "" single.lua 32 1 --engine trio
+    run "asyncio POST /jobs" "" single.lua 32 1 --engine asyncio
     if [ $# -ge 1 ]; then run "$1 POST /jobs/batch" "$work/before/src" batch.lua 8 1000; fi
     run "trio POST /jobs/batch" "" batch.lua 8 1000 --engine trio
     run "asyncio POST /jobs/batch" "" batch.lua 8 1000 --engine asyncio
