@@ -265,6 +265,10 @@ def _rows(db: Database, query: str) -> list[tuple[int, str]]:
         return []
     conn = sqlite3.connect(db)
     try:
+        # A process killed while it opened the file (or whose disk was full) leaves a file
+        # without tables.
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None:
+            return []
         return conn.execute(query).fetchall()
     finally:
         conn.close()
