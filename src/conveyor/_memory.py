@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-import anyio
 import psutil
 
 from ._errors import InvalidArgument
@@ -52,10 +51,11 @@ class MemoryGuard:
         self.limited = False
         """Whether the queue runs at most one job because memory is short (as last read)."""
 
-    def is_high(self) -> bool:
+    def is_high(self, now: float) -> bool:
+        """Whether memory is short, as read at most :data:`SAMPLE_INTERVAL` before ``now``
+        (the event loop's clock)."""
         if self._high_water is None:
             return False
-        now = anyio.current_time()
         if now - self._read_at >= SAMPLE_INTERVAL:
             self._read_at = now
             used = self._read()

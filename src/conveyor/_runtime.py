@@ -15,8 +15,8 @@ from typing import Any, Final, TypeVar
 
 import anyio
 import attrs
-from anyio.streams.memory import MemoryObjectSendStream
 
+from ._actors.mailbox import Mailbox
 from ._actors.messages import (
     Close,
     Heartbeat,
@@ -225,7 +225,7 @@ class Runtime:
         *,
         registry: Registry,
         clock: Callable[[], float],
-        commands: MemoryObjectSendStream[StoreCommand],
+        commands: Mailbox[StoreCommand],
         readers: Readers,
         known_handlers: Iterable[str] = (),
     ) -> None:
@@ -320,9 +320,7 @@ class Runtime:
         if ids and not self.closing:
             self.following.tell(await self._readers.run(lambda c: storage.statuses_of(c, ids)))
 
-    async def shutdown(
-        self, pool: MemoryObjectSendStream[PoolMessage], store: Store, grace: float
-    ) -> None:
+    async def shutdown(self, pool: Mailbox[PoolMessage], store: Store, grace: float) -> None:
         """Start nothing more, give running jobs ``grace`` seconds, interrupt the rest, stop.
 
         If writes keep failing, the outcomes of the last attempts are given up after
@@ -680,15 +678,15 @@ async def _running_actors(
     retention: float | None = None,
 ) -> AsyncIterator[Queue]:
     # Only the store's inbox is bounded (back-pressure on callers). The store never waits to
-    # send, so the channels it sends on are unbounded; what they carry is bounded by the
+    # send, so the inboxes it sends to are unbounded; what they carry is bounded by the
     # number of worker slots and reports in flight.
-    store_tx, store_rx = anyio.create_memory_object_stream[StoreCommand](COMMAND_BUFFER)
-    pool_tx, pool_rx = anyio.create_memory_object_stream[PoolMessage](math.inf)
+    commands = Mailbox[StoreCommand](COMMAND_BUFFER)
+    pool_inbox = Mailbox[PoolMessage]()
     timer_tx, timer_rx = anyio.create_memory_object_stream[NextDue](math.inf)
     runtime = Runtime(
         registry=registry,
         clock=clock,
-        commands=store_tx,
+        commands=commands,
         readers=readers,
         known_handlers=known_handlers,
     )
@@ -697,8 +695,8 @@ async def _running_actors(
         writer,
         run_sql=run_sql,
         clock=clock,
-        commands=store_rx,
-        pool=pool_tx,
+        commands=commands,
+        pool=pool_inbox,
         timer=timer_tx,
         listeners=runtime.listeners,
         max_pending=max_pending,
@@ -709,9 +707,8 @@ async def _running_actors(
     pool = Pool(
         registry=registry,
         slots=workers,
-        inbox=pool_rx,
-        to_self=pool_tx.clone(),
-        store=store_tx,
+        inbox=pool_inbox,
+        store=commands,
         paused=lambda: writer.paused,
         memory=memory,
     )
@@ -719,11 +716,11 @@ async def _running_actors(
     # What workers declared, for the names and defaults of the jobs this queue enqueues.
     await runtime.refresh_declared()
     try:
-        with store_tx, pool_tx, timer_tx:
+        with timer_tx:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(store.run)
                 tg.start_soon(pool.run)
-                tg.start_soon(Timer(clock=clock, inbox=timer_rx, store=store_tx.clone()).run)
+                tg.start_soon(Timer(clock=clock, inbox=timer_rx, store=commands).run)
                 tg.start_soon(_beat, runtime, heartbeat)
                 tg.start_soon(_answer_rings, runtime, doorbell)
                 if retention is not None:
@@ -735,10 +732,10 @@ async def _running_actors(
                     runtime.closing = True
                     raise
                 except BaseException:
-                    await runtime.shutdown(pool_tx, store, shutdown_grace)
+                    await runtime.shutdown(pool_inbox, store, shutdown_grace)
                     raise
                 else:
-                    await runtime.shutdown(pool_tx, store, shutdown_grace)
+                    await runtime.shutdown(pool_inbox, store, shutdown_grace)
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The task group wraps whatever left it; callers should see the error itself.

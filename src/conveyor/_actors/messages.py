@@ -9,26 +9,32 @@ caller awaits carry a :class:`Reply`.
 from __future__ import annotations
 
 import contextlib
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import anyio
 import attrs
-from anyio.streams.memory import MemoryObjectSendStream
 
 from .._job import JSON, Job, JobStatus
 from .._schedule import Schedule
 from .._storage.sqlite import NewJob, Outcome
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 
 
-def tell(stream: MemoryObjectSendStream[T], message: T) -> None:
-    """Send on an unbounded channel without waiting; a receiver already gone is ignored.
+class Inbox(Protocol[T_contra]):
+    """Where an actor is told things: a :class:`~.mailbox.Mailbox` or an anyio channel."""
+
+    def send_nowait(self, message: T_contra, /) -> None: ...
+
+
+def tell(inbox: Inbox[T], message: T) -> None:
+    """Send to an unbounded inbox without waiting; a receiver already gone is ignored.
 
     Receivers end only when the queue is torn down, when what they would be told is moot.
     """
     with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-        stream.send_nowait(message)
+        inbox.send_nowait(message)
 
 
 class Reply(Generic[T]):

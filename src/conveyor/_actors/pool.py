@@ -39,7 +39,6 @@ import anyio.to_thread
 import attrs
 import sniffio
 import trio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._context import JobContext, enter_context, leave_context, run_with_context
 from .._errors import NotJSONSerializable, UnknownHandler
@@ -52,6 +51,7 @@ from .._retry import Backoff, Fail, Retry
 from .._sqlthread import call_soon_threadsafe
 from .._storage.sqlite import Outcome, error_summary
 from .._tracing import AttemptSpan, start_attempt
+from .mailbox import Mailbox
 from .messages import (
     Close,
     Flush,
@@ -114,9 +114,8 @@ class Pool:
         *,
         registry: Registry,
         slots: int,
-        inbox: MemoryObjectReceiveStream[PoolMessage],
-        to_self: MemoryObjectSendStream[PoolMessage],
-        store: MemoryObjectSendStream[StoreCommand],
+        inbox: Mailbox[PoolMessage],
+        store: Mailbox[StoreCommand],
         paused: Callable[[], frozenset[str]] = frozenset,
         memory: MemoryGuard | None = None,
     ) -> None:
@@ -127,7 +126,6 @@ class Pool:
         self._memory = memory or MemoryGuard(None)
         self._slots = slots
         self._inbox = inbox
-        self._to_self = to_self
         self._store = store
         self._ready: collections.deque[Job] = collections.deque()
         self._results: dict[int, dict[int, JSON]] = {}
@@ -172,21 +170,24 @@ class Pool:
             await self._processes.aclose()
 
     async def _run_workers(self) -> None:
-        async with self._inbox, self._to_self, anyio.create_task_group() as workers:
-            for _ in range(self._slots):
-                workers.start_soon(self._work)
-            await self._report()
-            async for message in self._inbox:
-                self._handle(message)
-                while True:
-                    try:
-                        self._handle(self._inbox.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
+        """Until cancelled (the queue's teardown)."""
+        try:
+            async with anyio.create_task_group() as workers:
+                for _ in range(self._slots):
+                    workers.start_soon(self._work)
                 await self._report()
-                if self._closing is not None and self._is_idle():
-                    self._closing.set()
-            workers.cancel_scope.cancel()
+                while True:
+                    self._handle(await self._inbox.receive())
+                    while True:
+                        try:
+                            self._handle(self._inbox.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    await self._report()
+                    if self._closing is not None and self._is_idle():
+                        self._closing.set()
+        finally:
+            self._inbox.close()
 
     # --- messages ----------------------------------------------------------------------------
     def _handle(self, message: PoolMessage) -> None:
@@ -264,7 +265,7 @@ class Pool:
         release = self._closing is not None and not self._released
         more = 0
         if self._closing is None:
-            slots = 1 if self._memory.is_high() else self._slots
+            slots = 1 if self._memory.is_high(self._now()) else self._slots
             more = slots - len(self._running) - len(self._ready) - self._owed
         progress = self._take_progress()
         if not (self._outcomes or progress or more > 0 or release):
@@ -301,7 +302,7 @@ class Pool:
     def _ask_flush(self) -> None:
         if not self._flush_asked:
             self._flush_asked = True
-            tell(self._to_self, Flush())
+            tell(self._inbox, Flush())
 
     # --- workers -----------------------------------------------------------------------------
     async def _work(self) -> None:
@@ -319,7 +320,11 @@ class Pool:
             with scope:
                 yielded_at = clock()
                 while True:
+                    if not self._ready:
+                        yielded_at = math.inf  # the wait for a job lets the other tasks run
                     attempt = await self._next_attempt(scope)
+                    if yielded_at == math.inf:
+                        yielded_at = clock()
                     finished = await self._attempt(attempt)
                     ended, attempt = attempt, None
                     if self._end(ended, finished):

@@ -27,7 +27,7 @@ from typing import Any, Final, Protocol, TypeVar
 import anyio
 import anyio.lowlevel
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from .._doorbell import CANCEL, CHANGED, READY, DoorbellLike
 from .._errors import (
@@ -50,6 +50,7 @@ from .._storage.sqlite import (
     Writer,
     WriterBusy,
 )
+from .mailbox import Mailbox
 from .messages import (
     Cancel,
     CancelQueued,
@@ -616,8 +617,8 @@ class Store:
         *,
         run_sql: SqlRunner,
         clock: Callable[[], float],
-        commands: MemoryObjectReceiveStream[StoreCommand],
-        pool: MemoryObjectSendStream[PoolMessage],
+        commands: Mailbox[StoreCommand],
+        pool: Mailbox[PoolMessage],
         timer: MemoryObjectSendStream[NextDue],
         listeners: Sequence[Listener],
         max_pending: int | None,
@@ -659,8 +660,8 @@ class Store:
         """
         try:
             self._tell_timer(self._clock())
-            while (batch := await self._next_batch()) is not None:
-                if (await self._apply(batch)).stopped:
+            while True:
+                if (await self._apply(await self._next_batch())).stopped:
                     return
         finally:
             # Every command already accepted into the channel gets an answer before it closes.
@@ -673,23 +674,15 @@ class Store:
         last write succeeded."""
         return self._episode
 
-    async def _next_batch(self) -> list[StoreCommand] | None:
-        """The next commands to apply, the held ones first; ``None`` once no more can come."""
+    async def _next_batch(self) -> list[StoreCommand]:
+        """The next commands to apply, the held ones first."""
         if self._episode is None:
-            try:
-                return self._drain([await self._commands.receive()])
-            except anyio.EndOfStream:
-                return None
+            return self._drain([await self._commands.receive()])
         # Writes fail: try again after a while even if no command comes, with what is held
         # or else a probe, so that the episode ends as soon as the database takes writes.
         retry = self._held or [Ping(Reply())]
         with anyio.move_on_after(self._episode.retry_delay()) as waited:
-            try:
-                first = await self._commands.receive()
-            except anyio.EndOfStream:
-                first = None
-            if first is not None:
-                retry.append(first)
+            retry.append(await self._commands.receive())
         self._held = []
         if waited.cancel_called:
             # A full WAL that cannot grow needs a checkpoint to be written again from its start.
@@ -706,32 +699,29 @@ class Store:
 
     async def _apply(self, batch: list[StoreCommand]) -> Effects:
         """Apply and announce ``batch``, or answer its fault."""
-        # A batch in flight is never abandoned: cancellation waits until it is committed and
-        # every caller has its answer.
-        with anyio.CancelScope(shield=True):
-            now = self._clock()
-            try:
-                effects = await self._write(batch, now)
-            except Exception as exc:
-                fault = self._writer.classify(exc)
-                if fault is None or not fault.passes:
-                    raise self._fail_for_good(batch, exc, fault) from exc
-                return self._hold(batch, fault)
-            if self._episode is not None:
-                logger.info(
-                    "conveyor writes to %s again, after %d failed batches in %.1f s",
-                    self._writer.path,
-                    self._episode.failures,
-                    anyio.current_time() - self._episode.started,
-                )
-                self._episode = None
-                self.faulted = anyio.Event()
-            self._claims = effects.claims
-            if any(isinstance(command, Tick) for command in batch):
-                # The timer fired and forgot its due time: whatever is due next is news to it
-                # (even the same time, if the wall clock was stepped back meanwhile).
-                self._told_due = None
-            self._announce(effects, now)
+        now = self._clock()
+        try:
+            effects = await self._write(batch, now)
+        except Exception as exc:
+            fault = self._writer.classify(exc)
+            if fault is None or not fault.passes:
+                raise self._fail_for_good(batch, exc, fault) from exc
+            return self._hold(batch, fault)
+        if self._episode is not None:
+            logger.info(
+                "conveyor writes to %s again, after %d failed batches in %.1f s",
+                self._writer.path,
+                self._episode.failures,
+                anyio.current_time() - self._episode.started,
+            )
+            self._episode = None
+            self.faulted = anyio.Event()
+        self._claims = effects.claims
+        if any(isinstance(command, Tick) for command in batch):
+            # The timer fired and forgot its due time: whatever is due next is news to it
+            # (even the same time, if the wall clock was stepped back meanwhile).
+            self._told_due = None
+        self._announce(effects, now)
         return effects
 
     def _hold(self, batch: list[StoreCommand], fault: Fault) -> Effects:
@@ -788,7 +778,11 @@ class Store:
     async def _write(self, batch: list[StoreCommand], now: float) -> Effects:
         """Apply ``batch`` on the loop if it is small and the lock is free, else on the SQL
         thread; checkpoint the WAL on the SQL thread every :data:`CHECKPOINT_PAGES` pages, and
-        after writes failed (a full disk may have let the WAL grow)."""
+        after writes failed (a full disk may have let the WAL grow).
+
+        A batch in flight is never abandoned: its awaits are shielded, so cancellation waits
+        until it is committed (and the caller of :meth:`_apply` answers every command). A
+        batch applied inline does not wait at all, and needs no shield."""
         claims = self._claims
         rows = rows_written(batch, claims)
         self._unchecked_pages += pages_written(rows)
@@ -809,7 +803,8 @@ class Store:
                 pass  # another connection writes: wait for it off the loop
             else:
                 if checkpoint:
-                    await self._run_sql(self._checkpoint)
+                    with anyio.CancelScope(shield=True):
+                        await self._run_sql(self._checkpoint)
                 return effects
 
         def apply_and_checkpoint() -> Effects:
@@ -818,7 +813,9 @@ class Store:
                 self._checkpoint()
             return effects
 
-        return await self._run_sql(apply_and_checkpoint)
+        with anyio.CancelScope(shield=True):
+            effects = await self._run_sql(apply_and_checkpoint)
+        return effects  # noqa: RET504 (returned inside the scope, mypy sees a path without)
 
     def _checkpoint(self) -> None:
         """Checkpoint the WAL. A failure (the disk full, say) is logged once until one
@@ -902,7 +899,7 @@ class Store:
         while True:
             try:
                 command = self._commands.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
+            except (anyio.WouldBlock, anyio.ClosedResourceError):
                 return
             if (reply := getattr(command, "reply", None)) is not None:
                 reply.fail(QueueClosed("the queue is closed"))

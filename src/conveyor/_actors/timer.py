@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Final
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .mailbox import Mailbox
 from .messages import NextDue, StoreCommand, Tick
 
 MIN_SLEEP: Final = 1e-6
@@ -33,7 +34,7 @@ class Timer:
         *,
         clock: Callable[[], float],
         inbox: MemoryObjectReceiveStream[NextDue],
-        store: MemoryObjectSendStream[StoreCommand],
+        store: Mailbox[StoreCommand],
     ) -> None:
         self._clock = clock
         self._inbox = inbox
@@ -41,7 +42,7 @@ class Timer:
 
     async def run(self) -> None:
         due: float | None = None
-        async with self._inbox, self._store:
+        async with self._inbox:
             while True:
                 if due is not None and self._clock() >= due:
                     due = None
