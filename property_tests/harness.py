@@ -98,7 +98,7 @@ class Cancelled:
 
 @attrs.frozen
 class Requeued:
-    """``requeue(job_id)`` returned True."""
+    """``requeue(job_id)`` was sent, and returned True."""
 
     job_id: int
 
@@ -340,20 +340,35 @@ class RealQueue:
         self.events += [Cancelled(job_id) for job_id in job_ids]
 
     def set_paused(self, name: str, paused: bool) -> bool:
-        """``pause(name)`` or ``resume(name)``, logged as it returns."""
+        """``pause(name)``, logged as it returns, or ``resume(name)``, logged as it is sent.
+
+        A pause's commit hands the pool its news at once, so nothing of ``name`` starts after
+        it. A resume's commit may start a job of ``name`` before its caller runs again, and
+        nothing of ``name`` starts before that commit."""
 
         async def step(queue: conveyor.Queue) -> bool:
-            changed = await (queue.pause(name) if paused else queue.resume(name))
-            self.events.append(Paused(name, paused))
+            if paused:
+                changed = await queue.pause(name)
+                self.events.append(Paused(name, paused))
+            else:
+                self.events.append(Paused(name, paused))
+                changed = await queue.resume(name)
             return changed
 
         return self.call(step)
 
     def requeue(self, job_id: int) -> bool:
+        """``requeue(job_id)``, logged as it is sent and unlogged if it is refused: the
+        commit of a requeue may start the job again before its caller runs, and a job it
+        requeues (a finished one) does not start before that commit."""
+        event = Requeued(job_id)
+
         async def requeue(queue: conveyor.Queue) -> bool:
+            self.events.append(event)
             requeued = await queue.requeue(job_id)
-            if requeued:
-                self.events.append(Requeued(job_id))
+            if not requeued:
+                # By identity: an earlier requeue of the same job is an equal value.
+                del self.events[next(i for i, e in enumerate(self.events) if e is event)]
             return requeued
 
         return self.call(requeue)

@@ -425,9 +425,9 @@ class QueueMachine(RuleBasedStateMachine):
         expected = self.model.copy().requeue_failed(name)
 
         async def requeue(queue: conveyor.Queue) -> int:
-            count = await queue.requeue_failed(name)
-            self.real.requeued(expected)  # logged before any of them may start again
-            return count
+            # Logged as it is sent: its commit may start them before this task runs again.
+            self.real.requeued(expected)
+            return await queue.requeue_failed(name)
 
         assert self.real.call(requeue) == len(expected)
         assert self.model.requeue_failed(name) == expected

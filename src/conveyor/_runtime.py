@@ -691,19 +691,6 @@ async def _running_actors(
         known_handlers=known_handlers,
     )
     runtime.memory = memory
-    store = Store(
-        writer,
-        run_sql=run_sql,
-        clock=clock,
-        commands=commands,
-        pool=pool_inbox,
-        timer=timer_tx,
-        listeners=runtime.listeners,
-        max_pending=max_pending,
-        inline_small=inline_small,
-        limits=registry.limits(),
-        doorbell=doorbell,
-    )
     pool = Pool(
         registry=registry,
         slots=workers,
@@ -711,6 +698,19 @@ async def _running_actors(
         store=commands,
         paused=lambda: writer.paused,
         memory=memory,
+    )
+    store = Store(
+        writer,
+        run_sql=run_sql,
+        clock=clock,
+        commands=commands,
+        hear=pool.hear,
+        timer=timer_tx,
+        listeners=runtime.listeners,
+        max_pending=max_pending,
+        inline_small=inline_small,
+        limits=registry.limits(),
+        doorbell=doorbell,
     )
     queue = Queue(runtime)
     # What workers declared, for the names and defaults of the jobs this queue enqueues.

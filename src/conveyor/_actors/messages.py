@@ -2,8 +2,10 @@
 
 The store takes :data:`StoreCommand` values; the worker pool takes :data:`PoolMessage` values;
 the timer takes :class:`NextDue`. Between the pool and the store there is one message per batch
-each way: a :class:`Report` from the pool, a :class:`News` from the store. Commands that a
-caller awaits carry a :class:`Reply`.
+each way: a :class:`Report` from the pool, a :class:`News` from the store (handed straight to
+the pool's :meth:`~.pool.Pool.hear` when its batch is committed, which saves the pool a turn
+of the scheduler before its workers can start the claimed jobs). Commands that a caller awaits
+carry a :class:`Reply`.
 """
 
 from __future__ import annotations
@@ -210,7 +212,8 @@ StoreCommand = (
 # --- to the worker pool ---------------------------------------------------------------------
 @attrs.frozen
 class News:
-    """The store's one message per batch to the pool.
+    """The store's one message per batch to the pool, handed to it as soon as the batch is
+    committed (:meth:`~.pool.Pool.hear`).
 
     ``claimed``: jobs claimed for slots the pool asked for, best first. ``answered``: how many
     of the pool's reports this batch applied (``released`` if one of them was the release).
@@ -247,7 +250,7 @@ class InterruptAll:
     """Shutdown's grace is over: cancel every running handler and return its job to pending."""
 
 
-PoolMessage = News | Flush | Close | InterruptAll
+PoolMessage = Flush | Close | InterruptAll
 
 
 # --- to the timer ---------------------------------------------------------------------------

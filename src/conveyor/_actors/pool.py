@@ -5,7 +5,8 @@ shutdown goes through) and a buffer of ended attempts' outcomes. Worker tasks ta
 from the ready buffer without a channel hop, and a finished attempt appends its outcome and
 frees its slot without a message. The pool talks to the store in batches: one :class:`Report`
 ("these outcomes and progress; claim jobs for ``more`` free slots") and, back, one
-:class:`News` ("these jobs are yours"). Up to :data:`REPORTS_IN_FLIGHT` reports are in flight,
+:class:`News` ("these jobs are yours"), which the store hands to :meth:`Pool.hear` as soon
+as the batch is committed. Up to :data:`REPORTS_IN_FLIGHT` reports are in flight,
 so a slot that frees while the store works on a report is asked for in the next one.
 
 It keeps no copy of pending jobs and asks only for slots that are free, so what it runs is
@@ -190,27 +191,34 @@ class Pool:
             self._inbox.close()
 
     # --- messages ----------------------------------------------------------------------------
+    def hear(self, news: News) -> None:
+        """Take the store's answer to a batch, from the store's task, as soon as the batch is
+        committed: claimed jobs start in the next scheduling pass, not one pass later through
+        this actor's own task. It only updates the pool's state (it never waits); what it leaves
+        to report is reported by the pool's task, which it wakes for that."""
+        if news.fenced:
+            # Before the claims of this very batch, which belong to the new lease.
+            self._drop_fenced()
+        # Clamped: a report made outside the pool (a test's stale outcome) is answered too.
+        self._in_flight = max(self._in_flight - news.answered, 0)
+        self._owed = 0 if news.released else self._owed - len(news.claimed)
+        if self._closing is not None:
+            # Claimed just before the pool began to close: give the jobs back untouched.
+            self._outcomes += [Outcome(job, Event.INTERRUPTED) for job in news.claimed]
+        elif news.claimed:
+            self._results.update(news.dependency_results)
+            self._ready.extend(news.claimed)
+            self._job_arrived.set()
+            self._job_arrived = self._fast.event()
+        for job_id in news.cancel:
+            self._cancel(job_id, "cancel")
+        if news.paused:
+            self._give_back(lambda job: job.name in news.paused)
+        if self._outcomes or self._progress or self._closing is not None or self._free_slots():
+            self._ask_flush()
+
     def _handle(self, message: PoolMessage) -> None:
-        if isinstance(message, News):
-            if message.fenced:
-                # Before the claims of this very batch, which belong to the new lease.
-                self._drop_fenced()
-            # Clamped: a report made outside the pool (a test's stale outcome) is answered too.
-            self._in_flight = max(self._in_flight - message.answered, 0)
-            self._owed = 0 if message.released else self._owed - len(message.claimed)
-            if self._closing is not None:
-                # Claimed just before the pool began to close: give the jobs back untouched.
-                self._outcomes += [Outcome(job, Event.INTERRUPTED) for job in message.claimed]
-            elif message.claimed:
-                self._results.update(message.dependency_results)
-                self._ready.extend(message.claimed)
-                self._job_arrived.set()
-                self._job_arrived = self._fast.event()
-            for job_id in message.cancel:
-                self._cancel(job_id, "cancel")
-            if message.paused:
-                self._give_back(lambda job: job.name in message.paused)
-        elif isinstance(message, Flush):
+        if isinstance(message, Flush):
             self._flush_asked = False
         elif isinstance(message, Close):
             self._closing = message.idle
@@ -263,10 +271,7 @@ class Pool:
         if self._in_flight >= REPORTS_IN_FLIGHT:
             return
         release = self._closing is not None and not self._released
-        more = 0
-        if self._closing is None:
-            slots = 1 if self._memory.is_high(self._now()) else self._slots
-            more = slots - len(self._running) - len(self._ready) - self._owed
+        more = self._free_slots()
         progress = self._take_progress()
         if not (self._outcomes or progress or more > 0 or release):
             return
@@ -285,6 +290,14 @@ class Pool:
             # cancellation on its way must be what ends it, not the closed channel.
             await anyio.lowlevel.checkpoint()
             raise
+
+    def _free_slots(self) -> int:
+        """Slots with no job running, claimed or asked for (none once the pool closes); a
+        single slot while memory is short."""
+        if self._closing is not None:
+            return 0
+        slots = 1 if self._memory.is_high(self._now()) else self._slots
+        return slots - len(self._running) - len(self._ready) - self._owed
 
     def _take_progress(self) -> list[ProgressReport]:
         reports = []

@@ -61,7 +61,6 @@ from .messages import (
     News,
     NextDue,
     Ping,
-    PoolMessage,
     Purge,
     Reply,
     Report,
@@ -618,7 +617,7 @@ class Store:
         run_sql: SqlRunner,
         clock: Callable[[], float],
         commands: Mailbox[StoreCommand],
-        pool: Mailbox[PoolMessage],
+        hear: Callable[[News], None],
         timer: MemoryObjectSendStream[NextDue],
         listeners: Sequence[Listener],
         max_pending: int | None,
@@ -628,7 +627,9 @@ class Store:
     ) -> None:
         """``run_sql`` runs database work on the SQL thread (or inline, in tests);
         ``inline_small`` lets batches of at most :data:`INLINE_ROWS` rows run on the loop;
-        ``doorbell`` rings the other processes on the file after a commit with news for them."""
+        ``hear`` takes each committed batch's :class:`News` for the worker pool (it must not
+        wait or raise); ``doorbell`` rings the other processes on the file after a commit
+        with news for them."""
         self._writer = writer
         self._doorbell = doorbell
         self._run_sql = run_sql
@@ -638,7 +639,7 @@ class Store:
         self._checkpoint_failing = False
         self._clock = clock
         self._commands = commands
-        self._pool = pool
+        self._hear = hear
         self._timer = timer
         self._listeners = listeners
         self._max_pending = math.inf if max_pending is None else max_pending
@@ -848,8 +849,7 @@ class Store:
             or effects.paused
             or effects.fenced
         ):
-            tell(
-                self._pool,
+            self._hear(
                 News(
                     effects.claimed,
                     effects.reports,
@@ -858,7 +858,7 @@ class Store:
                     effects.dependency_results,
                     effects.paused,
                     effects.fenced,
-                ),
+                )
             )
         self._tell_timer(now)
         if self._doorbell is not None and effects.doorbells:
