@@ -496,7 +496,8 @@ def _claim_for_pool(
             job.id,
             job.name,
             JobStatus.RUNNING,
-            waited=max(now - job.run_at, 0.0),
+            None,
+            max(now - job.run_at, 0.0),  # waited (positional: 2.4 against 1.5 µs a change)
         )
         for job in jobs
     ]

@@ -1924,7 +1924,7 @@ class Writer:
             if status.is_terminal
             else None
         )
-        return Change(event, job.id, job.name, status, duration, final=final)
+        return Change(event, job.id, job.name, status, duration, None, final)
 
     def _note_end(
         self,
@@ -2195,7 +2195,8 @@ def _completed(outcome: Outcome, now: float) -> Change:
         job.name,
         JobStatus.COMPLETED,
         _attempt_duration(outcome, now),
-        final=functools.partial(
+        None,
+        functools.partial(
             _final_job, job, JobStatus.COMPLETED, outcome.result_json, job.error, now, None
         ),
     )

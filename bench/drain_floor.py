@@ -1,0 +1,114 @@
+"""The drain's floor on this machine: DESIGN §3's shape with nothing else. Run by hand.
+
+    .venv/bin/python bench/drain_floor.py [--jobs 50000] [--slots 8]
+
+One trio task applies each batch on the event loop's thread (as conveyor does for small
+batches): one transaction completes the attempts that ended and claims the best ready jobs for
+the free slots only, with conveyor's own claim and completion statements, on a file that
+conveyor's ``enqueue_many`` filled (so the same schema and indexes). ``--slots`` worker tasks
+run the no-op handler and hand their outcomes back through a list and an event. There are no
+``Job`` values, changes, listeners, cancel scopes, timeouts, limits, leases or progress: what
+conveyor's drain (``bench/throughput.py --only drain``) costs beyond this figure is its own
+Python, which is what to trim. Prints jobs/s, CPU µs a job and jobs a transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import conveyor
+from conveyor._storage.sqlite import Q_CLAIM, Q_COMPLETE_ALL
+
+OWNER = 1_000_000
+"""The owner id the claims write and the completions check: no process's."""
+
+
+async def fill(db: Path, jobs: int) -> None:
+    """Fill ``db`` with ``jobs`` ready no-op jobs."""
+    registry = conveyor.Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: object) -> None:
+        await trio.sleep_forever()
+
+    async with conveyor.open_queue(db, handlers=registry, workers=0) as queue:
+        for start in range(0, jobs, 10_000):
+            size = min(10_000, jobs - start)
+            await queue.enqueue_many([conveyor.JobSpec("noop", run_at=0) for _ in range(size)])
+
+
+async def drain(connection: sqlite3.Connection, jobs: int, slots: int) -> None:
+    ready: collections.deque[Any] = collections.deque()
+    ended: list[tuple[int, int, str]] = []
+    events = {"job": trio.Event(), "ended": trio.Event()}
+    claim = Q_CLAIM.format(names="?")
+
+    async def noop(payload: object) -> None:
+        return None
+
+    async def worker() -> None:
+        while True:
+            while not ready:
+                await events["job"].wait()
+            row = ready.popleft()
+            await noop(row[2])
+            ended.append((row[0], row[5], "null"))
+            events["ended"].set()
+
+    claimed = done = transactions = 0
+    async with trio.open_nursery() as nursery:
+        for _ in range(slots):
+            nursery.start_soon(worker)
+        start, cpu = time.perf_counter(), time.process_time()
+        while done < jobs:
+            events["ended"] = trio.Event()
+            now = time.time()
+            outcomes, ended[:] = ended[:], []
+            connection.execute("BEGIN IMMEDIATE")
+            if outcomes:
+                statement = Q_COMPLETE_ALL.format(attempts=", ".join(["(?, ?, ?)"] * len(outcomes)))
+                params = [value for outcome in outcomes for value in outcome]
+                done += len(connection.execute(statement, (now, *params, OWNER)).fetchall())
+            free = slots - (claimed - done - len(ended))
+            rows = connection.execute(claim, (now, OWNER, "noop", free)).fetchall() if free else []
+            connection.execute("COMMIT")
+            transactions += 1
+            claimed += len(rows)
+            if rows:
+                ready.extend(rows)
+                events["job"].set()
+                events["job"] = trio.Event()
+            if done < jobs and not ended:
+                await events["ended"].wait()
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        nursery.cancel_scope.cancel()
+    print(
+        f"floor: drained {jobs:,} jobs with {slots} slots: {jobs / elapsed:,.0f} jobs/s, "
+        f"{cpu / jobs * 1e6:.0f} µs CPU a job, {jobs / transactions:.1f} jobs a transaction"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=50_000)
+    parser.add_argument("--slots", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        db = Path(directory) / "floor.db"
+        trio.run(fill, db, args.jobs)
+        connection = sqlite3.connect(db, isolation_level=None)
+        connection.execute("PRAGMA synchronous = NORMAL")
+        trio.run(drain, connection, args.jobs, args.slots)
+        connection.close()
+
+
+if __name__ == "__main__":
+    main()
