@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -96,39 +98,37 @@ async def test_messages_sent_before_closing_are_still_received_then_it_is_closed
         await mailbox.receive()
 
 
-async def test_closing_ends_the_wait_of_a_receiver() -> None:
-    mailbox = Mailbox[int]()
-    errors: list[BaseException] = []
+async def error_of_a_wait_that_closing_ends(
+    mailbox: Mailbox[int], wait: Callable[[], Awaitable[object]]
+) -> Exception:
+    """What ``wait`` raised when ``mailbox`` was closed while it waited."""
+    errors: list[Exception] = []
 
-    async def receive() -> None:
+    async def waiter() -> None:
         try:
-            await mailbox.receive()
-        except anyio.ClosedResourceError as exc:
+            await wait()
+        except Exception as exc:
             errors.append(exc)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(receive)
+        tg.start_soon(waiter)
         await anyio.wait_all_tasks_blocked()
         mailbox.close()
-    assert len(errors) == 1
+    (error,) = errors
+    return error
+
+
+async def test_closing_ends_the_wait_of_a_receiver() -> None:
+    mailbox = Mailbox[int]()
+    error = await error_of_a_wait_that_closing_ends(mailbox, mailbox.receive)
+    assert isinstance(error, anyio.ClosedResourceError)
 
 
 async def test_closing_ends_the_wait_of_a_sender_with_an_error() -> None:
     mailbox = Mailbox[int](capacity=1)
     mailbox.send_nowait(1)
-    errors: list[BaseException] = []
-
-    async def send() -> None:
-        try:
-            await mailbox.send(2)
-        except anyio.BrokenResourceError as exc:
-            errors.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(send)
-        await anyio.wait_all_tasks_blocked()
-        mailbox.close()
-    assert len(errors) == 1
+    error = await error_of_a_wait_that_closing_ends(mailbox, lambda: mailbox.send(2))
+    assert isinstance(error, anyio.BrokenResourceError)
 
 
 async def test_a_cancelled_receiver_gets_no_message_even_if_one_waits() -> None:
