@@ -18,7 +18,6 @@ import attrs
 
 from ._actors.mailbox import Mailbox
 from ._actors.messages import (
-    Close,
     Heartbeat,
     InterruptAll,
     Look,
@@ -320,7 +319,9 @@ class Runtime:
         if ids and not self.closing:
             self.following.tell(await self._readers.run(lambda c: storage.statuses_of(c, ids)))
 
-    async def shutdown(self, pool: Mailbox[PoolMessage], store: Store, grace: float) -> None:
+    async def shutdown(
+        self, pool: Pool, inbox: Mailbox[PoolMessage], store: Store, grace: float
+    ) -> None:
         """Start nothing more, give running jobs ``grace`` seconds, interrupt the rest, stop.
 
         If writes keep failing, the outcomes of the last attempts are given up after
@@ -333,14 +334,14 @@ class Runtime:
             close()
         idle = anyio.Event()
         try:
-            pool.send_nowait(Close(idle))
+            pool.close(idle)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return  # an actor has failed and the queue is stopping: its error is what counts
         with anyio.move_on_after(grace):
             await idle.wait()
         if not idle.is_set():
             try:
-                pool.send_nowait(InterruptAll())
+                inbox.send_nowait(InterruptAll())
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
             await _until_idle_or_stuck(idle, store)
@@ -732,10 +733,10 @@ async def _running_actors(
                     runtime.closing = True
                     raise
                 except BaseException:
-                    await runtime.shutdown(pool_inbox, store, shutdown_grace)
+                    await runtime.shutdown(pool, pool_inbox, store, shutdown_grace)
                     raise
                 else:
-                    await runtime.shutdown(pool_inbox, store, shutdown_grace)
+                    await runtime.shutdown(pool, pool_inbox, store, shutdown_grace)
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The task group wraps whatever left it; callers should see the error itself.

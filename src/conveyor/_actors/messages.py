@@ -239,18 +239,11 @@ class Flush:
 
 
 @attrs.frozen
-class Close:
-    """Start no more jobs; set ``idle`` once none runs and every outcome is stored."""
-
-    idle: anyio.Event
-
-
-@attrs.frozen
 class InterruptAll:
     """Shutdown's grace is over: cancel every running handler and return its job to pending."""
 
 
-PoolMessage = Flush | Close | InterruptAll
+PoolMessage = Flush | InterruptAll
 
 
 # --- to the timer ---------------------------------------------------------------------------

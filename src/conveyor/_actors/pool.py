@@ -54,7 +54,6 @@ from .._storage.sqlite import Outcome, error_summary
 from .._tracing import AttemptSpan, start_attempt
 from .mailbox import Mailbox
 from .messages import (
-    Close,
     Flush,
     InterruptAll,
     News,
@@ -214,17 +213,27 @@ class Pool:
             self._cancel(job_id, "cancel")
         if news.paused:
             self._give_back(lambda job: job.name in news.paused)
-        if self._outcomes or self._progress or self._closing is not None or self._free_slots():
+        # Free slots counted without the memory guard: it may read the machine's memory, and
+        # a needless flush reports nothing.
+        busy = len(self._running) + len(self._ready) + self._owed
+        if self._outcomes or self._progress or self._closing is not None or busy < self._slots:
             self._ask_flush()
+
+    def close(self, idle: anyio.Event) -> None:
+        """Start no more jobs from now on: the claimed jobs not started, and those of any later
+        :class:`News`, go back to pending untouched; set ``idle`` once no attempt runs and every
+        outcome is stored. Called by shutdown directly, so that no news the store commits
+        meanwhile can start a job; ``anyio.BrokenResourceError`` if the pool has stopped."""
+        self._inbox.send_nowait(Flush())  # the pool's task reports the jobs given back
+        self._flush_asked = True
+        self._closing = idle
+        self._outcomes += [Outcome(job, Event.INTERRUPTED) for job in self._ready]
+        self._ready.clear()
+        self._results.clear()
 
     def _handle(self, message: PoolMessage) -> None:
         if isinstance(message, Flush):
             self._flush_asked = False
-        elif isinstance(message, Close):
-            self._closing = message.idle
-            self._outcomes += [Outcome(job, Event.INTERRUPTED) for job in self._ready]
-            self._ready.clear()
-            self._results.clear()
         elif isinstance(message, InterruptAll):
             for job_id in list(self._running):
                 self._cancel(job_id, "shutdown")
@@ -281,10 +290,11 @@ class Pool:
         self._released = self._released or release
         report = Report(outcomes, progress, max(more, 0), release)
         try:
-            # Without a scheduler turn when the store's inbox has room: the common case.
-            self._store.send_nowait(report)
-        except anyio.WouldBlock:
-            await self._store.send(report)
+            try:
+                # Without a scheduler turn when the store's inbox has room: the common case.
+                self._store.send_nowait(report)
+            except anyio.WouldBlock:
+                await self._store.send(report)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             # The store has ended: the queue is being torn down, this task too, and the
             # cancellation on its way must be what ends it, not the closed channel.
