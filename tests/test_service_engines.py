@@ -3,6 +3,7 @@ the app they serve alike: the server's own behaviour, on a real process."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import socket
@@ -17,7 +18,7 @@ import trio
 
 import conveyor
 from conveyor.service import ServeOptions, serve
-from conveyor.service._server import ENGINES
+from conveyor.service._server import ENGINES, YOUNG_COLLECTION_THRESHOLD, Engine, Running, run
 from service_server import CONVEYOR, TESTS, Server, both_engines, running_server
 
 
@@ -134,3 +135,23 @@ def test_a_worker_runs_its_jobs_on_the_engine_it_is_given(db_path: Path, engine:
     finally:
         worker.terminate()
         worker.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_serving_collects_garbage_less_often_and_as_before_once_stopped(
+    db_path: Path, engine: Engine
+) -> None:
+    seen: list[tuple[int, int]] = []
+
+    async def note_and_stop(running: Running) -> None:
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        running.stop()
+
+    before = gc.get_threshold()
+    options = ServeOptions(db=str(db_path), port=0, engine=engine)
+    run(options, conveyor.Registry(), note_and_stop)
+    [(threshold, frozen)] = seen
+    assert threshold == YOUNG_COLLECTION_THRESHOLD
+    assert frozen > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
