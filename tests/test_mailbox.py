@@ -20,6 +20,16 @@ async def test_messages_are_received_in_the_order_they_were_sent() -> None:
     assert [await mailbox.receive() for _ in range(3)] == [0, 1, 2]
 
 
+async def test_its_length_counts_the_messages_not_yet_received() -> None:
+    mailbox = Mailbox[int]()
+    assert not mailbox
+    mailbox.send_nowait(1)
+    mailbox.send_nowait(2)
+    assert len(mailbox) == 2
+    await mailbox.receive()
+    assert len(mailbox) == 1
+
+
 async def test_a_waiting_message_is_received_without_letting_other_tasks_run() -> None:
     mailbox = Mailbox[str]()
     ran: list[str] = []

@@ -1,7 +1,7 @@
 """The worker pool's per-job primitives: trio's own where trio runs, anyio's elsewhere.
 
-anyio's cancel scope, event and checkpoint wrap trio's at a cost that shows on the per-job path
-(DESIGN §9: httpcore picks its backend the same way). Only these three are chosen here; all the
+anyio's cancel scope, event and checkpoints wrap trio's at a cost that shows on the per-job path
+(DESIGN §9: httpcore picks its backend the same way). Only these four are chosen here; all the
 rest of conveyor uses anyio on every backend.
 """
 
@@ -51,10 +51,21 @@ class Primitives:
     cancel_scope: Callable[[], Scope]
     event: Callable[[], Signal]
     checkpoint: Callable[[], Awaitable[None]]
+    checkpoint_if_cancelled: Callable[[], Awaitable[None]]
 
 
 def primitives() -> Primitives:
     """The primitives of the event loop that is running."""
     if sniffio.current_async_library() == "trio":
-        return Primitives(trio.CancelScope, trio.Event, trio.lowlevel.checkpoint)
-    return Primitives(anyio.CancelScope, anyio.Event, anyio.lowlevel.checkpoint)
+        return Primitives(
+            trio.CancelScope,
+            trio.Event,
+            trio.lowlevel.checkpoint,
+            trio.lowlevel.checkpoint_if_cancelled,
+        )
+    return Primitives(
+        anyio.CancelScope,
+        anyio.Event,
+        anyio.lowlevel.checkpoint,
+        anyio.lowlevel.checkpoint_if_cancelled,
+    )

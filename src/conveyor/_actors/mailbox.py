@@ -29,17 +29,31 @@ T = TypeVar("T")
 class Mailbox(Generic[T]):
     """An actor's inbox holding up to ``capacity`` messages (made inside the event loop)."""
 
-    __slots__ = ("_arrived", "_capacity", "_closed", "_event", "_items", "_room")
+    __slots__ = (
+        "_arrived",
+        "_capacity",
+        "_checkpoint_if_cancelled",
+        "_closed",
+        "_event",
+        "_items",
+        "_room",
+    )
 
     def __init__(self, capacity: float = math.inf) -> None:
         self._items: collections.deque[T] = collections.deque()
         self._capacity = capacity
         self._closed = False
-        self._event = primitives().event
+        fast = primitives()
+        self._event = fast.event
+        self._checkpoint_if_cancelled = fast.checkpoint_if_cancelled
         self._arrived: Signal | None = None
         """Set by the next message while the receiver waits for one."""
         self._room: anyio.Event | None = None
         """Set when a message is taken while senders wait for room."""
+
+    def __len__(self) -> int:
+        """The messages waiting to be received."""
+        return len(self._items)
 
     def send_nowait(self, message: T) -> None:
         """Deliver ``message`` now, or raise ``anyio.WouldBlock`` if the mailbox is full."""
@@ -82,13 +96,11 @@ class Mailbox(Generic[T]):
 
         It yields to the scheduler only to wait; with a message already there it returns at
         once, unless the caller is cancelled (then it raises the cancellation)."""
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                return self.receive_nowait()
-            except anyio.WouldBlock:
-                arrived = self._arrived = self._event()
-                await arrived.wait()
+        await self._checkpoint_if_cancelled()
+        while not (self._items or self._closed):
+            arrived = self._arrived = self._event()
+            await arrived.wait()
+        return self.receive_nowait()
 
     def close(self) -> None:
         """Take no more messages; those already here can still be received."""

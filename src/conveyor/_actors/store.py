@@ -692,11 +692,8 @@ class Store:
         return self._drain(retry)
 
     def _drain(self, batch: list[StoreCommand]) -> list[StoreCommand]:
-        while len(batch) < BATCH_LIMIT:
-            try:
-                batch.append(self._commands.receive_nowait())
-            except anyio.WouldBlock:
-                break
+        while self._commands and len(batch) < BATCH_LIMIT:
+            batch.append(self._commands.receive_nowait())
         return batch
 
     async def _apply(self, batch: list[StoreCommand]) -> Effects:
