@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,9 @@ import pytest
 
 import conveyor as conveyor_module
 from conveyor.service import ServeOptions
+from conveyor.service._cli import YOUNG_COLLECTION_THRESHOLD, collecting_less_often
 from conveyor.service._format import parse_duration
+from conveyor.service._server import Running
 from service_server import Server, both_engines, conveyor, running_server
 
 slow = pytest.mark.slow
@@ -624,3 +628,45 @@ def test_an_error_is_one_line_however_narrow_the_terminal(tmp_path: Path) -> Non
     )
     assert result.returncode == 1
     assert result.stderr == f"error: {path} does not exist (or is not a file)\n"
+
+
+def test_collecting_less_often_raises_the_threshold_then_restores_the_collector() -> None:
+    before = gc.get_threshold()
+    with collecting_less_often() as freeze:
+        assert gc.get_threshold()[0] == YOUNG_COLLECTION_THRESHOLD
+        freeze()
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_serve_command_serves_collecting_less_often_and_frozen_once_listening(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import trio
+    from click.testing import CliRunner
+
+    from conveyor.service import _cli
+
+    seen: list[tuple[int, int]] = []
+
+    def serve(
+        options: ServeOptions,
+        registry: conveyor_module.Registry,
+        after_start: Callable[[Running], Awaitable[object]],
+    ) -> None:
+        """Listens nowhere: calls back as a server that listens would."""
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        running = Running("http://127.0.0.1:1", None, None, lambda: None)  # type: ignore[arg-type]
+        trio.run(after_start, running)
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+
+    monkeypatch.setattr(_cli, "run_serving", serve)
+    monkeypatch.setattr(_cli, "log_to_stderr", lambda *_, **__: None)
+    result = CliRunner().invoke(_cli.main, ["serve", "--handlers", "service_handlers:registry"])
+    assert result.exit_code == 0, result.output
+    [(during, frozen_before), (_, frozen_after)] = seen
+    assert during == YOUNG_COLLECTION_THRESHOLD
+    assert frozen_before == 0
+    assert frozen_after > 0
+    assert gc.get_freeze_count() == 0

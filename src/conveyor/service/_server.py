@@ -17,7 +17,6 @@ stops gracefully, and the error is raised (``conveyor serve`` prints it as one l
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 import importlib.util
 import logging
@@ -139,33 +138,9 @@ def run(
     async def main() -> None:
         async with anyio.create_task_group() as tasks:
             running: Running = await tasks.start(partial(serve, options, registry))
-            # What exists once it listens (modules, the app, the queue) lives as long as the
-            # process: the full collections need not walk it again and again.
-            gc.freeze()
             await after_start(running)
 
-    with _fewer_collections():
-        anyio.run(main, backend=options.engine, backend_options=engine_options(options.engine))
-
-
-YOUNG_COLLECTION_THRESHOLD: Final = 100_000
-"""Container objects allocated (net) between two young-generation collections while serving:
-above what the requests in flight hold (eight batches of 1,000 jobs hold ~90,000), where
-Python's default of 700 ran a collection every few jobs, and promoted the requests' objects to
-the old generation, whose full collections took a quarter of the server's time."""
-
-
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Collect cyclic garbage less often in the block (see :data:`YOUNG_COLLECTION_THRESHOLD`),
-    then as before; objects frozen in the block are unfrozen after it."""
-    before = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
+    anyio.run(main, backend=options.engine, backend_options=engine_options(options.engine))
 
 
 def engine_options(engine: Engine) -> dict[str, object]:
