@@ -736,11 +736,36 @@ class QueueMachine(RuleBasedStateMachine):
             assert deadline > self.real.now(), f"a deadline that does not move: {deadline}"
             self.real.jump_to(deadline)
             following = self.model.next_event()
-            self.model.advance_to(deadline)
             if following is not None and following <= deadline:
-                self.check()
+                self._settle_at(deadline)
+            else:
+                self.model.advance_to(deadline)
         self.real.jump_to(target)
-        self.model.advance_to(target)
+        self._settle_at(target)
+
+    def _settle_at(self, time: float) -> None:
+        """Advance the model to ``time``, where the real queue is, and check them.
+
+        Where attempts end at ``time`` and the queue's claim at that instant was made before it
+        heard of their ends (see ``Model.advance_to``), that order is accepted too: it shows
+        only where a limit counts the ending attempts (a key's concurrency) while the claim
+        spends another (a rate limit's start).
+        """
+        ending = any(job.ends_at == time for job in self.model.running())
+        before = self.model.copy() if ending else None
+        self.model.advance_to(time)
+        if before is None:
+            self.check()
+            return
+        jobs = self.real.jobs()
+        self.model.resolve({job.id: job.error for job in jobs.values()})
+        if differences(self.model, self.real, jobs):
+            tie = before.copy()
+            tie.advance_to(time, claim_before_ends=True)
+            tie.resolve({job.id: job.error for job in jobs.values()})
+            if not differences(tie, self.real, jobs):
+                event("a claim at the instant attempts end, made before their ends")
+                self.model = tie
         self.check()
 
     def _check_invariants(self) -> None:

@@ -779,9 +779,17 @@ class Model:
         self.fill_slots()
         return True
 
-    def advance_to(self, time: float) -> None:
+    def advance_to(self, time: float, *, claim_before_ends: bool = False) -> None:
         """Let time pass until ``time``: attempts end, scheduled jobs come due, schedules tick,
-        slots refill."""
+        slots refill.
+
+        With ``claim_before_ends``, what happens at ``time`` itself takes the other order of a
+        tie: the claim that the timer sets off then (a job coming due, a rate limit's window
+        opening, a tick) is made before the attempts that end then are settled, which still
+        hold their slots and limits. The queue's timer and its workers wake in the same
+        instant of a test's clock, in either order; in real time the window that a claim
+        opened ends before the attempt it started times out.
+        """
         assert time >= self.now
         while self.open:
             event = self.next_event()
@@ -789,6 +797,9 @@ class Model:
                 break
             takeover = self.next_takeover()
             self.now = event
+            if claim_before_ends and event == time:
+                self._fire_schedules()
+                self.fill_slots()
             for job in sorted(self.running(), key=lambda job: job.id):
                 if job.ends_at == event:
                     self._end_sleep(job)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import conveyor
 from machine import QueueMachine
 
-from model import Behaviour, Spec
+from model import Behaviour, HandlerLimits, Spec
 
 RETURN = Behaviour("return")
 
@@ -110,5 +110,22 @@ def test_an_outcome_from_an_attempt_a_crash_interrupted_changes_nothing() -> Non
         state.crash_and_reopen(workers=1)
         state.deliver_stale(1, 1, conveyor.Event.COMPLETED)
         state.deliver_stale(1, 1, conveyor.Event.RETRIED)
+
+    replay(steps)
+
+
+def test_a_claim_at_the_instant_a_keyed_attempt_times_out_may_come_before_its_end() -> None:
+    # Found by the thorough profile (2026-12-07): the model settled the ends first, while the
+    # queue's timer (the rate window opening) and its worker (the timeout) wake at the same
+    # instant of the test's clock, in either order.
+    sleep = Behaviour("sleep", duration=100.5)
+
+    def steps(state: QueueMachine) -> None:
+        state.open_queue(
+            workers=4, limits={"alpha": HandlerLimits(key_concurrency=1, rate=(1, 3.0))}
+        )
+        state.enqueue(Spec("alpha", 0, 4, 1.0, None, 3.0, None, (sleep,) * 4, (), (), "a1"))
+        state.enqueue(Spec("alpha", 0, 9, 3.0, 2, None, None, (sleep,) * 4, (), (), "a2"))
+        state.enqueue(Spec("alpha", 0, 1, 2.0, None, 5.0, None, (sleep,) * 4, (), (), "a1"))
 
     replay(steps)
