@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import anyio
 import pytest
+import trio
 
 import conveyor
 from conveyor import JobSpec, JobStatus
+from conveyor._actors import pool
 
 from helpers import Gate, QueueOpener, wait_all
 
@@ -96,6 +99,38 @@ async def test_workers_run_jobs_concurrently(open_test_queue: QueueOpener) -> No
         jobs = await queue.enqueue_many([JobSpec("overlap") for _ in range(9)])
         await wait_all(queue, jobs)
     assert most == 3
+
+
+class WorkerSteps(trio.abc.Instrument):
+    """Counts the steps trio runs the pool's worker tasks."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("Pool._work"):
+            self.count += 1
+
+
+@pytest.mark.trio_only  # counts trio's task steps
+async def test_a_batch_of_jobs_that_never_wait_wakes_one_idle_worker_besides_the_one_running_it(
+    open_test_queue: QueueOpener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "HOG_LIMIT", math.inf)  # no yield between jobs on a slow machine
+    registry = conveyor.Registry()
+
+    @registry.handler("noop")
+    async def noop(payload: None) -> None:
+        return None
+
+    steps = WorkerSteps()
+    async with open_test_queue(registry, workers=8) as queue:
+        await anyio.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(steps)
+        jobs = await queue.enqueue_many([JobSpec("noop") for _ in range(8)])
+        await wait_all(queue, jobs)
+        trio.lowlevel.remove_instrument(steps)
+    assert steps.count == 2
 
 
 async def test_a_sync_handler_runs_in_a_worker_thread(open_test_queue: QueueOpener) -> None:

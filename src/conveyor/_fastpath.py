@@ -1,12 +1,13 @@
 """The worker pool's per-job primitives: trio's own where trio runs, anyio's elsewhere.
 
 anyio's cancel scope, event and checkpoints wrap trio's at a cost that shows on the per-job path
-(DESIGN §9: httpcore picks its backend the same way). Only these four are chosen here; all the
-rest of conveyor uses anyio on every backend.
+(DESIGN §9: httpcore picks its backend the same way), and anyio has no parking lot. Only these
+five are chosen here; all the rest of conveyor uses anyio on every backend.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol
@@ -46,10 +47,53 @@ class Signal(Protocol):
     async def wait(self) -> object: ...
 
 
+class Lot(Protocol):
+    """What the pool uses of a parking lot: tasks wait in it until woken one at a time."""
+
+    def __len__(self) -> int: ...
+
+    async def park(self) -> None: ...
+
+    def unpark(self) -> object: ...
+
+
+class EventLot:
+    """A parking lot over anyio's events, for the backends trio's does not run on.
+
+    :meth:`park` waits until :meth:`unpark` wakes this task; the oldest waiting task is woken
+    first. A task cancelled while parked leaves the lot, and a wake is not lost to it unless it
+    was cancelled after being woken (only the pool's teardown cancels a parked worker).
+    """
+
+    __slots__ = ("_waiting",)
+
+    def __init__(self) -> None:
+        self._waiting: collections.deque[anyio.Event] = collections.deque()
+
+    def __len__(self) -> int:
+        """The tasks parked."""
+        return len(self._waiting)
+
+    async def park(self) -> None:
+        woken = anyio.Event()
+        self._waiting.append(woken)
+        try:
+            await woken.wait()
+        finally:
+            if not woken.is_set():
+                self._waiting.remove(woken)
+
+    def unpark(self) -> None:
+        """Wake the task parked longest, if any."""
+        if self._waiting:
+            self._waiting.popleft().set()
+
+
 @attrs.frozen
 class Primitives:
     cancel_scope: Callable[[], Scope]
     event: Callable[[], Signal]
+    lot: Callable[[], Lot]
     checkpoint: Callable[[], Awaitable[None]]
     checkpoint_if_cancelled: Callable[[], Awaitable[None]]
 
@@ -60,12 +104,14 @@ def primitives() -> Primitives:
         return Primitives(
             trio.CancelScope,
             trio.Event,
+            trio.lowlevel.ParkingLot,
             trio.lowlevel.checkpoint,
             trio.lowlevel.checkpoint_if_cancelled,
         )
     return Primitives(
         anyio.CancelScope,
         anyio.Event,
+        EventLot,
         anyio.lowlevel.checkpoint,
         anyio.lowlevel.checkpoint_if_cancelled,
     )

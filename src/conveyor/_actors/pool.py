@@ -43,7 +43,7 @@ import trio
 
 from .._context import JobContext, enter_context, leave_context, run_with_context
 from .._errors import NotJSONSerializable, UnknownHandler
-from .._fastpath import Scope, Signal, primitives
+from .._fastpath import Scope, primitives
 from .._job import JSON, Event, Job, encode_json, end_attempt
 from .._memory import MemoryGuard
 from .._process import ProcessPool
@@ -138,7 +138,9 @@ class Pool:
         self._in_flight = 0
         self._flush_asked = False
         self._fast = primitives()
-        self._job_arrived: Signal = self._fast.event()
+        self._idle_workers = self._fast.lot()
+        self._worker_called = False
+        """A worker was woken for the ready jobs and has not looked at them yet."""
         self._closing: anyio.Event | None = None
         self._released = False
         # A thread for every slot: anyio's default limiter (40 threads) would leave sync
@@ -204,8 +206,7 @@ class Pool:
         elif news.claimed:
             self._results.update(news.dependency_results)
             self._ready.extend(news.claimed)
-            self._job_arrived.set()
-            self._job_arrived = self._fast.event()
+            self._call_worker()
         for job_id in news.cancel:
             self._cancel(job_id, "cancel")
         if news.paused:
@@ -361,8 +362,11 @@ class Pool:
     async def _next_attempt(self, scope: Scope) -> Attempt:
         while True:
             while not self._ready:
-                await self._job_arrived.wait()
+                await self._idle_workers.park()
+                self._worker_called = False  # only a call wakes a parked worker
             job = self._ready.popleft()
+            if self._ready:
+                self._call_worker()
             if job.name not in self._paused():
                 break
             # Paused since it was claimed (the pool has not heard yet): it does not start.
@@ -421,6 +425,18 @@ class Pool:
         self._outcomes.append(outcome)
         self._ask_flush()
         return cancelled
+
+    def _call_worker(self) -> None:
+        """Wake one idle worker for the ready jobs, unless one is on its way already.
+
+        A worker takes ready jobs one after the other, and calls the next idle worker as it
+        takes one with more left behind it: while handlers wait, each job gets a worker of its
+        own; while they do not, the first worker runs the whole batch, and only one other wakes
+        for nothing (waking every idle worker woke seven for nothing in a batch of eight).
+        """
+        if not self._worker_called and len(self._idle_workers):
+            self._worker_called = True
+            self._idle_workers.unpark()
 
     def _in_process(self, job: Job) -> bool:
         return job.name in self._registry and self._registry[job.name].process
