@@ -12,7 +12,8 @@ import attrs
 from ._job import Event, Job, JobStatus
 
 
-@attrs.frozen
+# Not slotted, as Job: the store builds two a job, and a dict is filled faster than slots.
+@attrs.frozen(slots=False)
 class Change:
     """``event`` happened to job ``job_id`` (handler ``name``), which is now in ``status``.
 
