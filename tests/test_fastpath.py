@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
 
@@ -41,8 +43,9 @@ async def test_a_wake_wakes_only_the_task_parked_longest() -> None:
         lot.unpark()
         await anyio.wait_all_tasks_blocked()
         assert (woken, len(lot)) == ([0], 2)
-        lot.unpark()
-        lot.unpark()
+        for _ in range(2):
+            lot.unpark()
+            await anyio.wait_all_tasks_blocked()
     assert woken == [0, 1, 2]
 
 
@@ -70,3 +73,25 @@ async def test_waking_an_empty_lot_does_nothing() -> None:
     lot = primitives().lot()
     lot.unpark()
     assert len(lot) == 0
+
+
+async def test_a_wake_that_reaches_a_task_cancelled_before_it_ran_goes_to_the_next(
+    anyio_backend_name: str,
+) -> None:
+    if anyio_backend_name != "asyncio":
+        pytest.skip("trio cannot cancel a task it has already woken")
+    lot = primitives().lot()
+    woken: list[str] = []
+
+    async def park(name: str) -> None:
+        await lot.park()
+        woken.append(name)
+
+    first = asyncio.create_task(park("first"))
+    second = asyncio.create_task(park("second"))
+    await anyio.wait_all_tasks_blocked()
+    lot.unpark()
+    first.cancel()
+    with anyio.move_on_after(5):  # a lost wake leaves the second parked
+        await asyncio.gather(first, second, return_exceptions=True)
+    assert (woken, len(lot)) == (["second"], 0)

@@ -61,8 +61,9 @@ class EventLot:
     """A parking lot over anyio's events, for the backends trio's does not run on.
 
     :meth:`park` waits until :meth:`unpark` wakes this task; the oldest waiting task is woken
-    first. A task cancelled while parked leaves the lot, and a wake is not lost to it unless it
-    was cancelled after being woken (only the pool's teardown cancels a parked worker).
+    first. A task cancelled while parked leaves the lot; one cancelled after it was woken and
+    before it ran (asyncio's ``Task.cancel`` can do that) hands its wake to the next, so that a
+    wake is never lost.
     """
 
     __slots__ = ("_waiting",)
@@ -79,9 +80,12 @@ class EventLot:
         self._waiting.append(woken)
         try:
             await woken.wait()
-        finally:
-            if not woken.is_set():
+        except BaseException:
+            if woken.is_set():
+                self.unpark()
+            else:
                 self._waiting.remove(woken)
+            raise
 
     def unpark(self) -> None:
         """Wake the task parked longest, if any."""

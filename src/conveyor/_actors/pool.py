@@ -362,8 +362,12 @@ class Pool:
     async def _next_attempt(self, scope: Scope) -> Attempt:
         while True:
             while not self._ready:
-                await self._idle_workers.park()
-                self._worker_called = False  # only a call wakes a parked worker
+                try:
+                    await self._idle_workers.park()
+                finally:
+                    # Woken by the call (only a call wakes a parked worker), or leaving: a
+                    # call that cannot be answered must not stop the next one.
+                    self._worker_called = False
             job = self._ready.popleft()
             if self._ready:
                 self._call_worker()
