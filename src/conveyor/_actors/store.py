@@ -38,7 +38,7 @@ from .._errors import (
     QueueClosed,
     QueueFull,
 )
-from .._events import Change
+from .._events import Change, Changes
 from .._job import JSON, Event, Job, JobStatus
 from .._limits import Limits
 from .._storage.sqlite import (
@@ -128,7 +128,7 @@ class Effects:
     released: bool = False
     cancel_running: list[int] = attrs.Factory(list)
     paused: list[str] = attrs.Factory(list)
-    changes: list[Change] = attrs.Factory(list)
+    changes: Changes = attrs.Factory(Changes)
     stopped: bool = False
     limited: bool = False
     """Limits or pauses apply to claims: any attempt's end may let a held-back job start."""
@@ -328,7 +328,7 @@ def _apply(
         effects.released = effects.released or command.release
     elif isinstance(command, Enqueue):
         try:
-            results, inserted, changes = _enqueue(writer, command.jobs, now, max_pending)
+            results, inserted, born = _enqueue(writer, command.jobs, now, max_pending)
         except (QueueFull, JobNotFound, IdempotencyConflict) as exc:
             if isinstance(exc, QueueFull):
                 writer.notes.append(
@@ -340,7 +340,7 @@ def _apply(
         command.found.clear()  # a batch replayed command by command applies it again
         command.found.update(job.id for job in results if job.id not in inserted_ids)
         effects.replies.append((command.reply, results))
-        effects.changes += changes
+        effects.changes += born
         if inserted:
             # Other processes claim the ready ones, and learn when the others come due.
             effects.rings.add(READY)
@@ -524,7 +524,7 @@ def _shown(payload: JSON) -> str:
 
 def _enqueue(
     writer: Writer, jobs: Sequence[NewJob], now: float, max_pending: float
-) -> tuple[list[Job], list[Job], list[Change]]:
+) -> tuple[list[Job], list[Job], Changes]:
     """Insert ``jobs``; a job whose idempotency key is taken is answered by the job holding it.
 
     Returns the job answering each of ``jobs`` in order, the jobs actually inserted, and the
@@ -566,7 +566,7 @@ def _enqueue(
 
 def _insert_fresh(
     writer: Writer, jobs: Sequence[NewJob], now: float, max_pending: float
-) -> tuple[list[Job], list[Job], list[Change]]:
+) -> tuple[list[Job], list[Job], Changes]:
     """:func:`_enqueue` of jobs without idempotency keys: each is inserted and answers
     itself (steps point into ``jobs`` already)."""
     _check_room(writer, len(jobs), max_pending)

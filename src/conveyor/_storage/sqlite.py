@@ -34,7 +34,7 @@ from typing import Any, Final, Literal, TypeVar
 import attrs
 
 from .._errors import DatabaseError, DatabaseInUse, JobNotFound, SchemaTooNew
-from .._events import Change
+from .._events import Change, Changes, Inserted
 from .._job import (
     JSON,
     TERMINAL,
@@ -631,9 +631,9 @@ CANCELLED_ERROR: Final = "cancelled while running"
 _STATUSES: Final = {status.value: status for status in JobStatus}
 
 
-def _start_of_life(event: Event) -> tuple[Event, JobStatus, str, bool]:
+def _start_of_life(event: Event) -> tuple[JobStatus, str, bool]:
     status = decide(None, event)
-    return event, status, status.value, status is JobStatus.PENDING
+    return status, status.value, status is JobStatus.PENDING
 
 
 _ENQUEUED: Final = _start_of_life(Event.ENQUEUED)
@@ -1512,7 +1512,7 @@ class Writer:
 
     def insert(
         self, jobs: Sequence[NewJob], now: float, first_id: int | None = None
-    ) -> tuple[list[Job], list[Change]]:
+    ) -> tuple[list[Job], Changes]:
         """Insert ``jobs`` (keys already checked to be free) with ids from ``first_id`` on;
         return them as stored, and the changes: each stored job, and the jobs cancelled
         because one they run after had already failed or been cancelled.
@@ -1528,7 +1528,6 @@ class Writer:
         rows = []
         deps = []
         created = []
-        changes = []
         pending = 0
         due: float | None = None
         for job_id, new in enumerate(jobs, first_id):
@@ -1544,7 +1543,7 @@ class Writer:
                 )
             else:
                 after, blockers = (), 0
-            event, status, status_text, ready = _BLOCKED if blockers else _ENQUEUED
+            status, status_text, ready = _BLOCKED if blockers else _ENQUEUED
             scheduled = ready and new.run_at > now
             if scheduled and (due is None or new.run_at < due):
                 due = new.run_at
@@ -1598,7 +1597,8 @@ class Writer:
                     new.trace_context,
                 )
             )
-            changes.append(Change(event, job_id, new.name, status))
+        changes = Changes()
+        changes += Inserted(created)  # made into changes only if a listener reads them
         if due is not None:
             self._schedule(due)
         self._insert_rows(rows)
