@@ -1,6 +1,6 @@
 """The drain's floor on this machine: DESIGN §3's shape with nothing else. Run by hand.
 
-    .venv/bin/python bench/drain_floor.py [--jobs 50000] [--slots 8]
+    .venv/bin/python bench/drain_floor.py [--jobs 50000] [--slots 8] [--synchronous full]
 
 One trio task applies each batch on the event loop's thread (as conveyor does for small
 batches): one transaction completes the attempts that ended and claims the best ready jobs for
@@ -100,12 +100,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50_000)
     parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         db = Path(directory) / "floor.db"
         trio.run(fill, db, args.jobs)
         connection = sqlite3.connect(db, isolation_level=None)
-        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute(f"PRAGMA synchronous = {args.synchronous.upper()}")
         trio.run(drain, connection, args.jobs, args.slots)
         connection.close()
 
