@@ -465,7 +465,8 @@ class Queue:
 
         It runs on the event loop's thread right after the commit, so it must be quick and must
         not block (count, set an event, ``send_nowait`` on a channel). Metrics and dashboards
-        use it.
+        use it. The changes come as a read-only sequence (not a ``list``: those of enqueued jobs
+        are made when it is first read); ``list(changes)`` copies it.
         """
         self._runtime.listeners.append(listener)
 
