@@ -27,7 +27,7 @@ import json
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import attrs
 import trio
@@ -165,8 +165,15 @@ class RealQueue:
     """One SQLite file (or PostgreSQL schema, named by its URL), and the queue process that is
     open on it (or crashed)."""
 
-    def __init__(self, path: Path | str, scripts: dict[int, tuple[Behaviour, ...]]) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        scripts: dict[int, tuple[Behaviour, ...]],
+        *,
+        synchronous: Literal["normal", "full"] = "normal",
+    ) -> None:
         self.path = path
+        self.synchronous: Literal["normal", "full"] = synchronous
         self.on_postgres = is_postgres(str(path))
         """Owners are judged by their lease alone there (no lock files)."""
         self.scripts = scripts
@@ -277,6 +284,7 @@ class RealQueue:
                     clock=lambda: EPOCH + trio.current_time(),
                     sql_thread=False,
                     heartbeat=HEARTBEAT,
+                    synchronous=self.synchronous,
                 ) as self.queue:
                     task_status.started()
                     await trio.sleep_forever()

@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final, Literal
 
 import attrs
 from hypothesis import event as hypothesis_event
@@ -312,10 +312,12 @@ class QueueMachine(RuleBasedStateMachine):
     queue did (see the module docstring of ``test_state_machine``).
     """
 
+    synchronous: ClassVar[Literal["normal", "full"]] = "normal"
+
     def __init__(self) -> None:
         super().__init__()
         self.scripts: dict[int, tuple[Behaviour, ...]] = {}
-        self.real = RealQueue(self._create_store(), self.scripts)
+        self.real = RealQueue(self._create_store(), self.scripts, synchronous=self.synchronous)
         self.model = Model(workers=1, leases_only=self.real.on_postgres)
         self.tags = 0
         self.answers: list[tuple[str | None, int]] = []  # (key, id) of every acknowledged enqueue
@@ -964,6 +966,14 @@ def _upstream(jobs: dict[int, conveyor.Job], job_id: int) -> set[int]:
             found.add(dep)
             todo += jobs[dep].after
     return found
+
+
+class FullSyncQueueMachine(QueueMachine):
+    """The same steps and checks with the queue at ``synchronous="full"``: a batch's callers
+    and listeners are answered only after a separate sync of its commit, while the worker pool
+    starts the jobs it claimed at once."""
+
+    synchronous = "full"
 
 
 class PostgresQueueMachine(QueueMachine):

@@ -69,7 +69,7 @@ from typing import ClassVar, Final
 import hypothesis
 import pytest
 
-from machine import PostgresQueueMachine, QueueMachine
+from machine import FullSyncQueueMachine, PostgresQueueMachine, QueueMachine
 from postgres_schemas import postgres_unreachable
 
 TIMEOUT: Final = 900 if hypothesis.settings.get_current_profile_name() == "ci" else 7200
@@ -79,6 +79,24 @@ on PostgreSQL alone took more than 900 s of them)."""
 
 TestQueueMatchesTheModel = QueueMachine.TestCase
 TestQueueMatchesTheModel.pytestmark = [pytest.mark.timeout(TIMEOUT)]  # type: ignore[attr-defined]
+
+
+FULL_SYNC_EXAMPLES: Final = {"ci": 60}
+"""The examples of the machine at ``synchronous="full"`` under ``ci``: it shares every step
+with the one above, and differs only in when a batch is answered."""
+
+
+class TestQueueMatchesTheModelAtFullSync(FullSyncQueueMachine.TestCase):
+    """The same machine at ``synchronous="full"`` (see ``FullSyncQueueMachine``)."""
+
+    settings = hypothesis.settings(
+        FullSyncQueueMachine.TestCase.settings,
+        max_examples=FULL_SYNC_EXAMPLES.get(
+            hypothesis.settings.get_current_profile_name(),
+            hypothesis.settings.default.max_examples,
+        ),
+    )
+    pytestmark: ClassVar = [pytest.mark.timeout(TIMEOUT)]
 
 
 POSTGRES_EXAMPLES: Final = {"ci": 120}

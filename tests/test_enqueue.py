@@ -273,13 +273,13 @@ async def test_concurrent_enqueues_share_transactions(
     from conveyor._actors import store
 
     batches: list[int] = []
-    apply_batch = store.apply_batch
+    prepare_batch = store.prepare_batch
 
     def counting(writer, commands, *args, **options):  # type: ignore[no-untyped-def]
         batches.append(len(commands))
-        return apply_batch(writer, commands, *args, **options)
+        return prepare_batch(writer, commands, *args, **options)
 
-    monkeypatch.setattr(store, "apply_batch", counting)
+    monkeypatch.setattr(store, "prepare_batch", counting)
     async with open_test_queue(make_registry()) as queue:
         async with anyio.create_task_group() as tg:
             for _ in range(200):

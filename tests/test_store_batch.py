@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -283,3 +284,39 @@ def test_an_undone_insert_gives_its_ids_again(writer: Writer) -> None:
     writer.insert([new_job()], NOW)
     writer.rollback()
     assert [job.id for job in enqueue(writer, new_job())] == [2]
+
+
+def test_a_writer_at_full_commits_without_syncing_and_sync_syncs_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "jobs.db"
+    writer = Writer(str(path), synchronous="full")
+    synced: list[int] = []
+    monkeypatch.setattr(sqlite_storage, "_sync_data", lambda fd: synced.append(os.fstat(fd).st_ino))
+    try:
+        assert writer.syncs_after_commit
+        writer.begin()
+        writer.commit()
+        assert synced == []
+        writer.sync()
+        assert synced == [os.stat(f"{path}-wal").st_ino]
+    finally:
+        writer.close()
+
+
+def test_a_writer_at_full_syncs_a_transaction_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = Writer(str(tmp_path / "jobs.db"), synchronous="full")
+    synced: list[int] = []
+    monkeypatch.setattr(sqlite_storage, "_sync_data", synced.append)
+    try:
+        with writer.transaction():
+            writer.register(NOW, {"noop": (3, None)})
+        assert len(synced) == 1
+    finally:
+        writer.close()
+
+
+def test_a_writer_at_normal_leaves_syncing_to_sqlite(writer: Writer) -> None:
+    assert not writer.syncs_after_commit

@@ -237,6 +237,8 @@ class Runtime:
         self._declared: dict[str, HandlerDefaults] = {}
         self.memory = MemoryGuard(None)
         """Whether memory is short, as the worker pool last read it."""
+        self.wait_synced: Callable[[], Awaitable[None]] = _synced_already
+        """Returns once what the store committed so far is on disk (the store's)."""
         self.closers: set[Callable[[], object]] = set()
         """Called once the queue starts closing: what follows jobs stops following them."""
         self.closing = False
@@ -273,9 +275,13 @@ class Runtime:
             raise QueueClosed("the queue is closed and takes no more commands") from None
 
     async def read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """``read``'s value on a read connection, once what it saw of this process's commits
+        is on disk (with ``synchronous="full"``, a commit is seen before it is synced)."""
         if self.closing:
             raise QueueClosed("the queue is closing or closed")
-        return await self._readers.run(read)
+        value = await self._readers.run(read)
+        await self.wait_synced()
+        return value
 
     async def learn_handlers(self, names: Iterable[str]) -> None:
         """Make sure each of ``names`` is a handler this queue knows (its own, one that a
@@ -317,7 +323,9 @@ class Runtime:
         """Another process changed jobs: tell followers of those they follow."""
         ids = self.following.followed()
         if ids and not self.closing:
-            self.following.tell(await self._readers.run(lambda c: storage.statuses_of(c, ids)))
+            statuses = await self._readers.run(lambda c: storage.statuses_of(c, ids))
+            await self.wait_synced()
+            self.following.tell(statuses)
 
     async def shutdown(
         self, pool: Pool, inbox: Mailbox[PoolMessage], store: Store, grace: float
@@ -629,8 +637,12 @@ def _database(path: str, synchronous: Synchronous) -> _Database:
         writer=lambda: Writer(path, synchronous=synchronous),
         reader=lambda: storage.open_reader(path),
         doorbell=lambda writer: Doorbell(),
-        inline_small=synchronous == "normal",
+        inline_small=True,
     )
+
+
+async def _synced_already() -> None:
+    """Nothing to wait for: the queue's commits are on disk when they return."""
 
 
 def _known_handlers(names: object) -> frozenset[str]:
@@ -713,6 +725,7 @@ async def _running_actors(
         limits=registry.limits(),
         doorbell=doorbell,
     )
+    runtime.wait_synced = store.wait_synced
     queue = Queue(runtime)
     # What workers declared, for the names and defaults of the jobs this queue enqueues.
     await runtime.refresh_declared()
@@ -720,6 +733,8 @@ async def _running_actors(
         with timer_tx:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(store.run)
+                if writer.syncs_after_commit:
+                    tg.start_soon(store.sync_commits)
                 tg.start_soon(pool.run)
                 tg.start_soon(Timer(clock=clock, inbox=timer_rx, store=commands).run)
                 tg.start_soon(_beat, runtime, heartbeat)

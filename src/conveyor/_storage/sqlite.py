@@ -912,6 +912,9 @@ def _acquire_lock(path: str) -> int:
     return fd
 
 
+_sync_data: Final = getattr(os, "fdatasync", os.fsync)
+"""Sync a file's data (and the size that reads it back), as SQLite does where it can."""
+
 WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 """Bytes the WAL file keeps once a checkpoint has emptied it."""
 
@@ -1085,6 +1088,8 @@ class Writer:
     """Errors of the database itself (I/O, disk full, locked), not of one command."""
     errors: tuple[type[BaseException], ...] = (sqlite3.Error, FileGone)
     """Every error the database raises."""
+    _wal_fd: int | None
+    """The WAL, opened for :meth:`sync` (at ``synchronous="full"`` only)."""
 
     def __init__(self, path: str, *, synchronous: Synchronous = "normal") -> None:
         """Open (creating or upgrading) the database at ``path`` and take its shared lock.
@@ -1107,7 +1112,8 @@ class Writer:
             try:
                 _migrate(self._conn, path)
                 self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+                # At "full" too: :meth:`sync` puts the commits on disk, off the event loop.
+                self._conn.execute("PRAGMA synchronous = NORMAL")
                 self._conn.execute("PRAGMA wal_autocheckpoint = 0")
                 # After a checkpoint empties it, the WAL file is cut back to this size.
                 self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
@@ -1118,11 +1124,13 @@ class Writer:
                 self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 # Read once the WAL is open (a read opens it): it stays while we have it open.
                 self._wal_identity = _file_identity(f"{path}-wal")
+                if synchronous == "full":
+                    self._wal_fd = os.open(f"{path}-wal", os.O_RDONLY)
             except sqlite3.Error as exc:
-                self._conn.close()
+                self._close_connection()
                 raise _open_error(path, exc) from None
             except BaseException:
-                self._conn.close()
+                self._close_connection()
                 raise
         except BaseException:
             os.close(self._lock_fd)
@@ -1165,6 +1173,7 @@ class Writer:
         """The id the next insert gets, known once this connection inserted and as long as
         no other connection wrote (else read from the file: another process may insert)."""
         self._counters_stale = False
+        self._wal_fd = None
         self.notes: list[LogNote] = []
         """The log records of the open transaction, for the store to emit after the commit."""
 
@@ -1181,10 +1190,18 @@ class Writer:
                 # Only a hint for the query planner: not worth failing a close over.
                 self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 self._conn.execute("PRAGMA optimize")
-            self._conn.close()
+            self._close_connection()
         finally:
             os.close(self._lock_fd)
             self._release_owner_lock(unlink=self._retired)
+
+    def _close_connection(self) -> None:
+        try:
+            self._conn.close()
+        finally:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
     def _hold_lock_of(self, owner: int) -> None:
         """Take the lock that tells others this process, owner ``owner``, is alive."""
@@ -1382,14 +1399,31 @@ class Writer:
             self.rollback()
             raise
         self.commit()
+        if self.syncs_after_commit:
+            self.sync()
 
     def checkpoint(self) -> None:
         """Copy what the WAL holds into the database file, as far as readers allow."""
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def commit(self) -> None:
+        """Commit the open transaction. With :attr:`syncs_after_commit`, it is on disk only
+        after a later :meth:`sync`."""
         self._conn.execute("COMMIT")
         self._registered = None
+
+    @property
+    def syncs_after_commit(self) -> bool:
+        """Whether a commit returns before it is on disk (``synchronous="full"``): whoever
+        commits calls :meth:`sync` before telling anyone it is done."""
+        return self._wal_fd is not None
+
+    def sync(self) -> None:
+        """Put every commit so far on disk: sync the WAL, which is what SQLite's own
+        ``synchronous = FULL`` does inside each commit, holding its caller until the disk
+        answers. Raises :class:`OSError` if the disk fails."""
+        assert self._wal_fd is not None, "sync() is for synchronous='full'"
+        _sync_data(self._wal_fd)
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[Undone]:
