@@ -15,6 +15,8 @@ import anyio
 import pytest
 
 import conveyor
+from conveyor._actors import store
+from conveyor._actors.messages import Ping, Reply
 from conveyor._runtime import Readers
 from conveyor._storage.sqlite import Writer
 
@@ -112,6 +114,20 @@ async def test_a_claimed_job_starts_before_its_commit_is_synced(
         assert len(answered) == 1
 
 
+def note_reads(monkeypatch: pytest.MonkeyPatch) -> anyio.Event:
+    """An event set when a read of the queue's returns from its read connection."""
+    read_done = anyio.Event()
+    run = Readers.run
+
+    async def noted(self: Readers, read: Callable[[sqlite3.Connection], T]) -> T:
+        value = await run(self, read)
+        read_done.set()
+        return value
+
+    monkeypatch.setattr(Readers, "run", noted)
+    return read_done
+
+
 def status_in_file(db_path: Path, job_id: int) -> str:
     """The job's status as another connection sees it."""
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
@@ -158,15 +174,7 @@ async def test_a_read_answers_only_once_what_it_saw_is_synced(
         job = await queue.enqueue("noop", delay=3600)
         hold_syncs(monkeypatch, held_syncs)
         read: list[conveyor.Job] = []
-        read_done = anyio.Event()
-        run = Readers.run
-
-        async def noted(self: Readers, read: Callable[[sqlite3.Connection], T]) -> T:
-            value = await run(self, read)
-            read_done.set()
-            return value
-
-        monkeypatch.setattr(Readers, "run", noted)
+        read_done = note_reads(monkeypatch)
 
         async def get() -> None:
             read.append(await queue.get(job.id))
@@ -215,3 +223,97 @@ async def test_closing_a_full_queue_answers_every_call_it_committed(db_path: Pat
         stored = await queue.list(limit=1000)
     assert sorted(ids) == sorted(job.id for job in stored)
     assert len(ids) == 200
+
+
+async def test_a_read_during_the_checkpoint_after_a_commit_waits_for_its_sync(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpointing, release = threading.Event(), threading.Event()
+    checkpoint = Writer.checkpoint
+
+    def held_checkpoint(self: Writer) -> None:
+        checkpointing.set()
+        release.wait(10)
+        checkpoint(self)
+
+    async with conveyor.open_queue(
+        db_path, handlers=noop_registry(), workers=0, synchronous="full", sql_thread=True
+    ) as queue:
+        monkeypatch.setattr(store, "CHECKPOINT_PAGES", 1)
+        monkeypatch.setattr(Writer, "checkpoint", held_checkpoint)
+        read_done = note_reads(monkeypatch)
+        listed: list[list[conveyor.Job]] = []
+
+        async def list_jobs() -> None:
+            listed.append(await queue.list())
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(queue.enqueue, "noop")
+                # Committed: the checkpoint after it holds the store before it is answered.
+                await anyio.to_thread.run_sync(checkpointing.wait, 10)
+                tg.start_soon(list_jobs)
+                await read_done.wait()
+                await anyio.wait_all_tasks_blocked()
+                assert listed == []
+                release.set()
+        finally:
+            release.set()
+        assert [len(jobs) for jobs in listed] == [1]
+
+
+async def test_an_answer_does_not_wait_for_a_later_batch_that_waits_for_a_lock(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    later = Reply[None]()
+    commit = Writer.commit
+    armed: list[conveyor.Queue] = []
+
+    def commit_then_lock(self: Writer) -> None:
+        commit(self)
+        if armed:
+            # Another connection takes the lock at once, and a batch is already waiting.
+            queue = armed.pop()
+            other.execute("BEGIN IMMEDIATE")
+            queue._runtime._commands.send_nowait(Ping(later))
+
+    try:
+        async with conveyor.open_queue(
+            db_path, handlers=noop_registry(), workers=0, synchronous="full", sql_thread=True
+        ) as queue:
+            monkeypatch.setattr(Writer, "commit", commit_then_lock)
+            armed.append(queue)
+            await queue.enqueue("noop")
+            assert other.in_transaction  # the later batch still waits for the lock
+            other.rollback()
+            await later.get()
+    finally:
+        other.close()
+
+
+async def test_a_failed_commit_is_not_synced(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, writes: list[str]
+) -> None:
+    commit = Writer.commit
+    failing = [True]
+
+    def fails_once(self: Writer) -> None:
+        if failing:
+            failing.pop()
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
+            raise error
+        commit(self)
+
+    async with conveyor.open_queue(
+        db_path, handlers=noop_registry(), workers=0, synchronous="full"
+    ) as queue:
+        monkeypatch.setattr(Writer, "commit", fails_once)
+        writes.clear()
+        with pytest.raises(conveyor.DatabaseUnavailable):
+            await queue.enqueue("noop")
+        assert await queue.list() == []
+        # A heartbeat's commit may come since, and be synced.
+        until_a_commit = writes[: writes.index("commit")] if "commit" in writes else writes
+        assert "sync" not in until_a_commit

@@ -1,4 +1,5 @@
-"""The store's synchronous core: ``apply_batch`` and the ``Writer``, with no event loop."""
+"""The store's synchronous core: ``prepare_batch``, ``commit_batch`` and the ``Writer``, with no
+event loop."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ import pytest
 
 from conveyor import Event, Job, JobStatus, QueueFull
 from conveyor._actors.messages import Cancel, Enqueue, Purge, Reply, Report
-from conveyor._actors.store import INLINE_ROWS, Claims, Effects, apply_batch, rows_written
+from conveyor._actors.store import (
+    INLINE_ROWS,
+    Claims,
+    Effects,
+    commit_batch,
+    prepare_batch,
+    rows_written,
+)
 from conveyor._job import TERMINAL
 from conveyor._storage import sqlite as sqlite_storage
 from conveyor._storage.sqlite import NewJob, Outcome, Writer, WriterBusy, get_job
@@ -43,6 +51,20 @@ def new_job(priority: int = 5, run_at: float = NOW, key: str | None = None) -> N
         run_at=run_at,
         idempotency_key=key,
     )
+
+
+def apply_batch(
+    writer: Writer,
+    commands: list[Any],
+    now: float,
+    max_pending: float,
+    claims: Claims,
+    **options: Any,
+) -> Effects:
+    """Apply and commit ``commands`` as the store does."""
+    effects = prepare_batch(writer, commands, now, max_pending, claims, **options)
+    commit_batch(writer)
+    return effects
 
 
 def apply(writer: Writer, *commands: Any, claims: Claims | None = None) -> Effects:

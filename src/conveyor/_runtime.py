@@ -571,6 +571,11 @@ async def open_queue(
         with anyio.CancelScope(shield=True):
             writer: Writer = await run_sql(database.writer)
             stack.push_async_callback(_shielded, run_sql, writer.close)
+        run_sync = run_sql
+        if sql_thread and writer.syncs_after_commit:
+            sync_thread = SqlThread("conveyor-sync")
+            stack.callback(sync_thread.close)
+            run_sync = sync_thread.run
         readers = Readers(database.reader, in_thread=sql_thread, lost=database.lost)
         stack.callback(readers.close)
         doorbell = database.doorbell(writer)
@@ -587,6 +592,7 @@ async def open_queue(
             clock=wall_clock,
             max_pending=max_pending,
             run_sql=run_sql,
+            run_sync=run_sync,
             inline_small=sql_thread and database.inline_small,
             readers=readers,
             shutdown_grace=shutdown_grace,
@@ -684,6 +690,7 @@ async def _running_actors(
     clock: Callable[[], float],
     max_pending: int | None,
     run_sql: Callable[[Callable[[], Any]], Awaitable[Any]],
+    run_sync: Callable[[Callable[[], Any]], Awaitable[Any]],
     inline_small: bool,
     readers: Readers,
     shutdown_grace: float,
@@ -715,6 +722,7 @@ async def _running_actors(
     store = Store(
         writer,
         run_sql=run_sql,
+        run_sync=run_sync,
         clock=clock,
         commands=commands,
         hear=pool.hear,

@@ -2,14 +2,14 @@
 
 It takes commands from one channel. After the first command it drains whatever else is already
 waiting (up to :data:`BATCH_LIMIT`), applies the whole batch in one transaction through
-:func:`apply_batch` (a plain synchronous function), commits, and only then replies to each
-command and announces what changed. A small batch runs on the event loop's thread, where it
-costs less than the hop to the SQL thread would; a large one, a batch that would wait for
-another connection's lock, and the WAL checkpoints run on the SQL thread, so the loop never
-waits on the disk or a lock. That is group commit: under load many enqueues, claims and
-outcomes share one commit, and an acknowledged command is durable. At
-``synchronous="full"`` the commit does not sync: :meth:`Store.sync_commits` syncs on the SQL
-thread while the store goes on, and answers each batch after the sync that covers it.
+:func:`prepare_batch` and :func:`commit_batch` (plain synchronous functions), and only then
+replies to each command and announces what changed. A small batch runs on the event loop's
+thread, where it costs less than the hop to the SQL thread would; a large one, a batch that
+would wait for another connection's lock, and the WAL checkpoints run on the SQL thread, so the
+loop never waits on the disk or a lock. That is group commit: under load many enqueues, claims
+and outcomes share one commit, and an acknowledged command is durable. At
+``synchronous="full"`` the commit does not sync: :meth:`Store.sync_commits` syncs on a thread
+of its own while the store goes on, and answers each batch after the sync that covers it.
 
 The store also holds the worker pool's standing claim: how many free slots the pool asked jobs
 for and has not yet been given. Whenever a batch may have made jobs ready (an enqueue, a retry,
@@ -156,25 +156,6 @@ class Effects:
     def want(self, more: int, *, release: bool) -> None:
         wanted = 0 if release else self.claims.wanted + more
         self.claims = Claims(wanted, self.claims.may_be_ready or more > 0)
-
-
-def apply_batch(
-    writer: Writer,
-    commands: Sequence[StoreCommand],
-    now: float,
-    max_pending: float,
-    claims: Claims,
-    *,
-    wait_for_lock: bool = True,
-    limits: Mapping[str, Limits] | None = None,
-) -> Effects:
-    """Apply ``commands`` in one transaction, claim for the pool's free slots (within the
-    handlers' ``limits``), and commit: :func:`prepare_batch`, then :func:`commit_batch`."""
-    effects = prepare_batch(
-        writer, commands, now, max_pending, claims, wait_for_lock=wait_for_lock, limits=limits
-    )
-    commit_batch(writer)
-    return effects
 
 
 def prepare_batch(
@@ -652,6 +633,7 @@ class Store:
         writer: Writer,
         *,
         run_sql: SqlRunner,
+        run_sync: SqlRunner,
         clock: Callable[[], float],
         commands: Mailbox[StoreCommand],
         hear: Callable[[News], None],
@@ -662,7 +644,9 @@ class Store:
         limits: Mapping[str, Limits] | None = None,
         doorbell: DoorbellLike | None = None,
     ) -> None:
-        """``run_sql`` runs database work on the SQL thread (or inline, in tests);
+        """``run_sql`` runs database work on the SQL thread (or inline, in tests), and
+        ``run_sync`` the syncs of :meth:`sync_commits` on another (beside a batch that waits
+        for a lock, say);
         ``inline_small`` lets batches of at most :data:`INLINE_ROWS` rows run on the loop;
         ``hear`` takes each committed batch's :class:`News` for the worker pool (it must not
         wait or raise); ``doorbell`` rings the other processes on the file after a commit
@@ -670,13 +654,15 @@ class Store:
         self._writer = writer
         self._doorbell = doorbell
         self._run_sql = run_sql
+        self._run_sync = run_sync
         self._inline_small = inline_small
         self._unsynced: list[Effects] = []
         """Committed batches not yet synced to disk, whose callers and listeners wait for
         :meth:`sync_commits` (with a writer that syncs after it commits)."""
         self._sync_wanted = anyio.Event()
-        self._committed = self._synced = 0
-        """Batches answered after a sync so far, and of them those synced."""
+        self._committing = self._committed = self._last_commit = self._synced = 0
+        """Commits begun, commits done (or failed), the last that succeeded, and how many are
+        synced (counted by :meth:`_commit` and :meth:`sync_commits`)."""
         self._sync_ended = anyio.Event()
         self._syncer_gone: Exception | None = None
         """Why :meth:`sync_commits` ended: later batches' callers get it."""
@@ -751,7 +737,7 @@ class Store:
             if fault is None or not fault.passes:
                 raise self._fail_for_good(batch, exc, fault) from exc
             effects = self._hold(batch, fault)
-            # Stop's answer ends the queue: it comes after the batches committed before it.
+            # Answered after the batches committed before it (Stop's answer ends the queue).
             self._answer_when_durable(effects)
             return effects
         if self._episode is not None:
@@ -799,7 +785,7 @@ class Store:
                 effects.stopped = True
                 effects.replies.append((command.reply, None))
             elif (reply := getattr(command, "reply", None)) is not None:
-                reply.fail(error)
+                effects.failures.append((reply, error))
         if effects.stopped and self._held:
             unsaved = sum(len(c.outcomes) for c in self._held if isinstance(c, Report))
             logger.warning(
@@ -849,14 +835,15 @@ class Store:
             except WriterBusy:
                 pass  # another connection writes: wait for it off the loop
             else:
-                commit_batch(writer)
+                self._commit()
                 if checkpoint:
                     with anyio.CancelScope(shield=True):
                         await self._run_sql(self._checkpoint)
                 return effects
 
         def apply_and_checkpoint() -> Effects:
-            effects = apply_batch(writer, batch, now, max_pending, claims, limits=limits)
+            effects = prepare_batch(writer, batch, now, max_pending, claims, limits=limits)
+            self._commit()
             if checkpoint:
                 self._checkpoint()
             return effects
@@ -864,6 +851,17 @@ class Store:
         with anyio.CancelScope(shield=True):
             effects = await self._run_sql(apply_and_checkpoint)
         return effects  # noqa: RET504 (returned inside the scope, mypy sees a path without)
+
+    def _commit(self) -> None:
+        """Commit the batch :func:`prepare_batch` left open, counted for :meth:`wait_synced`
+        from before it is seen until it is done (on whichever thread runs it)."""
+        self._committing += 1
+        try:
+            commit_batch(self._writer)
+            self._last_commit = self._committing
+        finally:
+            # Failed too: nothing then to wait for but the next sync, which need not sync it.
+            self._committed = self._committing
 
     def _checkpoint(self) -> None:
         """Checkpoint the WAL. A failure (the disk full, say) is logged once until one
@@ -895,14 +893,15 @@ class Store:
             self._refuse_answers(effects, self._syncer_gone)
         else:
             self._unsynced.append(effects)
-            self._committed += 1
             self._sync_wanted.set()
 
     async def wait_synced(self) -> None:
         """Return once every batch committed so far is on disk: at once, unless the writer
         syncs after it commits and a sync is due. Raises what ended the syncing, if it ended
         first (:meth:`sync_commits`)."""
-        committed = self._committed
+        if not self._writer.syncs_after_commit:
+            return
+        committed = self._committing
         while self._synced < committed:
             if self._syncer_gone is not None:
                 raise self._syncer_gone
@@ -930,14 +929,16 @@ class Store:
                     await anyio.sleep(SYNC_SPACING)
                 self._sync_wanted = anyio.Event()
                 synced, self._unsynced = self._unsynced, []
-                try:
-                    await self._run_sql(self._writer.sync)
-                except Exception as exc:
-                    raise self._sync_failed(exc) from exc
+                covered = self._committed
+                if self._last_commit > self._synced:
+                    try:
+                        await self._run_sync(self._writer.sync)
+                    except Exception as exc:
+                        raise self._sync_failed(exc) from exc
+                self._synced = covered
                 busy = bool(self._unsynced)
                 for effects in synced:
                     self._answer(effects)
-                self._synced += len(synced)
                 synced = []
                 self._sync_ended.set()
                 self._sync_ended = anyio.Event()
@@ -965,8 +966,7 @@ class Store:
         )
 
     def _tell_actors(self, effects: Effects, now: float) -> None:
-        """Hand the worker pool its news, the timer its next deadline, the other processes
-        their doorbells."""
+        """Hand the worker pool its news and the timer its next deadline."""
         if (
             effects.claimed
             or effects.reports
@@ -986,11 +986,12 @@ class Store:
                 )
             )
         self._tell_timer(now)
-        if self._doorbell is not None and effects.doorbells:
-            self._ring(effects)
 
     def _answer(self, effects: Effects) -> None:
-        """Emit a durable batch's log records, answer its callers and tell its listeners."""
+        """Emit a durable batch's log records, answer its callers, tell its listeners and ring
+        the other processes (which would otherwise read it before it is on disk)."""
+        if self._doorbell is not None and effects.doorbells:
+            self._ring(effects)
         for note in effects.notes:
             note.emit()
         for reply, value in effects.replies:
