@@ -1,7 +1,7 @@
 """The kill -9 suite: a loaded queue killed at random moments, restarted, then drained.
 
     python property_tests/crash_suite.py --cycles 200 [--seed N] [--disk-full] [--processes K]
-                                         [--postgres URL]
+                                         [--postgres URL] [--synchronous full]
 
 runs it by hand (CI runs a few cycles of each kind through ``test_crash_suite.py``). Each
 cycle starts a child process in which producers enqueue jobs and print each acknowledged id,
@@ -28,6 +28,9 @@ that a killed process is gone: its running jobs are taken over once its lease (t
 lapses, by a later cycle's processes or the drain, and only those may run again.
 ``--processes K`` works the same way; ``--disk-full`` does not apply (the disk is the server's).
 
+With ``--synchronous full`` every process opens the file at ``synchronous="full"`` (a job then
+starts before the sync of the commit that claimed it, and is answered after it).
+
 The same file is the child: ``crash_suite.py load DB``, ``crash_suite.py work DB`` and
 ``crash_suite.py drain DB`` (DB a file, or a ``postgresql://`` URL naming the schema).
 """
@@ -47,7 +50,7 @@ import time
 import urllib.parse
 from collections import Counter
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 import trio
@@ -64,6 +67,11 @@ registry = conveyor.Registry()
 
 def _log_path() -> str:
     return os.environ["CONVEYOR_CRASH_LOG"]
+
+
+def _synchronous() -> Literal["normal", "full"]:
+    """The children's ``synchronous``: the parent's ``--synchronous``."""
+    return "full" if os.environ.get("CONVEYOR_CRASH_SYNCHRONOUS") == "full" else "normal"
 
 
 def _append(line: str) -> None:
@@ -87,7 +95,7 @@ async def work(payload: dict[str, int]) -> int:
 
 async def load(db: str) -> None:
     async with conveyor.open_queue(
-        db, handlers=registry, workers=WORKERS, heartbeat=HEARTBEAT
+        db, handlers=registry, workers=WORKERS, heartbeat=HEARTBEAT, synchronous=_synchronous()
     ) as queue:
 
         async def produce(producer: int) -> None:
@@ -107,12 +115,16 @@ async def load(db: str) -> None:
 
 
 async def run_handlers(db: str) -> None:
-    async with conveyor.open_queue(db, handlers=registry, workers=WORKERS, heartbeat=HEARTBEAT):
+    async with conveyor.open_queue(
+        db, handlers=registry, workers=WORKERS, heartbeat=HEARTBEAT, synchronous=_synchronous()
+    ):
         await trio.sleep_forever()
 
 
 async def drain(db: str) -> None:
-    async with conveyor.open_queue(db, handlers=registry, workers=WORKERS) as queue:
+    async with conveyor.open_queue(
+        db, handlers=registry, workers=WORKERS, synchronous=_synchronous()
+    ) as queue:
         while True:
             counts = (await queue.stats()).by_status
             if counts[conveyor.JobStatus.PENDING] + counts[conveyor.JobStatus.RUNNING] == 0:
@@ -381,7 +393,14 @@ def main() -> None:
         default=None,
         help="run the queue in a fresh schema on this PostgreSQL server instead of a file",
     )
+    parser.add_argument(
+        "--synchronous",
+        choices=("normal", "full"),
+        default="normal",
+        help="open_queue's synchronous in every process (default normal)",
+    )
     args = parser.parse_args()
+    os.environ["CONVEYOR_CRASH_SYNCHRONOUS"] = args.synchronous
     if args.postgres is not None and args.disk_full:
         parser.error("--disk-full fills a local disk; it does not apply to --postgres")
     if args.postgres is not None and not args.postgres.startswith(("postgresql://", "postgres://")):
