@@ -81,6 +81,14 @@ TestQueueMatchesTheModel = QueueMachine.TestCase
 TestQueueMatchesTheModel.pytestmark = [pytest.mark.timeout(TIMEOUT)]  # type: ignore[attr-defined]
 
 
+def examples(by_profile: dict[str, int]) -> int:
+    """The examples to run under the current Hypothesis profile: ``by_profile``'s count for
+    it, else the profile's own."""
+    return by_profile.get(
+        hypothesis.settings.get_current_profile_name(), hypothesis.settings.default.max_examples
+    )
+
+
 FULL_SYNC_EXAMPLES: Final = {"ci": 60}
 """The examples of the machine at ``synchronous="full"`` under ``ci``: it shares every step
 with the one above, and differs only in when a batch is answered."""
@@ -91,10 +99,7 @@ class TestQueueMatchesTheModelAtFullSync(FullSyncQueueMachine.TestCase):
 
     settings = hypothesis.settings(
         FullSyncQueueMachine.TestCase.settings,
-        max_examples=FULL_SYNC_EXAMPLES.get(
-            hypothesis.settings.get_current_profile_name(),
-            hypothesis.settings.default.max_examples,
-        ),
+        max_examples=examples(FULL_SYNC_EXAMPLES),
     )
     pytestmark: ClassVar = [pytest.mark.timeout(TIMEOUT)]
 
@@ -112,10 +117,7 @@ class TestQueueMatchesTheModelOnPostgres(PostgresQueueMachine.TestCase):
 
     settings = hypothesis.settings(
         PostgresQueueMachine.TestCase.settings,
-        max_examples=POSTGRES_EXAMPLES.get(
-            hypothesis.settings.get_current_profile_name(),
-            hypothesis.settings.default.max_examples,
-        ),
+        max_examples=examples(POSTGRES_EXAMPLES),
     )
     pytestmark: ClassVar = [pytest.mark.timeout(TIMEOUT)]
 

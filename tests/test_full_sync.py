@@ -7,7 +7,7 @@ import contextlib
 import errno
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -135,6 +135,19 @@ def status_in_file(db_path: Path, job_id: int) -> str:
     return str(status)
 
 
+@contextlib.asynccontextmanager
+async def a_job_then_syncs_held(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, release: threading.Event
+) -> AsyncIterator[tuple[conveyor.Queue, conveyor.Job]]:
+    """A queue at ``full`` with one job due in an hour; syncs wait for ``release`` after it."""
+    async with conveyor.open_queue(
+        db_path, handlers=noop_registry(), synchronous="full", sql_thread=True
+    ) as queue:
+        job = await queue.enqueue("noop", delay=3600)
+        hold_syncs(monkeypatch, release)
+        yield queue, job
+
+
 async def until_cancelled_in_file(db_path: Path, job_id: int) -> None:
     """Return once another connection sees the job cancelled (committed)."""
     # Polled: another connection's view has no event to wait on.
@@ -145,11 +158,7 @@ async def until_cancelled_in_file(db_path: Path, job_id: int) -> None:
 async def test_a_wait_is_answered_only_once_the_outcome_is_synced(
     db_path: Path, monkeypatch: pytest.MonkeyPatch, held_syncs: threading.Event
 ) -> None:
-    async with conveyor.open_queue(
-        db_path, handlers=noop_registry(), synchronous="full", sql_thread=True
-    ) as queue:
-        job = await queue.enqueue("noop", delay=3600)
-        hold_syncs(monkeypatch, held_syncs)
+    async with a_job_then_syncs_held(db_path, monkeypatch, held_syncs) as (queue, job):
         waited: list[conveyor.Job] = []
 
         async def wait() -> None:
@@ -168,11 +177,7 @@ async def test_a_wait_is_answered_only_once_the_outcome_is_synced(
 async def test_a_read_answers_only_once_what_it_saw_is_synced(
     db_path: Path, monkeypatch: pytest.MonkeyPatch, held_syncs: threading.Event
 ) -> None:
-    async with conveyor.open_queue(
-        db_path, handlers=noop_registry(), synchronous="full", sql_thread=True
-    ) as queue:
-        job = await queue.enqueue("noop", delay=3600)
-        hold_syncs(monkeypatch, held_syncs)
+    async with a_job_then_syncs_held(db_path, monkeypatch, held_syncs) as (queue, job):
         read: list[conveyor.Job] = []
         read_done = note_reads(monkeypatch)
 
