@@ -1,6 +1,7 @@
 """The drain's floor on this machine: DESIGN §3's shape with nothing else. Run by hand.
 
     .venv/bin/python bench/drain_floor.py [--jobs 50000] [--slots 8] [--synchronous full]
+                                          [--peers-job RECORDS]
 
 One trio task applies each batch on the event loop's thread (as conveyor does for small
 batches): one transaction completes the attempts that ended and claims the best ready jobs for
@@ -10,15 +11,22 @@ run the no-op handler and hand their outcomes back through a list and an event. 
 ``Job`` values, changes, listeners, cancel scopes, timeouts, limits, leases or progress: what
 conveyor's drain (``bench/throughput.py --only drain``) costs beyond this figure is its own
 Python, which is what to trim. Prints jobs/s, CPU µs a job and jobs a transaction.
+
+``--peers-job`` runs the peers harness's job body instead of a no-op (``bench/peers/common.py``:
+two lines appended to ``RECORDS`` a job): the most any queue of this shape could drain in
+``run_all.py``'s drain measure, which also counts the worker's start-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sqlite3
+import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +53,39 @@ async def fill(db: Path, jobs: int) -> None:
             await queue.enqueue_many([conveyor.JobSpec("noop", run_at=0) for _ in range(size)])
 
 
-async def drain(connection: sqlite3.Connection, jobs: int, slots: int) -> None:
+def peers_job(records: Path) -> Callable[[Any], Awaitable[None]]:
+    """The job body of the peers harness, recording into ``records``."""
+    os.environ["PEERS_RECORD"] = str(records)
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+    import common  # bench/peers is not a package
+
+    async def job(row: Any) -> None:
+        await common.run_job_async(row[0], row[8], 0.0, trio.sleep)  # id, created_at
+
+    return job
+
+
+async def noop(row: Any) -> None:
+    return None
+
+
+async def drain(
+    connection: sqlite3.Connection,
+    jobs: int,
+    slots: int,
+    job: Callable[[Any], Awaitable[None]],
+) -> None:
     ready: collections.deque[Any] = collections.deque()
     ended: list[tuple[int, int, str]] = []
     events = {"job": trio.Event(), "ended": trio.Event()}
     claim = Q_CLAIM.format(names="?")
-
-    async def noop(payload: object) -> None:
-        return None
 
     async def worker() -> None:
         while True:
             while not ready:
                 await events["job"].wait()
             row = ready.popleft()
-            await noop(row[2])
+            await job(row)
             ended.append((row[0], row[5], "null"))
             events["ended"].set()
 
@@ -101,13 +127,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50_000)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
+    parser.add_argument("--peers-job", type=Path, metavar="RECORDS")
     args = parser.parse_args()
+    job = noop if args.peers_job is None else peers_job(args.peers_job)
     with tempfile.TemporaryDirectory() as directory:
         db = Path(directory) / "floor.db"
         trio.run(fill, db, args.jobs)
         connection = sqlite3.connect(db, isolation_level=None)
         connection.execute(f"PRAGMA synchronous = {args.synchronous.upper()}")
-        trio.run(drain, connection, args.jobs, args.slots)
+        trio.run(drain, connection, args.jobs, args.slots, job)
         connection.close()
 
 
