@@ -81,7 +81,7 @@ class ConveyorPeer(common.Peer):
     tuning: ClassVar[str] = (
         f"workers {DEFAULT_WORKERS} -> {WORKERS} (README: `workers` is how many jobs run at "
         "once, and async handlers that wait on I/O want many; each transaction then completes "
-        "and claims more jobs. Drain here: 16 ~ 32 > 64 > 8 > 4)"
+        "and claims more jobs. Drain here: 32 > 16 ~ 64 > 8 > 4)"
     )
     recovery_s = 0.0
 
