@@ -1,7 +1,7 @@
 """The drain's floor on this machine: DESIGN §3's shape with nothing else. Run by hand.
 
     .venv/bin/python bench/drain_floor.py [--jobs 50000] [--slots 8] [--synchronous full]
-                                          [--peers-job RECORDS]
+                                          [--peers-job RECORDS] [--on-thread]
 
 One trio task applies each batch on the event loop's thread (as conveyor does for small
 batches): one transaction completes the attempts that ended and claims the best ready jobs for
@@ -14,7 +14,9 @@ Python, which is what to trim. Prints jobs/s, CPU µs a job and jobs a transacti
 
 ``--peers-job`` runs the peers harness's job body instead of a no-op (``bench/peers/common.py``:
 two lines appended to ``RECORDS`` a job): the most any queue of this shape could drain in
-``run_all.py``'s drain measure, which also counts the worker's start-up.
+``run_all.py``'s drain measure, which also counts the worker's start-up. ``--on-thread`` runs
+each transaction on a thread (``trio.to_thread``) while the worker tasks go on, instead of on
+the loop.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ async def drain(
     jobs: int,
     slots: int,
     job: Callable[[Any], Awaitable[None]],
+    on_thread: bool,
 ) -> None:
     ready: collections.deque[Any] = collections.deque()
     ended: list[tuple[int, int, str]] = []
@@ -89,6 +92,18 @@ async def drain(
             ended.append((row[0], row[5], "null"))
             events["ended"].set()
 
+    def write(outcomes: list[tuple[int, int, str]], free: int, now: float) -> tuple[int, Any]:
+        """One transaction: complete ``outcomes``, claim for ``free`` slots."""
+        completed = 0
+        connection.execute("BEGIN IMMEDIATE")
+        if outcomes:
+            statement = Q_COMPLETE_ALL.format(attempts=", ".join(["(?, ?, ?)"] * len(outcomes)))
+            params = [value for outcome in outcomes for value in outcome]
+            completed = len(connection.execute(statement, (now, *params, OWNER)).fetchall())
+        rows = connection.execute(claim, (now, OWNER, "noop", free)).fetchall() if free else []
+        connection.execute("COMMIT")
+        return completed, rows
+
     claimed = done = transactions = 0
     async with trio.open_nursery() as nursery:
         for _ in range(slots):
@@ -98,14 +113,12 @@ async def drain(
             events["ended"] = trio.Event()
             now = time.time()
             outcomes, ended[:] = ended[:], []
-            connection.execute("BEGIN IMMEDIATE")
-            if outcomes:
-                statement = Q_COMPLETE_ALL.format(attempts=", ".join(["(?, ?, ?)"] * len(outcomes)))
-                params = [value for outcome in outcomes for value in outcome]
-                done += len(connection.execute(statement, (now, *params, OWNER)).fetchall())
-            free = slots - (claimed - done - len(ended))
-            rows = connection.execute(claim, (now, OWNER, "noop", free)).fetchall() if free else []
-            connection.execute("COMMIT")
+            free = slots - (claimed - done - len(outcomes))
+            if on_thread:
+                completed, rows = await trio.to_thread.run_sync(write, outcomes, free, now)
+            else:
+                completed, rows = write(outcomes, free, now)
+            done += completed
             transactions += 1
             claimed += len(rows)
             if rows:
@@ -128,14 +141,15 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
     parser.add_argument("--peers-job", type=Path, metavar="RECORDS")
+    parser.add_argument("--on-thread", action="store_true")
     args = parser.parse_args()
     job = noop if args.peers_job is None else peers_job(args.peers_job)
     with tempfile.TemporaryDirectory() as directory:
         db = Path(directory) / "floor.db"
         trio.run(fill, db, args.jobs)
-        connection = sqlite3.connect(db, isolation_level=None)
+        connection = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
         connection.execute(f"PRAGMA synchronous = {args.synchronous.upper()}")
-        trio.run(drain, connection, args.jobs, args.slots, job)
+        trio.run(drain, connection, args.jobs, args.slots, job, args.on_thread)
         connection.close()
 
 

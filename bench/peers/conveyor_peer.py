@@ -1,10 +1,11 @@
 """conveyor embedded (SQLite file): the worker is a trio program that runs ``open_queue``.
 
-conveyor allows one writer process per SQLite file (a second ``open_queue`` raises
-``DatabaseInUse``), so the processes take turns: the enqueue measures and the pre-queueing of
-the drain and crash measures run ``open_queue`` in the measuring process and leave it before
-the worker process opens the file; for the latency measure the worker process enqueues the
-jobs itself, as a program that embeds conveyor does (``produces_in_worker``).
+The processes take turns on the file, so that the drain measures the worker alone: the enqueue
+measures and the pre-queueing of the drain and crash measures run ``open_queue`` in the
+measuring process and leave it before the worker process opens the file; for the latency
+measure the worker process enqueues the jobs itself, as a program that embeds conveyor does
+(``produces_in_worker``). The worker is one process, as the harness runs every system at its
+default number of worker processes.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import conveyor
 
 STATE = common.state_dir("conveyor")
 DB = STATE / "conveyor.db"
-# open_queue's default; the tuned row runs more (ConveyorPeer.tuning), and
-# CONVEYOR_BENCH_WORKERS sets any other count by hand.
+# open_queue's default; the tuned row runs more (ConveyorPeer.tuning).
+# CONVEYOR_BENCH_WORKERS, for trying counts by hand, sets both rows.
 DEFAULT_WORKERS: Final = 4
 TUNED_WORKERS: Final = 32
 WORKERS = int(
